@@ -1,0 +1,25 @@
+//! Build script shared by every crate whose binaries or tests link libtorch.
+//!
+//! `torch-sys` finds libtorch through `LIBTORCH` (set by `.cargo/config.toml` to the
+//! `.libtorch` symlink that `just setup` makes), but it leaves two things undone that would
+//! bite a user (see `shared/LIBTORCH.md`):
+//! - no rpath, so binaries would need `LD_LIBRARY_PATH` to start;
+//! - `--as-needed` drops `libtorch_cuda.so`, so a CUDA build would silently run on CPU.
+//! Link arguments from a build script apply to this package's binaries, tests and benches.
+use std::path::Path;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed=../../build/libtorch_link.rs");
+    let Ok(root) = std::env::var("LIBTORCH") else {
+        return;
+    };
+    let lib = Path::new(&root).join("lib");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

@@ -1,0 +1,1 @@
+//! Baseline fine-tuning methods.

@@ -1,0 +1,165 @@
+//! One handle over the backbones: built from a preset name or a JSON config, with timm's
+//! `forward_features` / `forward_head` split.
+use crate::error::{CoreError, Result};
+use crate::resnet::{ResNet, ResNetConfig};
+use crate::samvit::{SamVit, SamVitConfig};
+use crate::sites::TokenLayout;
+use crate::vit::{Vit, VitConfig};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+/// A backbone's configuration. In JSON the field `arch` (`vit`, `resnet`, `samvit`) picks the
+/// family (absent means `vit`); the other fields are timm's constructor arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "lowercase")]
+pub enum BackboneConfig {
+    Vit(VitConfig),
+    ResNet(ResNetConfig),
+    SamVit(SamVitConfig),
+}
+
+pub const PRESETS: [&str; 9] = [
+    "vit_tiny_patch16_224",
+    "vit_small_patch16_224",
+    "vit_base_patch16_224",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "samvit_base_patch16",
+    "medsam_vit_b",
+];
+
+impl BackboneConfig {
+    pub fn preset(name: &str) -> Option<Self> {
+        VitConfig::preset(name)
+            .map(Self::Vit)
+            .or_else(|| ResNetConfig::preset(name).map(Self::ResNet))
+            .or_else(|| SamVitConfig::preset(name).map(Self::SamVit))
+    }
+
+    pub fn from_json_str(text: &str) -> std::result::Result<Self, String> {
+        let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.entry("arch").or_insert_with(|| "vit".into());
+        }
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+
+    /// A preset name, or the path of a JSON config file.
+    pub fn from_spec(spec: &str) -> Result<Self> {
+        if let Some(c) = Self::preset(spec) {
+            return Ok(c);
+        }
+        let path = Path::new(spec);
+        if !path.exists() {
+            let known = PRESETS.join(", ");
+            return Err(CoreError::UnknownPreset { name: spec.into(), known: format!("{known}; or a JSON config file") });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| CoreError::Io { path: path.into(), source })?;
+        Self::from_json_str(&text).map_err(|message| CoreError::Config { path: path.into(), message })
+    }
+
+    pub fn num_classes(&self) -> i64 {
+        match self {
+            Self::Vit(c) => c.num_classes,
+            Self::ResNet(c) => c.num_classes,
+            Self::SamVit(c) => c.num_classes,
+        }
+    }
+
+    pub fn set_num_classes(&mut self, n: i64) {
+        match self {
+            Self::Vit(c) => c.num_classes = n,
+            Self::ResNet(c) => c.num_classes = n,
+            Self::SamVit(c) => c.num_classes = n,
+        }
+    }
+
+    /// State-dict prefix of the classification head (the one part allowed to differ from a
+    /// checkpoint).
+    pub fn head_prefix(&self) -> &'static str {
+        match self {
+            Self::Vit(_) => "head.",
+            Self::ResNet(_) => "fc.",
+            Self::SamVit(_) => "head.fc.",
+        }
+    }
+}
+
+/// What `forward_features` returns: the tensor, and for token forms their layout.
+#[derive(Debug)]
+pub struct Features {
+    pub x: Tensor,
+    pub layout: Option<TokenLayout>,
+}
+
+#[derive(Debug)]
+pub enum Backbone {
+    Vit(Vit),
+    ResNet(ResNet),
+    SamVit(SamVit),
+}
+
+impl Backbone {
+    pub fn new(p: &nn::Path, cfg: &BackboneConfig) -> Result<Self> {
+        Ok(match cfg {
+            BackboneConfig::Vit(c) => Self::Vit(Vit::new(p, c.clone())?),
+            BackboneConfig::ResNet(c) => Self::ResNet(ResNet::new(p, c.clone())?),
+            BackboneConfig::SamVit(c) => Self::SamVit(SamVit::new(p, c.clone())?),
+        })
+    }
+
+    pub fn check_input(&self, shape: &[i64]) -> Result<()> {
+        match self {
+            Self::Vit(m) => m.check_input(shape),
+            Self::ResNet(m) => m.check_input(shape),
+            Self::SamVit(m) => m.check_input(shape),
+        }
+    }
+
+    pub fn forward_features(&self, x: &Tensor, train: bool) -> Features {
+        match self {
+            Self::Vit(m) => {
+                let (x, layout) = m.forward_tokens(x, train);
+                Features { x, layout: Some(layout) }
+            }
+            Self::ResNet(m) => Features { x: m.forward_features(x, train), layout: None },
+            Self::SamVit(m) => Features { x: m.forward_features(x, train), layout: None },
+        }
+    }
+
+    /// Pooled features `[batch, num_features]` (timm's `forward_head(pre_logits=True)`).
+    pub fn pool(&self, f: &Features) -> Tensor {
+        match self {
+            Self::Vit(m) => m.pool(&f.x, f.layout.expect("ViT features carry their layout")),
+            Self::ResNet(m) => m.pool(&f.x),
+            Self::SamVit(m) => m.pool(&f.x),
+        }
+    }
+
+    /// The classifier head of the checkpoint, if the model has one.
+    pub fn head(&self) -> Option<&nn::Linear> {
+        match self {
+            Self::Vit(m) => m.head(),
+            Self::ResNet(m) => m.head(),
+            Self::SamVit(m) => m.head(),
+        }
+    }
+
+    /// timm's `forward_head`: logits, or `None` for a model without a head.
+    pub fn forward_head(&self, f: &Features) -> Option<Tensor> {
+        self.head().map(|h| h.forward(&self.pool(f)))
+    }
+
+    /// Width of the pooled features.
+    pub fn num_features(&self) -> i64 {
+        match self {
+            Self::Vit(m) => m.cfg.embed_dim,
+            Self::ResNet(m) => m.cfg.num_features(),
+            Self::SamVit(m) => m.cfg.neck_chans,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Core of dka: backbones with adapter insertion sites over libtorch, weight loading.
+//!
+//! Backbones (one file each, timm's state-dict names): [`vit`], [`resnet`], [`samvit`];
+//! [`backbone`] puts them behind one handle. [`sites`] defines where adapters attach.
+pub mod backbone;
+pub mod convert;
+pub mod error;
+pub mod layers;
+pub mod resnet;
+pub mod samvit;
+pub mod sites;
+pub mod vit;
+pub mod weights;
+
+pub use backbone::{Backbone, BackboneConfig, Features};
+pub use error::{CoreError, Result};

@@ -1,0 +1,275 @@
+//! The image encoder of Segment Anything (Kirillov et al., ICCV 2023), the MedSAM backbone,
+//! with timm's `VisionTransformerSAM` structure and names (`samvit_base_patch16`):
+//! windowed attention with a few global blocks, decomposed relative position embeddings
+//! (`attn.rel_pos_h/w`), an absolute position grid `pos_embed [1, gh, gw, dim]`, and the
+//! convolutional neck (`neck.0..3`). SAM / MedSAM checkpoints (`image_encoder.*`,
+//! `mlp.lin1/2`) are renamed by [`crate::convert`].
+use crate::error::{CoreError, Result};
+use crate::layers::{layer_norm, linear, resample_grid_nhwc, LayerNorm2d, Mlp};
+use crate::sites::{add_parallel, apply_token, linear_with, BlockSites, TokenLayout};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamVitConfig {
+    pub img_size: i64,
+    pub patch_size: i64,
+    pub in_chans: i64,
+    pub embed_dim: i64,
+    pub depth: i64,
+    pub num_heads: i64,
+    pub mlp_ratio: f64,
+    pub qkv_bias: bool,
+    pub window_size: i64,
+    pub global_attn_indexes: Vec<i64>,
+    pub neck_chans: i64,
+    /// Classes of the pooled linear head (`head.fc`); 0 = no head (timm's default for SAM).
+    pub num_classes: i64,
+    /// LayerNorm epsilon of the blocks: timm builds them with 1e-5, the SAM / MedSAM
+    /// reference code with 1e-6.
+    pub norm_eps: f64,
+}
+
+impl Default for SamVitConfig {
+    fn default() -> Self {
+        Self {
+            img_size: 1024,
+            patch_size: 16,
+            in_chans: 3,
+            embed_dim: 768,
+            depth: 12,
+            num_heads: 12,
+            mlp_ratio: 4.0,
+            qkv_bias: true,
+            window_size: 14,
+            global_attn_indexes: vec![2, 5, 8, 11],
+            neck_chans: 256,
+            num_classes: 0,
+            norm_eps: 1e-5,
+        }
+    }
+}
+
+impl SamVitConfig {
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "samvit_base_patch16" => Some(Self::default()),
+            // MedSAM (Ma et al. 2024) fine-tunes SAM ViT-B; its encoder uses SAM's eps 1e-6.
+            "medsam_vit_b" => Some(Self { norm_eps: 1e-6, ..Self::default() }),
+            _ => None,
+        }
+    }
+
+    pub fn grid(&self) -> i64 {
+        self.img_size / self.patch_size
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.patch_size <= 0 || self.img_size % self.patch_size != 0 {
+            return Err(CoreError::Invalid(format!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size)));
+        }
+        if self.num_heads <= 0 || self.embed_dim % self.num_heads != 0 {
+            return Err(CoreError::Invalid(format!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads)));
+        }
+        if self.window_size < 0 || self.neck_chans <= 0 || self.depth <= 0 || self.num_classes < 0 {
+            return Err(CoreError::Invalid("window_size >= 0, neck_chans > 0, depth > 0, num_classes >= 0".into()));
+        }
+        if let Some(i) = self.global_attn_indexes.iter().find(|&&i| i < 0 || i >= self.depth) {
+            return Err(CoreError::Invalid(format!("global_attn_indexes: block {i} does not exist (depth {})", self.depth)));
+        }
+        Ok(())
+    }
+}
+
+/// Relative position table for query/key size `s`: `[s, s, head_dim]` (timm's `get_rel_pos`).
+fn rel_pos_table(s: i64, rel_pos: &Tensor) -> Tensor {
+    let len = 2 * s - 1;
+    let table = if rel_pos.size()[0] != len {
+        rel_pos.transpose(0, 1).unsqueeze(0).upsample_linear1d([len], false, None).squeeze_dim(0).transpose(0, 1)
+    } else {
+        rel_pos.shallow_clone()
+    };
+    let opts = (Kind::Int64, rel_pos.device());
+    let q = Tensor::arange(s, opts).unsqueeze(1);
+    let k = Tensor::arange(s, opts).unsqueeze(0);
+    let idx = (q - k + (s - 1)).reshape([-1]);
+    table.index_select(0, &idx).reshape([s, s, -1])
+}
+
+#[derive(Debug)]
+struct Attention {
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    rel_pos_h: Tensor,
+    rel_pos_w: Tensor,
+    num_heads: i64,
+}
+
+impl Attention {
+    /// `x: [batch, h, w, dim]` (a window or the whole grid).
+    fn forward_t(&self, x: &Tensor, sites: &BlockSites, train: bool) -> Tensor {
+        let (b, h, w, d) = x.size4().expect("SAM attention input is [batch, h, w, dim]");
+        let (n, nh) = (h * w, self.num_heads);
+        let hd = d / nh;
+        let qkv = linear_with(&self.qkv, &sites.qkv, &x.reshape([b, n, d]), train)
+            .view([b, n, 3, nh, hd])
+            .permute([2, 0, 3, 1, 4])
+            .reshape([3, b * nh, n, hd]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let rh = rel_pos_table(h, &self.rel_pos_h);
+        let rw = rel_pos_table(w, &self.rel_pos_w);
+        let rq = q.reshape([b * nh, h, w, hd]);
+        let rel_h = Tensor::einsum("bhwc,hkc->bhwk", &[&rq, &rh], None::<i64>);
+        let rel_w = Tensor::einsum("bhwc,wkc->bhwk", &[&rq, &rw], None::<i64>);
+        let bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape([b * nh, n, n]);
+        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, false);
+        let o = o.view([b, nh, n, hd]).transpose(1, 2).reshape([b, n, d]);
+        linear_with(&self.proj, &sites.proj, &o, train).view([b, h, w, d])
+    }
+}
+
+/// One SAM block; `window_size` 0 means global attention.
+#[derive(Debug)]
+pub struct SamBlock {
+    norm1: nn::LayerNorm,
+    attn: Attention,
+    norm2: nn::LayerNorm,
+    mlp: Mlp,
+    pub window_size: i64,
+    pub sites: BlockSites,
+}
+
+impl SamBlock {
+    fn new(p: nn::Path, c: &SamVitConfig, window_size: i64) -> Self {
+        let d = c.embed_dim;
+        let hd = d / c.num_heads;
+        let rel = if window_size > 0 { window_size } else { c.grid() };
+        let a = &p / "attn";
+        Self {
+            norm1: layer_norm(&p / "norm1", d, c.norm_eps),
+            attn: Attention {
+                qkv: linear(&a / "qkv", d, 3 * d, c.qkv_bias),
+                proj: linear(&a / "proj", d, d, true),
+                rel_pos_h: a.zeros("rel_pos_h", &[2 * rel - 1, hd]),
+                rel_pos_w: a.zeros("rel_pos_w", &[2 * rel - 1, hd]),
+                num_heads: c.num_heads,
+            },
+            norm2: layer_norm(&p / "norm2", d, c.norm_eps),
+            mlp: Mlp::new(&p / "mlp", d, (d as f64 * c.mlp_ratio) as i64),
+            window_size,
+            sites: BlockSites::default(),
+        }
+    }
+
+    fn attend(&self, normed: &Tensor, train: bool) -> Tensor {
+        let ws = self.window_size;
+        if ws == 0 {
+            return self.attn.forward_t(normed, &self.sites, train);
+        }
+        let (b, h, w, d) = normed.size4().expect("4-D");
+        let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+        let (hp, wp) = (h + ph, w + pw);
+        let windows = normed
+            .constant_pad_nd([0, 0, 0, pw, 0, ph])
+            .view([b, hp / ws, ws, wp / ws, ws, d])
+            .permute([0, 1, 3, 2, 4, 5])
+            .contiguous()
+            .view([-1, ws, ws, d]);
+        let o = self.attn.forward_t(&windows, &self.sites, train);
+        o.view([b, hp / ws, wp / ws, ws, ws, d])
+            .permute([0, 1, 3, 2, 4, 5])
+            .contiguous()
+            .view([b, hp, wp, d])
+            .narrow(1, 0, h)
+            .narrow(2, 0, w)
+    }
+
+    /// `x: [batch, h, w, dim]`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let (b, h, w, d) = x.size4().expect("SAM block input is [batch, h, w, dim]");
+        let layout = TokenLayout { prefix: 0, h, w };
+        let s = &self.sites;
+        let normed = self.norm1.forward(x);
+        let a = self.attend(&normed, train).reshape([b, h * w, d]);
+        let a = apply_token(&s.attn_branch, a, layout, train);
+        let (x, normed) = (x.reshape([b, h * w, d]), normed.reshape([b, h * w, d]));
+        let x = add_parallel(&s.attn_parallel, &x + a, &x, &normed, layout, train);
+        let x = apply_token(&s.after_attn, x, layout, train);
+        let normed = self.norm2.forward(&x);
+        let m = apply_token(&s.mlp_branch, self.mlp.forward_t(&normed, &s.fc1, &s.fc2, train), layout, train);
+        let x = add_parallel(&s.mlp_parallel, &x + m, &x, &normed, layout, train);
+        apply_token(&s.after_mlp, x, layout, train).view([b, h, w, d])
+    }
+}
+
+#[derive(Debug)]
+pub struct SamVit {
+    pub cfg: SamVitConfig,
+    patch_embed: nn::Conv2D,
+    pos_embed: Tensor,
+    pub blocks: Vec<SamBlock>,
+    neck: nn::Sequential,
+    head: Option<nn::Linear>,
+}
+
+impl SamVit {
+    pub fn new(p: &nn::Path, cfg: SamVitConfig) -> Result<Self> {
+        cfg.validate()?;
+        let (d, g, nc) = (cfg.embed_dim, cfg.grid(), cfg.neck_chans);
+        let conv = nn::ConvConfig { stride: cfg.patch_size, ..Default::default() };
+        let patch_embed = nn::conv2d(p / "patch_embed" / "proj", cfg.in_chans, d, cfg.patch_size, conv);
+        let pos_embed = p.zeros("pos_embed", &[1, g, g, d]);
+        let blocks = (0..cfg.depth)
+            .map(|i| {
+                let ws = if cfg.global_attn_indexes.contains(&i) { 0 } else { cfg.window_size };
+                SamBlock::new(p / "blocks" / i, &cfg, ws)
+            })
+            .collect();
+        let nb = nn::ConvConfig { bias: false, ..Default::default() };
+        let neck = nn::seq()
+            .add(nn::conv2d(p / "neck" / "0", d, nc, 1, nb))
+            .add(LayerNorm2d::new(p / "neck" / "1", nc, 1e-6))
+            .add(nn::conv2d(p / "neck" / "2", nc, nc, 3, nn::ConvConfig { padding: 1, ..nb }))
+            .add(LayerNorm2d::new(p / "neck" / "3", nc, 1e-6));
+        let head = (cfg.num_classes > 0).then(|| linear(p / "head" / "fc", nc, cfg.num_classes, true));
+        Ok(Self { cfg, patch_embed, pos_embed, blocks, neck, head })
+    }
+
+    pub fn check_input(&self, shape: &[i64]) -> Result<()> {
+        let p = self.cfg.patch_size;
+        match shape {
+            [_, c, h, w] if *c == self.cfg.in_chans && h % p == 0 && w % p == 0 && *h > 0 && *w > 0 => Ok(()),
+            _ => Err(CoreError::InputShape {
+                name: "input".into(),
+                shape: shape.to_vec(),
+                expected: format!("[batch, {}, H, W] with H and W multiples of {p}", self.cfg.in_chans),
+            }),
+        }
+    }
+
+    /// Token grid after the blocks, `[batch, h, w, dim]` (before the neck).
+    pub fn forward_grid(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut t = self.patch_embed.forward(x).permute([0, 2, 3, 1]);
+        let (_, h, w, _) = t.size4().expect("4-D");
+        t = t + resample_grid_nhwc(&self.pos_embed, h, w);
+        for blk in &self.blocks {
+            t = blk.forward_t(&t, train);
+        }
+        t
+    }
+
+    /// timm's `forward_features`: the neck's map `[batch, neck_chans, h, w]`.
+    pub fn forward_features(&self, x: &Tensor, train: bool) -> Tensor {
+        self.neck.forward(&self.forward_grid(x, train).permute([0, 3, 1, 2]))
+    }
+
+    pub fn pool(&self, features: &Tensor) -> Tensor {
+        features.mean_dim([2i64, 3].as_slice(), false, None)
+    }
+
+    pub fn head(&self) -> Option<&nn::Linear> {
+        self.head.as_ref()
+    }
+}

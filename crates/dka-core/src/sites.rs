@@ -1,0 +1,143 @@
+//! Named insertion sites that adapters fill.
+//!
+//! A backbone block never knows which method adapts it: it calls whatever module sits in each
+//! of its sites, and with every site empty it computes exactly the reference (timm) block.
+//! A method builds its modules (their tensors live in the method's own `VarStore`) and puts
+//! them into the sites it needs; the same `Arc` may fill several sites (DKA's "mona"
+//! placement shares one instance between the two positions of a block).
+//!
+//! Token form (ViT and SAM ViT blocks): `x: [batch, prefix + h*w, dim]`, the `prefix` tokens
+//! (CLS, prompts) first, then the patch grid row-major. SAM's `[batch, h, w, dim]` maps are
+//! flattened to this form (prefix 0) before a site sees them.
+use std::fmt::Debug;
+use std::sync::Arc;
+use tch::Tensor;
+
+/// Layout of a token sequence: how many prefix tokens precede an `h x w` patch grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenLayout {
+    pub prefix: i64,
+    pub h: i64,
+    pub w: i64,
+}
+
+impl TokenLayout {
+    pub fn tokens(&self) -> i64 {
+        self.prefix + self.h * self.w
+    }
+}
+
+/// A module mapping tokens to tokens of the same shape (`[batch, tokens, dim]`).
+pub trait TokenModule: Debug + Send + Sync {
+    fn forward_t(&self, x: &Tensor, layout: TokenLayout, train: bool) -> Tensor;
+}
+
+/// A module running beside a residual branch: it sees the branch's residual input `x` and the
+/// normalised input `normed` (what the branch itself sees) and returns a term that is added.
+pub trait ParallelModule: Debug + Send + Sync {
+    fn forward_t(&self, x: &Tensor, normed: &Tensor, layout: TokenLayout, train: bool) -> Tensor;
+}
+
+/// A term added to the output of a frozen Linear layer, computed from that layer's input
+/// (LoRA: `(alpha/r) B A x`). Input and output keep every leading dimension.
+pub trait LinearDelta: Debug + Send + Sync {
+    fn delta(&self, input: &Tensor, train: bool) -> Tensor;
+}
+
+/// A module on a CNN feature map `[batch, channels, h, w]`, same shape out.
+pub trait MapModule: Debug + Send + Sync {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor;
+}
+
+/// Extra tokens inserted after the class token (visual prompt tuning).
+pub trait PromptModule: Debug + Send + Sync {
+    /// Number of prompt tokens `p`.
+    fn count(&self) -> i64;
+    /// Prompts `[p, dim]` for block `layer`. Block 0 inserts them; a later block that gets
+    /// `Some` replaces the previous ones (deep prompts); `None` keeps what is there.
+    fn prompts(&self, layer: usize, train: bool) -> Option<Tensor>;
+}
+
+/// The sites of a transformer block:
+///
+/// ```text
+/// x = x + attn_branch(Attn(LN1 x)) + attn_parallel(x, LN1 x)
+/// x = after_attn(x)
+/// x = x + mlp_branch(MLP(LN2 x)) + mlp_parallel(x, LN2 x)
+/// x = after_mlp(x)
+/// ```
+/// with `qkv`, `proj`, `fc1`, `fc2` adding a delta to those Linear layers. Layer scale, when
+/// the block has one, applies to the branch output before `*_branch`.
+#[derive(Debug, Default, Clone)]
+pub struct BlockSites {
+    pub attn_branch: Option<Arc<dyn TokenModule>>,
+    pub attn_parallel: Option<Arc<dyn ParallelModule>>,
+    pub after_attn: Option<Arc<dyn TokenModule>>,
+    pub mlp_branch: Option<Arc<dyn TokenModule>>,
+    pub mlp_parallel: Option<Arc<dyn ParallelModule>>,
+    pub after_mlp: Option<Arc<dyn TokenModule>>,
+    pub qkv: Option<Arc<dyn LinearDelta>>,
+    pub proj: Option<Arc<dyn LinearDelta>>,
+    pub fc1: Option<Arc<dyn LinearDelta>>,
+    pub fc2: Option<Arc<dyn LinearDelta>>,
+}
+
+/// Names of the Linear layers of a transformer block that accept a [`LinearDelta`].
+pub const LINEAR_SITES: [&str; 4] = ["qkv", "proj", "fc1", "fc2"];
+
+impl BlockSites {
+    /// The delta slot of the Linear layer called `name` (timm's name: `qkv`, `proj`, `fc1`,
+    /// `fc2`).
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Option<Arc<dyn LinearDelta>>> {
+        match name {
+            "qkv" => Some(&mut self.qkv),
+            "proj" => Some(&mut self.proj),
+            "fc1" => Some(&mut self.fc1),
+            "fc2" => Some(&mut self.fc2),
+            _ => None,
+        }
+    }
+}
+
+/// The sites of a CNN residual block: `y = after_block(block(x) + parallel(x))`.
+#[derive(Debug, Default, Clone)]
+pub struct MapSites {
+    pub parallel: Option<Arc<dyn MapModule>>,
+    pub after_block: Option<Arc<dyn MapModule>>,
+}
+
+pub(crate) fn apply_token(site: &Option<Arc<dyn TokenModule>>, x: Tensor, l: TokenLayout, train: bool) -> Tensor {
+    match site {
+        Some(m) => m.forward_t(&x, l, train),
+        None => x,
+    }
+}
+
+pub(crate) fn add_parallel(
+    site: &Option<Arc<dyn ParallelModule>>,
+    sum: Tensor,
+    x: &Tensor,
+    normed: &Tensor,
+    l: TokenLayout,
+    train: bool,
+) -> Tensor {
+    match site {
+        Some(m) => sum + m.forward_t(x, normed, l, train),
+        None => sum,
+    }
+}
+
+/// `linear(x) + delta(x)` for a frozen Linear with an optional delta site.
+pub(crate) fn linear_with(
+    layer: &tch::nn::Linear,
+    site: &Option<Arc<dyn LinearDelta>>,
+    x: &Tensor,
+    train: bool,
+) -> Tensor {
+    use tch::nn::Module;
+    let y = layer.forward(x);
+    match site {
+        Some(d) => y + d.delta(x, train),
+        None => y,
+    }
+}

@@ -1,0 +1,1 @@
+//! Dataset loaders for the DKA paper's medical imaging releases.
