@@ -15,6 +15,12 @@ fn main() {
         return;
     };
     let lib = Path::new(&root).join("lib");
+    // The wheel's `version.py` says which PyTorch this is (e.g. `2.11.0+cu130`); `dka info`
+    // prints it next to the library it actually loaded.
+    let version = std::fs::read_to_string(Path::new(&root).join("version.py")).unwrap_or_default();
+    if let Some(v) = version.lines().find_map(|l| l.strip_prefix("__version__ = ")) {
+        println!("cargo:rustc-env=DKA_LIBTORCH_VERSION={}", v.trim().trim_matches('\''));
+    }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());

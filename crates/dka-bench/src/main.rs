@@ -1,1 +1,65 @@
-fn main() {}
+//! `dka`: fine-tune frozen vision backbones with the Dual-Kernel Adapter and its baselines.
+//!
+//! A thin binary over the library crates: `main` parses the arguments into typed options,
+//! calls a subcommand returning `anyhow::Result`, and prints the error chain on one line.
+mod convert;
+mod device;
+mod features;
+mod info;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "dka", version, about = "Dual-Kernel Adapter toolkit: frozen backbones, adapters, paper experiments")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the compute device, CPU threads, the libtorch in use and whether CUDA works.
+    Info(info::Args),
+    /// Run a backbone on a batch and write its features (and logits when the weights hold a head).
+    Features(features::Args),
+    /// Rename a checkpoint's keys to timm's (torchvision ViT, SAM/MedSAM, DDP prefixes).
+    Convert(convert::Args),
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Features(a) => features::run(a),
+        Command::Convert(a) => convert::run(a),
+    }
+}
+
+fn main() -> ExitCode {
+    // A bug must still reach the user as one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        let first = msg.lines().next().unwrap_or(msg);
+        let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error: {first}{at}");
+    }));
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => ExitCode::from(101),
+    }
+}

@@ -58,7 +58,7 @@ impl BackboneConfig {
             let known = PRESETS.join(", ");
             return Err(CoreError::UnknownPreset { name: spec.into(), known: format!("{known}; or a JSON config file") });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| CoreError::Io { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|err| CoreError::Io { path: path.into(), err })?;
         Self::from_json_str(&text).map_err(|message| CoreError::Config { path: path.into(), message })
     }
 

@@ -29,13 +29,15 @@ impl BlockKind {
 pub struct ResNetConfig {
     pub block: BlockKind,
     pub layers: Vec<i64>,
+    /// Planes of each stage (timm's `channels`; the block's output is planes x expansion).
+    pub channels: Vec<i64>,
     pub in_chans: i64,
     pub num_classes: i64,
 }
 
 impl Default for ResNetConfig {
     fn default() -> Self {
-        Self { block: BlockKind::Bottleneck, layers: vec![3, 4, 6, 3], in_chans: 3, num_classes: 1000 }
+        Self { block: BlockKind::Bottleneck, layers: vec![3, 4, 6, 3], channels: vec![64, 128, 256, 512], in_chans: 3, num_classes: 1000 }
     }
 }
 
@@ -52,12 +54,15 @@ impl ResNetConfig {
     }
 
     pub fn num_features(&self) -> i64 {
-        64 * (1 << (self.layers.len() as i64 - 1)) * self.block.expansion()
+        self.channels.last().copied().unwrap_or(64) * self.block.expansion()
     }
 
     pub fn validate(&self) -> Result<()> {
         if self.layers.is_empty() || self.layers.len() > 4 || self.layers.iter().any(|&n| n < 1) {
             return Err(CoreError::Invalid(format!("resnet layers {:?}: 1 to 4 stages of at least one block", self.layers)));
+        }
+        if self.channels.len() != self.layers.len() || self.channels.iter().any(|&c| c < 1) {
+            return Err(CoreError::Invalid(format!("resnet channels {:?} must give one positive width per stage of {:?}", self.channels, self.layers)));
         }
         if self.in_chans < 1 || self.num_classes < 0 {
             return Err(CoreError::Invalid("in_chans must be positive and num_classes >= 0".into()));
@@ -147,7 +152,7 @@ impl ResNet {
         let mut cin = 64;
         let mut stages = Vec::new();
         for (k, &n) in cfg.layers.iter().enumerate() {
-            let planes = 64 << k;
+            let planes = cfg.channels[k];
             let stride = if k == 0 { 1 } else { 2 };
             let blocks = (0..n)
                 .map(|i| {

@@ -22,19 +22,26 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    /// Everything that is neither loaded nor a head difference.
+    /// Everything that is neither loaded nor a head difference, one phrase per kind.
     fn problems(&self, head_prefix: &str) -> Vec<String> {
-        let not_head = |n: &String| !n.starts_with(head_prefix);
-        let mut p: Vec<String> = Vec::new();
-        p.extend(self.missing.iter().filter(|n| not_head(n)).map(|n| format!("missing {n}")));
-        p.extend(self.unused.iter().filter(|n| not_head(n)).map(|n| format!("unused {n}")));
-        p.extend(
-            self.mismatched
-                .iter()
-                .filter(|(n, _, _)| not_head(n))
-                .map(|(n, m, f)| format!("{n}: model {m:?} vs file {f:?}")),
-        );
-        p
+        let not_head = |n: &&String| !n.starts_with(head_prefix);
+        let list = |what: &str, names: Vec<String>| -> Option<String> {
+            let shown = names.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+            let more = if names.len() > 4 { format!(", ... {} more", names.len() - 4) } else { String::new() };
+            (!names.is_empty()).then(|| format!("{} {what} ({shown}{more})", names.len()))
+        };
+        let missing = self.missing.iter().filter(not_head).cloned().collect();
+        let unused = self.unused.iter().filter(not_head).cloned().collect();
+        let shapes = self
+            .mismatched
+            .iter()
+            .filter(|(n, _, _)| !n.starts_with(head_prefix))
+            .map(|(n, m, f)| format!("{n}: model {m:?}, file {f:?}"))
+            .collect();
+        [list("missing from the file", missing), list("unused by the model", unused), list("of another shape", shapes)]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     pub fn summary(&self) -> String {
@@ -52,17 +59,41 @@ impl LoadReport {
 /// Reads every tensor of a safetensors file.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.is_file() {
-        return Err(CoreError::Io { path: path.into(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file") });
+        return Err(CoreError::Io { path: path.into(), err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file") });
     }
     Tensor::read_safetensors(path).map_err(|e| CoreError::Safetensors { path: path.into(), message: e.to_string() })
 }
 
-/// Copies the tensors of `path` (renamed to timm's names by [`convert::to_timm`]) into `vs`.
-/// Differences under `head_prefix` are reported but allowed; anything else is an error that
-/// names the keys, and then nothing is copied.
+/// A checkpoint read from disk, its names already timm's.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub path: std::path::PathBuf,
+    pub format: SourceFormat,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl Checkpoint {
+    /// Reads `path` and renames its keys with [`convert::to_timm`].
+    pub fn read(path: &Path) -> Result<Self> {
+        let (tensors, format) = convert::to_timm(read_safetensors(path)?);
+        Ok(Self { path: path.into(), format, tensors: tensors.into_iter().collect() })
+    }
+
+    /// Number of classes of the head stored under `head_prefix`, if the checkpoint has one.
+    pub fn head_classes(&self, head_prefix: &str) -> Option<i64> {
+        self.tensors.get(&format!("{head_prefix}weight")).map(|w| w.size()[0])
+    }
+}
+
+/// Reads `path` and loads it into `vs`; see [`load_checkpoint`].
 pub fn load_into(vs: &mut VarStore, path: &Path, head_prefix: &str) -> Result<LoadReport> {
-    let (tensors, format) = convert::to_timm(read_safetensors(path)?);
-    let file: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    load_checkpoint(vs, &Checkpoint::read(path)?, head_prefix)
+}
+
+/// Copies a checkpoint's tensors into `vs`. Differences under `head_prefix` are reported but
+/// allowed; anything else is an error that names the keys, and then nothing is copied.
+pub fn load_checkpoint(vs: &mut VarStore, ckpt: &Checkpoint, head_prefix: &str) -> Result<LoadReport> {
+    let (path, format, file) = (ckpt.path.as_path(), ckpt.format, &ckpt.tensors);
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let mut report = LoadReport { source_format: format.to_string(), ..Default::default() };
     for (name, var) in &vars {
@@ -75,9 +106,7 @@ pub fn load_into(vs: &mut VarStore, path: &Path, head_prefix: &str) -> Result<Lo
     report.unused = file.keys().filter(|k| !vars.contains_key(*k)).cloned().collect();
     let problems = report.problems(head_prefix);
     if !problems.is_empty() {
-        let shown = problems.iter().take(8).cloned().collect::<Vec<_>>().join("; ");
-        let more = if problems.len() > 8 { format!(" (and {} more)", problems.len() - 8) } else { String::new() };
-        return Err(CoreError::WeightsMismatch { path: path.into(), summary: format!("{shown}{more}") });
+        return Err(CoreError::WeightsMismatch { path: path.into(), summary: problems.join("; ") });
     }
     tch::no_grad(|| {
         for name in &report.loaded {

@@ -1,0 +1,71 @@
+//! `dka features`: a backbone's `forward_features` (and head) on a batch from a file.
+//! A user feature (feature extraction) and how anyone checks parity from the command line.
+use crate::device::{pick, DeviceArg};
+use anyhow::{anyhow, Context};
+use dka_core::weights::{load_checkpoint, read_safetensors, Checkpoint};
+use dka_core::{Backbone, BackboneConfig};
+use std::path::{Path, PathBuf};
+use tch::{nn, Kind, Tensor};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Backbone preset (vit_base_patch16_224, resnet50, samvit_base_patch16, medsam_vit_b, ...)
+    /// or a JSON file of timm constructor fields with "arch": "vit" | "resnet" | "samvit".
+    #[arg(long)]
+    backbone: String,
+    /// Weights as .safetensors with timm names (torchvision-ViT and SAM names are renamed).
+    /// Convert .pth/.bin files with `just convert`.
+    #[arg(long)]
+    weights: PathBuf,
+    /// A .safetensors file holding tensor `input` [batch, 3, H, W] (float32).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write `features` (and `logits` when the weights hold a head).
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    device: DeviceArg,
+}
+
+/// Writes tensors to `path` through a temporary file, so a failure leaves nothing half-written.
+pub fn write_atomic(path: &Path, tensors: &[(&str, Tensor)]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("safetensors.partial");
+    let tensors: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (*n, t.contiguous())).collect();
+    Tensor::write_safetensors(&tensors, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("moving {} to {}", tmp.display(), path.display()))
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let device = pick(a.device)?;
+    let mut cfg = BackboneConfig::from_spec(&a.backbone)?;
+    let ckpt = Checkpoint::read(&a.weights)?;
+    // The head is part of the output only when the checkpoint brings one.
+    cfg.set_num_classes(ckpt.head_classes(cfg.head_prefix()).unwrap_or(0));
+
+    let mut vs = nn::VarStore::new(device);
+    let model = Backbone::new(&vs.root(), &cfg)?;
+    let report = load_checkpoint(&mut vs, &ckpt, cfg.head_prefix())?;
+    tracing::info!("{}: {}", a.weights.display(), report.summary());
+    drop(ckpt);
+
+    let input = read_safetensors(&a.input)?
+        .into_iter()
+        .find_map(|(n, t)| (n == "input").then_some(t))
+        .ok_or_else(|| anyhow!("{}: no tensor named 'input'", a.input.display()))?;
+    model.check_input(&input.size()).with_context(|| a.input.display().to_string())?;
+    let input = input.to_kind(Kind::Float).to_device(device);
+
+    let (features, logits) = tch::no_grad(|| {
+        let f = model.forward_features(&input, false);
+        let logits = model.forward_head(&f);
+        (f.x, logits)
+    });
+    let mut out = vec![("features", features.to_device(tch::Device::Cpu))];
+    if let Some(l) = logits {
+        out.push(("logits", l.to_device(tch::Device::Cpu)));
+    }
+    write_atomic(&a.output, &out)?;
+    let shapes: Vec<String> = out.iter().map(|(n, t)| format!("{n} {:?}", t.size())).collect();
+    tracing::info!("wrote {} ({})", a.output.display(), shapes.join(", "));
+    Ok(())
+}

@@ -1,0 +1,46 @@
+# dka: Dual-Kernel Adapter toolkit. `just --list` explains every recipe.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+python := ".venv/bin/python"
+dka := "target/debug/dka"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install the pinned Python environment (.venv: PyTorch 2.11.0, timm, peft) and link .libtorch. Idempotent.
+setup:
+    scripts/setup.sh
+
+# Build the workspace and the `dka` binary.
+build: setup
+    cargo build --workspace
+
+# Write the parity fixtures with the pinned timm (fixtures/, git-ignored).
+fixtures: setup
+    {{python}} python/make_fixtures.py fixtures
+
+# Run the whole test suite (sets itself up first).
+test: setup fixtures
+    cargo test --workspace
+
+# The end-to-end demo: device report, then timm-parity feature extraction from the command line.
+demo: build fixtures
+    scripts/demo.sh
+
+# Show the device, threads, libtorch and whether CUDA is usable.
+info: build
+    {{dka}} info
+
+# Convert a PyTorch checkpoint (.pth/.bin/.safetensors) to safetensors with timm names.
+convert in out: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    src="{{in}}"
+    if [[ "$src" != *.safetensors ]]; then
+        tmp=$(mktemp --suffix=.safetensors)
+        trap 'rm -f "$tmp"' EXIT
+        {{python}} python/pth_to_safetensors.py "$src" "$tmp"
+        src="$tmp"
+    fi
+    {{dka}} convert --input "$src" --output "{{out}}"

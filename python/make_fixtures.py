@@ -1,0 +1,96 @@
+"""Parity fixtures for dka's backbones, written by the pinned timm in .venv.
+
+Each fixture is a folder under the output directory (default `fixtures/`) with
+  config.json        the backbone config in dka's format (timm's constructor fields + "arch")
+  model.safetensors  timm's state dict (random init, every tensor perturbed so that biases,
+                     norms, layer scales and BatchNorm statistics are all non-trivial)
+  io.safetensors     inputs `input*` and timm's outputs `features*` / `logits*` for them
+
+Run: .venv/bin/python python/make_fixtures.py [OUT_DIR]   (what `just fixtures` does)
+"""
+import json
+import sys
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models.resnet import Bottleneck, ResNet
+from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer_sam import VisionTransformerSAM
+
+OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "fixtures")
+
+
+def perturb(model: torch.nn.Module, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if not t.is_floating_point():
+                continue
+            noise = torch.randn(t.shape, generator=gen)
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=gen))
+            elif name.endswith("running_mean"):
+                t.copy_(0.1 * noise)
+            elif t.dim() == 1 and ("norm" in name or "bn" in name or "downsample.1" in name or name.endswith("gamma")):
+                t.copy_(1.0 + 0.1 * noise)  # norm scales, BN weights, layer scales
+            else:
+                t.add_(0.02 * noise)
+
+
+def write(name: str, model: torch.nn.Module, config: dict, inputs: dict) -> None:
+    model.eval()
+    d = OUT / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if v.is_floating_point()}, str(d / "model.safetensors"))
+    io = {}
+    with torch.no_grad():
+        for suffix, x in inputs.items():
+            f = model.forward_features(x)
+            io["input" + suffix] = x
+            io["features" + suffix] = f
+            if getattr(model, "num_classes", 0):
+                io["logits" + suffix] = model.forward_head(f)
+    save_file({k: v.contiguous() for k, v in io.items()}, str(d / "io.safetensors"))
+    print(f"{d}: {sum(p.numel() for p in model.parameters())} parameters, {len(inputs)} inputs")
+
+
+def main() -> None:
+    gen = torch.Generator().manual_seed(20261128)
+    torch.manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, generator=gen)
+
+    # ViT with layer scale, class-token pooling, at its own input size.
+    cfg = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_ratio=2.0,
+               num_classes=5, init_values=0.1, global_pool="token")
+    m = VisionTransformer(**cfg)
+    perturb(m, gen)
+    write("vit_layerscale", m, dict(arch="vit", **cfg), {"": rnd(2, 3, 32, 32)})
+
+    # ViT fed other input sizes than img_size (bicubic position-embedding resampling, up and
+    # down, non-square), average pooling with fc_norm.
+    cfg = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, mlp_ratio=4.0,
+               num_classes=3, global_pool="avg")
+    m = VisionTransformer(dynamic_img_size=True, **cfg)
+    perturb(m, gen)
+    write("vit_resized", m, dict(arch="vit", **cfg), {"": rnd(2, 3, 48, 40), "_small": rnd(1, 3, 24, 16)})
+
+    # Bottleneck ResNet, narrow stages so the file stays small.
+    cfg = dict(block="bottleneck", layers=[1, 2, 1, 1], channels=[8, 16, 24, 32], num_classes=6)
+    m = ResNet(block=Bottleneck, layers=cfg["layers"], channels=cfg["channels"], num_classes=6)
+    perturb(m, gen)
+    write("resnet_bottleneck", m, dict(arch="resnet", **cfg), {"": rnd(2, 3, 64, 48)})
+
+    # SAM ViT encoder: windowed blocks (window 3 on an 8x8 grid: padded windows) and a global
+    # block, relative positions, the neck, a pooled head; also at a smaller input.
+    cfg = dict(img_size=64, patch_size=8, embed_dim=32, depth=3, num_heads=2, window_size=3,
+               global_attn_indexes=[1], neck_chans=16, num_classes=4)
+    m = VisionTransformerSAM(use_rel_pos=True, **cfg)
+    perturb(m, gen)
+    write("samvit", m, dict(arch="samvit", **cfg), {"": rnd(2, 3, 64, 64), "_small": rnd(1, 3, 48, 40)})
+    print(f"timm {timm.__version__}, torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()
