@@ -4,8 +4,10 @@
 //! [`backbone`] puts them behind one handle. [`sites`] defines where adapters attach.
 pub mod backbone;
 pub mod convert;
+pub mod dka;
 pub mod error;
 pub mod layers;
+pub mod method;
 pub mod resnet;
 pub mod samvit;
 pub mod sites;

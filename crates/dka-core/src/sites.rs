@@ -28,29 +28,29 @@ impl TokenLayout {
 }
 
 /// A module mapping tokens to tokens of the same shape (`[batch, tokens, dim]`).
-pub trait TokenModule: Debug + Send + Sync {
+pub trait TokenModule: Debug {
     fn forward_t(&self, x: &Tensor, layout: TokenLayout, train: bool) -> Tensor;
 }
 
 /// A module running beside a residual branch: it sees the branch's residual input `x` and the
 /// normalised input `normed` (what the branch itself sees) and returns a term that is added.
-pub trait ParallelModule: Debug + Send + Sync {
+pub trait ParallelModule: Debug {
     fn forward_t(&self, x: &Tensor, normed: &Tensor, layout: TokenLayout, train: bool) -> Tensor;
 }
 
 /// A term added to the output of a frozen Linear layer, computed from that layer's input
 /// (LoRA: `(alpha/r) B A x`). Input and output keep every leading dimension.
-pub trait LinearDelta: Debug + Send + Sync {
+pub trait LinearDelta: Debug {
     fn delta(&self, input: &Tensor, train: bool) -> Tensor;
 }
 
 /// A module on a CNN feature map `[batch, channels, h, w]`, same shape out.
-pub trait MapModule: Debug + Send + Sync {
+pub trait MapModule: Debug {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor;
 }
 
 /// Extra tokens inserted after the class token (visual prompt tuning).
-pub trait PromptModule: Debug + Send + Sync {
+pub trait PromptModule: Debug {
     /// Number of prompt tokens `p`.
     fn count(&self) -> i64;
     /// Prompts `[p, dim]` for block `layer`. Block 0 inserts them; a later block that gets

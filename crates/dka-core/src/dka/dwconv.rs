@@ -1,0 +1,174 @@
+//! DKA's depthwise convolutions on a `[batch, channels, h, w]` map: a large and a small kernel
+//! (either may be absent), or one learnable-size kernel, with an exact fast path.
+//!
+//! Reference path: each branch is its own `conv2d(groups = channels)` with its full kernel,
+//! in PyTorch's default (NCHW) layout, as the authors' code runs it.
+//!
+//! Fast paths (equal up to float round-off; `tests/dka_fast_path.rs` checks outputs and the
+//! gradients of input and both kernels):
+//! 1. both branches are linear in the same input, so `DW_L(z) + DW_S(z) = DW_M(z)` with
+//!    `M = K_L + pad(K_S)`; `M` is built inside the graph, so gradients reach both kernels;
+//! 2. a tap more than `h-1` rows or `w-1` columns from the centre only ever multiplies
+//!    padding: the kernel is cropped to at most `(2h-1) x (2w-1)`;
+//! 3. the cropped kernel runs as a direct depthwise conv in channels-last layout, or, when
+//!    it is large against the map, as an FFT convolution (zero-padded, so no wrap-around).
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// How the depthwise convolutions are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvPath {
+    /// The fastest exact path for each shape (see [`ConvPath::choose`]).
+    #[default]
+    Auto,
+    /// One conv per branch, full kernels, NCHW: the plain implementation.
+    Reference,
+    /// Merged, cropped kernel; direct depthwise conv in channels-last layout.
+    Direct,
+    /// Merged, cropped kernel; FFT convolution.
+    Fft,
+}
+
+impl ConvPath {
+    /// Direct convolution costs `kh*kw` multiply-adds per output; FFT costs a few
+    /// `log2` of the padded area per output, with a larger constant. Measured on 2 CPU cores
+    /// (`just bench-dka`): direct wins for kernels up to about 15x15 and on maps up to
+    /// 14x14, FFT beyond.
+    pub fn choose(self, kh: i64, kw: i64, h: i64, w: i64) -> ConvPath {
+        match self {
+            ConvPath::Auto => {
+                if kh * kw >= 400 && h * w > 196 {
+                    ConvPath::Fft
+                } else {
+                    ConvPath::Direct
+                }
+            }
+            p => p,
+        }
+    }
+}
+
+/// Centre-crops or zero-pads a `[c, 1, k1, k2]` kernel to `[c, 1, kh, kw]` (odd sizes).
+pub fn fit_kernel(k: &Tensor, kh: i64, kw: i64) -> Tensor {
+    let s = k.size();
+    let (k1, k2) = (s[2], s[3]);
+    let mut k = k.shallow_clone();
+    if k1 > kh {
+        k = k.narrow(2, (k1 - kh) / 2, kh);
+    }
+    if k2 > kw {
+        k = k.narrow(3, (k2 - kw) / 2, kw);
+    }
+    let (ph, pw) = ((kh - k1).max(0) / 2, (kw - k2).max(0) / 2);
+    if ph > 0 || pw > 0 {
+        k = k.constant_pad_nd([pw, pw, ph, ph]);
+    }
+    k
+}
+
+/// Depthwise conv of `z` by a `[c, 1, kh, kw]` kernel, "same" padding, via FFT.
+pub fn fft_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let (_, c, h, w) = z.size4().expect("map is 4-D");
+    let s = k.size();
+    let (kh, kw) = (s[2], s[3]);
+    let (fh, fw) = (h + kh - 1, w + kw - 1);
+    let zf = z.to_kind(Kind::Float).fft_rfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
+    // conv2d is a cross-correlation: convolve with the flipped kernel, then take the centre.
+    let kf = k.reshape([c, kh, kw]).flip([-2i64, -1]).fft_rfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
+    let y = (zf * kf).fft_irfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
+    let y = y.narrow(2, kh / 2, h).narrow(3, kw / 2, w).to_kind(z.kind());
+    match bias {
+        Some(b) => y + b.view([1, c, 1, 1]),
+        None => y,
+    }
+}
+
+/// Depthwise conv with "same" padding in the tensor's own layout.
+pub fn direct_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let s = k.size();
+    let c = z.size()[1];
+    z.conv2d(k, bias, [1, 1], [s[2] / 2, s[3] / 2], [1, 1], c)
+}
+
+/// `x` with channels-last strides (what `memory_format=torch.channels_last` gives).
+pub fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// Radial mask `sigmoid((rho_c - r) / tau)` over a `k x k` kernel: `[c, 1, k, k]`.
+pub fn radial_mask(rho: &Tensor, k: i64, tau: f64) -> Tensor {
+    let opts = (Kind::Float, rho.device());
+    let a = Tensor::arange(k, opts) - (k / 2) as f64;
+    let r = (a.unsqueeze(1).square() + a.unsqueeze(0).square()).sqrt();
+    ((rho.view([-1, 1, 1, 1]) - r.view([1, 1, k, k])) / tau).sigmoid()
+}
+
+/// The kernels of one DKA module.
+#[derive(Debug)]
+pub enum Kernels {
+    /// Fixed-size branches; `None` = branch absent. Kernels are `[c, 1, k, k]`.
+    Fixed { large: Option<(Tensor, Option<Tensor>)>, small: Option<(Tensor, Option<Tensor>)> },
+    /// One `k_max` kernel times a learnable radial mask (radius per channel).
+    Learnable { kernel: Tensor, bias: Option<Tensor>, radius: Tensor, tau: f64 },
+}
+
+impl Kernels {
+    /// The whole effective kernel (uncropped) and summed bias.
+    fn merged(&self) -> (Tensor, Option<Tensor>) {
+        match self {
+            Kernels::Learnable { kernel, bias, radius, tau } => {
+                let k = kernel.size()[2];
+                (kernel * radial_mask(radius, k, *tau), bias.as_ref().map(|b| b.shallow_clone()))
+            }
+            Kernels::Fixed { large, small } => {
+                let parts: Vec<&(Tensor, Option<Tensor>)> = [large, small].into_iter().flatten().collect();
+                let k = parts.iter().map(|(w, _)| w.size()[2]).max().expect("at least one branch");
+                let w = parts.iter().map(|(w, _)| fit_kernel(w, k, k)).reduce(|a, b| a + b).unwrap();
+                let b = parts.iter().filter_map(|(_, b)| b.as_ref().map(|b| b.shallow_clone())).reduce(|a, b| a + b);
+                (w, b)
+            }
+        }
+    }
+
+    /// Plain implementation: one conv per branch with its full kernel.
+    pub fn forward_reference(&self, z: &Tensor) -> Tensor {
+        let z = z.contiguous();
+        match self {
+            Kernels::Fixed { large, small } => [large, small]
+                .into_iter()
+                .flatten()
+                .map(|(w, b)| direct_depthwise(&z, w, b.as_ref()))
+                .reduce(|a, b| a + b)
+                .expect("at least one branch"),
+            Kernels::Learnable { .. } => {
+                let (w, b) = self.merged();
+                direct_depthwise(&z, &w, b.as_ref())
+            }
+        }
+    }
+
+    /// Fast exact implementation (merge, crop, then direct channels-last or FFT).
+    pub fn forward(&self, z: &Tensor, path: ConvPath) -> Tensor {
+        if path == ConvPath::Reference {
+            return self.forward_reference(z);
+        }
+        let (_, _, h, w) = z.size4().expect("map is 4-D");
+        let (m, b) = self.merged();
+        let k = m.size()[2];
+        let (kh, kw) = (k.min(2 * h - 1), k.min(2 * w - 1));
+        let m = fit_kernel(&m, kh, kw);
+        match path.choose(kh, kw, h, w) {
+            ConvPath::Fft => fft_depthwise(z, &m, b.as_ref()),
+            _ => direct_depthwise(&channels_last(z), &m, b.as_ref()),
+        }
+    }
+
+    /// Learned radii per channel (learnable kernels only).
+    pub fn radii(&self) -> Option<Tensor> {
+        match self {
+            Kernels::Learnable { radius, .. } => Some(radius.detach()),
+            Kernels::Fixed { .. } => None,
+        }
+    }
+}

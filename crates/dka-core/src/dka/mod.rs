@@ -1,0 +1,296 @@
+//! The Dual-Kernel Adapter (DKA, ICLR 2026):
+//! `f(x) = x + Up(σ(DWConv_L(Down x) + DWConv_S(Down x)))`.
+//!
+//! Token form (ViT, SAM ViT): the prefix tokens (CLS, prompts) skip the convolutions; the patch
+//! tokens are laid out on the model's `h x w` grid (non-square grids work). Map form (ResNet):
+//! the same module with `Down`/`Up` as 1x1 convs (they share the Linear's weights), after the
+//! residual blocks of the selected stages. Every paper-vs-authors difference is a field of
+//! [`DkaConfig`]; `DkaConfig::authors()` (the default) reproduces the paper's tables,
+//! `DkaConfig::paper()` follows the paper's equation.
+mod dwconv;
+
+pub use dwconv::{channels_last, fft_depthwise, fit_kernel, radial_mask, ConvPath, Kernels};
+
+use crate::backbone::Backbone;
+use crate::error::{CoreError, Result};
+use crate::method::{selected, Method};
+use crate::sites::{MapModule, TokenLayout, TokenModule};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+/// Which depthwise branches exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Branches {
+    Both,
+    Large,
+    Small,
+}
+
+/// Where the GELUs sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// The paper's equation: one GELU after the convolutions.
+    Paper,
+    /// The authors' code: a GELU right after `Down` as well.
+    Authors,
+}
+
+/// Where DKA sits in a transformer block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// `x = x + Attn(LN1 x); x = DKA(x); x = x + MLP(LN2 x); x = DKA(x)`, one instance shared
+    /// by both positions (the authors' code).
+    Mona,
+    /// Inside each residual branch: `x = x + DKA(Attn(LN1 x))`, likewise for the MLP (two
+    /// instances).
+    Branch,
+    /// After the block.
+    Block,
+}
+
+/// Initialisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// Linear weights normal(std 0.01) (timm's `trunc_normal_(std=.01)` truncates at ±2, i.e.
+    /// not at all at this std), convs Kaiming-normal (fan_out), biases zero.
+    Authors,
+    /// As `authors`, but `Up` starts at zero: the adapted model starts as the backbone.
+    ZeroUp,
+}
+
+/// The learnable-kernel-size variant (Table 3b; the paper gives no recipe, this is ours):
+/// one `k_max x k_max` kernel per channel times `sigmoid((ρ_c − r)/τ)`, `r` the tap's
+/// distance from the centre, `ρ_c` learned per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnableKernel {
+    pub k_max: i64,
+    pub tau: f64,
+    pub init_radius: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DkaConfig {
+    /// Middle dimension d̂ (paper: 16 for classification, 192 for segmentation).
+    pub d_hat: i64,
+    pub large_kernel: i64,
+    pub small_kernel: i64,
+    pub branches: Branches,
+    /// Replaces both fixed kernels when set.
+    pub learnable_kernel: Option<LearnableKernel>,
+    pub activation: Activation,
+    /// Dropout before `Up`.
+    pub dropout: f64,
+    /// Biases in Down, Up and the convs.
+    pub bias: bool,
+    pub placement: Placement,
+    /// Blocks (ViT) or stages (ResNet, 0-based) that get an adapter; `None` = all.
+    pub layers: Option<Vec<usize>>,
+    pub init: Init,
+    pub conv_path: ConvPath,
+}
+
+impl Default for DkaConfig {
+    fn default() -> Self {
+        Self::authors()
+    }
+}
+
+impl DkaConfig {
+    /// The authors' released variant (it produced the paper's ViT numbers).
+    pub fn authors() -> Self {
+        Self {
+            d_hat: 16,
+            large_kernel: 51,
+            small_kernel: 5,
+            branches: Branches::Both,
+            learnable_kernel: None,
+            activation: Activation::Authors,
+            dropout: 0.1,
+            bias: false,
+            placement: Placement::Mona,
+            layers: None,
+            init: Init::Authors,
+            conv_path: ConvPath::Auto,
+        }
+    }
+
+    /// The paper's equation: one GELU, no dropout, biases, after each block.
+    pub fn paper() -> Self {
+        Self { activation: Activation::Paper, dropout: 0.0, bias: true, placement: Placement::Block, ..Self::authors() }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let odd = |k: i64| k >= 1 && k % 2 == 1;
+        if self.d_hat < 1 {
+            return Err(CoreError::Invalid(format!("dka.d_hat = {} must be at least 1", self.d_hat)));
+        }
+        if !odd(self.large_kernel) || !odd(self.small_kernel) {
+            return Err(CoreError::Invalid(format!(
+                "dka kernel sizes must be odd and positive (large {}, small {})",
+                self.large_kernel, self.small_kernel
+            )));
+        }
+        if let Some(l) = &self.learnable_kernel {
+            if !odd(l.k_max) || l.tau <= 0.0 {
+                return Err(CoreError::Invalid(format!("dka.learnable_kernel: k_max {} must be odd, tau {} positive", l.k_max, l.tau)));
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(CoreError::Invalid(format!("dka.dropout = {} must be in [0, 1)", self.dropout)));
+        }
+        Ok(())
+    }
+
+    /// Trainable parameters of one module on `dim` channels: Down + Up + kernels (+ biases).
+    pub fn params_per_module(&self, dim: i64) -> i64 {
+        let d = self.d_hat;
+        let b = i64::from(self.bias);
+        let proj = 2 * dim * d + b * (d + dim);
+        let convs = match (&self.learnable_kernel, self.branches) {
+            (Some(l), _) => d * l.k_max * l.k_max + d + b * d,
+            (None, Branches::Both) => d * (self.large_kernel.pow(2) + self.small_kernel.pow(2)) + 2 * b * d,
+            (None, Branches::Large) => d * self.large_kernel.pow(2) + b * d,
+            (None, Branches::Small) => d * self.small_kernel.pow(2) + b * d,
+        };
+        proj + convs
+    }
+}
+
+/// One DKA module on `dim` channels.
+#[derive(Debug)]
+pub struct Dka {
+    down: nn::Linear,
+    up: nn::Linear,
+    kernels: Kernels,
+    activation: Activation,
+    dropout: f64,
+    path: ConvPath,
+}
+
+impl Dka {
+    pub fn new(p: &nn::Path, dim: i64, c: &DkaConfig) -> Result<Self> {
+        c.validate()?;
+        let d = c.d_hat;
+        let lin = nn::LinearConfig {
+            ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.01 },
+            bs_init: c.bias.then_some(nn::Init::Const(0.0)),
+            bias: c.bias,
+        };
+        let down = nn::linear(p / "down", dim, d, lin);
+        let up_init = match c.init {
+            Init::Authors => lin,
+            Init::ZeroUp => nn::LinearConfig { ws_init: nn::Init::Const(0.0), ..lin },
+        };
+        let up = nn::linear(p / "up", d, dim, up_init);
+        let kaiming = nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Normal,
+            fan: nn::init::FanInOut::FanOut,
+            non_linearity: nn::init::NonLinearity::ReLU,
+        };
+        let conv = |name: &str, k: i64| {
+            let q = p / name;
+            (q.var("weight", &[d, 1, k, k], kaiming), c.bias.then(|| q.zeros("bias", &[d])))
+        };
+        let kernels = match &c.learnable_kernel {
+            Some(l) => {
+                let (kernel, bias) = conv("conv", l.k_max);
+                let radius = p.var("radius", &[d], nn::Init::Const(l.init_radius));
+                Kernels::Learnable { kernel, bias, radius, tau: l.tau }
+            }
+            None => Kernels::Fixed {
+                large: (c.branches != Branches::Small).then(|| conv("conv_large", c.large_kernel)),
+                small: (c.branches != Branches::Large).then(|| conv("conv_small", c.small_kernel)),
+            },
+        };
+        Ok(Self { down, up, kernels, activation: c.activation, dropout: c.dropout, path: c.conv_path })
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    fn act_in(&self, z: Tensor) -> Tensor {
+        match self.activation {
+            Activation::Authors => z.gelu("none"),
+            Activation::Paper => z,
+        }
+    }
+}
+
+impl TokenModule for Dka {
+    fn forward_t(&self, x: &Tensor, l: TokenLayout, train: bool) -> Tensor {
+        let (b, _, _) = x.size3().expect("tokens are [batch, tokens, dim]");
+        let z = self.act_in(self.down.forward(x));
+        let d = z.size()[2];
+        // [b, h*w, d] -> [b, d, h, w] with channels-last strides: a view, no copy.
+        let grid = z.narrow(1, l.prefix, l.h * l.w).reshape([b, l.h, l.w, d]).permute([0, 3, 1, 2]);
+        let conv = self.kernels.forward(&grid, self.path).permute([0, 2, 3, 1]).reshape([b, l.h * l.w, d]);
+        let y = if l.prefix > 0 { Tensor::cat(&[z.narrow(1, 0, l.prefix), conv], 1) } else { conv };
+        x + self.up.forward(&y.gelu("none").dropout(self.dropout, train))
+    }
+}
+
+impl MapModule for Dka {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let conv1x1 = |lin: &nn::Linear, t: &Tensor| {
+            let s = lin.ws.size();
+            t.conv2d(&lin.ws.view([s[0], s[1], 1, 1]), lin.bs.as_ref(), [1, 1], [0, 0], [1, 1], 1)
+        };
+        let z = self.act_in(conv1x1(&self.down, x));
+        let y = self.kernels.forward(&z, self.path).gelu("none").dropout(self.dropout, train);
+        x + conv1x1(&self.up, &y)
+    }
+}
+
+impl Method for DkaConfig {
+    fn name(&self) -> &'static str {
+        "dka"
+    }
+
+    fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
+        self.validate()?;
+        let token_blocks: Vec<(i64, &mut crate::sites::BlockSites)> = match backbone {
+            Backbone::Vit(m) => {
+                let d = m.cfg.embed_dim;
+                m.blocks.iter_mut().map(|b| (d, &mut b.sites)).collect()
+            }
+            Backbone::SamVit(m) => {
+                let d = m.cfg.embed_dim;
+                m.blocks.iter_mut().map(|b| (d, &mut b.sites)).collect()
+            }
+            Backbone::ResNet(m) => {
+                for (k, stage) in m.stages.iter_mut().enumerate().filter(|(k, _)| selected(&self.layers, *k)) {
+                    for (i, blk) in stage.iter_mut().enumerate() {
+                        let q = p / format!("layer{}", k + 1) / i / "dka";
+                        blk.sites.after_block = Some(Arc::new(Dka::new(&q, blk.out_channels, self)?));
+                    }
+                }
+                return Ok(());
+            }
+        };
+        for (i, (dim, sites)) in token_blocks.into_iter().enumerate().filter(|(i, _)| selected(&self.layers, *i)) {
+            let q = p / "blocks" / i;
+            match self.placement {
+                Placement::Mona => {
+                    let m: Arc<Dka> = Arc::new(Dka::new(&(&q / "dka"), dim, self)?);
+                    sites.after_attn = Some(m.clone());
+                    sites.after_mlp = Some(m);
+                }
+                Placement::Branch => {
+                    sites.attn_branch = Some(Arc::new(Dka::new(&(&q / "dka_attn"), dim, self)?));
+                    sites.mlp_branch = Some(Arc::new(Dka::new(&(&q / "dka_mlp"), dim, self)?));
+                }
+                Placement::Block => sites.after_mlp = Some(Arc::new(Dka::new(&(&q / "dka"), dim, self)?)),
+            }
+        }
+        Ok(())
+    }
+}

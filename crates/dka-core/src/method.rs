@@ -1,0 +1,24 @@
+//! The interface every fine-tuning method implements, DKA and the baselines alike.
+use crate::backbone::Backbone;
+use crate::error::Result;
+use tch::nn;
+
+/// A fine-tuning method: the modules it adds to a frozen backbone (in its own store, under
+/// `p`) and which backbone tensors, if any, it trains.
+pub trait Method: std::fmt::Debug {
+    /// Short name used in tables and run folders.
+    fn name(&self) -> &'static str;
+
+    /// Builds the method's modules under `p` and puts them into the backbone's sites.
+    fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()>;
+
+    /// Whether the backbone tensor called `name` (timm's name) trains with this method.
+    fn trains_backbone(&self, _name: &str) -> bool {
+        false
+    }
+}
+
+/// Layers selected by an optional list of indices (`None` = all).
+pub fn selected(layers: &Option<Vec<usize>>, i: usize) -> bool {
+    layers.as_ref().is_none_or(|l| l.contains(&i))
+}
