@@ -31,3 +31,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How and where numbers were made, for the sidecars of results files.
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())));
+    serde_json::json!({
+        "cpu": cpu,
+        "libtorch_threads": tch::get_num_threads(),
+        "libtorch": option_env!("DKA_LIBTORCH_VERSION"),
+        "cuda": tch::Cuda::is_available(),
+        "dka_version": env!("CARGO_PKG_VERSION"),
+        "git_commit": std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()
+            .filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        "date_utc": std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+    })
+}

@@ -2,6 +2,7 @@
 //!
 //! A thin binary over the library crates: `main` parses the arguments into typed options,
 //! calls a subcommand returning `anyhow::Result`, and prints the error chain on one line.
+mod bench;
 mod convert;
 mod device;
 mod features;
@@ -23,8 +24,17 @@ enum Command {
     Info(info::Args),
     /// Run a backbone on a batch and write its features (and logits when the weights hold a head).
     Features(features::Args),
+    /// Benchmarks (CSV under results/bench/).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Rename a checkpoint's keys to timm's (torchvision ViT, SAM/MedSAM, DDP prefixes).
     Convert(convert::Args),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// DKA's depthwise convolutions: plain reference vs the exact fast path.
+    Conv(bench::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -32,6 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Features(a) => features::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Bench(BenchCommand::Conv(a)) => bench::run(a),
     }
 }
 

@@ -154,6 +154,39 @@ impl Backbone {
         self.head().map(|h| h.forward(&self.pool(f)))
     }
 
+    /// Family name for messages (`vit`, `resnet`, `samvit`).
+    pub fn arch(&self) -> &'static str {
+        match self {
+            Self::Vit(_) => "vit",
+            Self::ResNet(_) => "resnet",
+            Self::SamVit(_) => "samvit",
+        }
+    }
+
+    /// The sites of every transformer block with the block's width; empty for a CNN.
+    pub fn token_blocks_mut(&mut self) -> Vec<(i64, &mut crate::sites::BlockSites)> {
+        match self {
+            Self::Vit(m) => {
+                let d = m.cfg.embed_dim;
+                m.blocks.iter_mut().map(|b| (d, &mut b.sites)).collect()
+            }
+            Self::SamVit(m) => {
+                let d = m.cfg.embed_dim;
+                m.blocks.iter_mut().map(|b| (d, &mut b.sites)).collect()
+            }
+            Self::ResNet(_) => Vec::new(),
+        }
+    }
+
+    /// Hidden width of the transformer MLPs (0 for a CNN).
+    pub fn mlp_hidden(&self) -> i64 {
+        match self {
+            Self::Vit(m) => (m.cfg.embed_dim as f64 * m.cfg.mlp_ratio) as i64,
+            Self::SamVit(m) => (m.cfg.embed_dim as f64 * m.cfg.mlp_ratio) as i64,
+            Self::ResNet(_) => 0,
+        }
+    }
+
     /// Width of the pooled features.
     pub fn num_features(&self) -> i64 {
         match self {

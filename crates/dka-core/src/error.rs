@@ -17,6 +17,8 @@ pub enum CoreError {
     WeightsMismatch { path: PathBuf, summary: String },
     #[error("input tensor '{name}' has shape {shape:?}; expected {expected}")]
     InputShape { name: String, shape: Vec<i64>, expected: String },
+    #[error("method '{method}' does not apply to a {arch} backbone ({why})")]
+    Unsupported { method: String, arch: String, why: String },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -16,6 +16,12 @@ pub trait Method: std::fmt::Debug {
     fn trains_backbone(&self, _name: &str) -> bool {
         false
     }
+
+    /// The backbone's features never change during training (nothing attached, nothing of
+    /// the backbone trains), so a trainer may compute them once and train the head on a cache.
+    fn frozen_features(&self) -> bool {
+        false
+    }
 }
 
 /// Layers selected by an optional list of indices (`None` = all).

@@ -84,7 +84,9 @@ fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
 pub struct ResBlock {
     convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
     downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    pub in_channels: i64,
     pub out_channels: i64,
+    pub stride: i64,
     pub sites: MapSites,
 }
 
@@ -104,7 +106,7 @@ impl ResBlock {
         };
         let downsample = (stride != 1 || cin != cout)
             .then(|| (conv(&p / "downsample" / "0", cin, cout, 1, stride, 0), bn(&p / "downsample" / "1", cout)));
-        Self { convs, downsample, out_channels: cout, sites: MapSites::default() }
+        Self { convs, downsample, in_channels: cin, out_channels: cout, stride, sites: MapSites::default() }
     }
 
     fn forward_t(&self, x: &Tensor, bn_train: bool, train: bool) -> Tensor {

@@ -257,25 +257,16 @@ impl Method for DkaConfig {
 
     fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
         self.validate()?;
-        let token_blocks: Vec<(i64, &mut crate::sites::BlockSites)> = match backbone {
-            Backbone::Vit(m) => {
-                let d = m.cfg.embed_dim;
-                m.blocks.iter_mut().map(|b| (d, &mut b.sites)).collect()
-            }
-            Backbone::SamVit(m) => {
-                let d = m.cfg.embed_dim;
-                m.blocks.iter_mut().map(|b| (d, &mut b.sites)).collect()
-            }
-            Backbone::ResNet(m) => {
-                for (k, stage) in m.stages.iter_mut().enumerate().filter(|(k, _)| selected(&self.layers, *k)) {
-                    for (i, blk) in stage.iter_mut().enumerate() {
-                        let q = p / format!("layer{}", k + 1) / i / "dka";
-                        blk.sites.after_block = Some(Arc::new(Dka::new(&q, blk.out_channels, self)?));
-                    }
+        if let Backbone::ResNet(m) = backbone {
+            for (k, stage) in m.stages.iter_mut().enumerate().filter(|(k, _)| selected(&self.layers, *k)) {
+                for (i, blk) in stage.iter_mut().enumerate() {
+                    let q = p / format!("layer{}", k + 1) / i / "dka";
+                    blk.sites.after_block = Some(Arc::new(Dka::new(&q, blk.out_channels, self)?));
                 }
-                return Ok(());
             }
-        };
+            return Ok(());
+        }
+        let token_blocks = backbone.token_blocks_mut();
         for (i, (dim, sites)) in token_blocks.into_iter().enumerate().filter(|(i, _)| selected(&self.layers, *i)) {
             let q = p / "blocks" / i;
             match self.placement {

@@ -1,0 +1,26 @@
+//! Full fine-tuning: every backbone tensor trains (BatchNorm statistics too).
+use dka_core::method::Method;
+use dka_core::{Backbone, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullFineTune {}
+
+impl Method for FullFineTune {
+    fn name(&self) -> &'static str {
+        "full"
+    }
+
+    fn attach(&self, backbone: &mut Backbone, _p: &nn::Path) -> Result<()> {
+        if let Backbone::ResNet(m) = backbone {
+            m.freeze_bn = false;
+        }
+        Ok(())
+    }
+
+    fn trains_backbone(&self, _name: &str) -> bool {
+        true
+    }
+}
