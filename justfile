@@ -12,6 +12,10 @@ default:
 setup:
     scripts/setup.sh
 
+# Fetch the registry medical images (MNI152, Colin27, a fundus photo) into .assets/, checksummed. Idempotent.
+assets:
+    scripts/assets.sh
+
 # Build the workspace and the `dka` binary.
 build: setup
     cargo build --workspace
@@ -21,11 +25,11 @@ fixtures: setup
     {{python}} python/make_fixtures.py fixtures
 
 # Run the whole test suite (sets itself up first).
-test: setup fixtures
+test: setup fixtures assets
     cargo test --workspace
 
 # The end-to-end demo: device report, then timm-parity feature extraction from the command line.
-demo: build fixtures
+demo: build fixtures assets
     scripts/demo.sh
 
 # Show the device, threads, libtorch and whether CUDA is usable.

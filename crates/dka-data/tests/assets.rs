@@ -1,0 +1,171 @@
+//! Real medical images from the package registries (`scripts/assets.sh` puts them in
+//! `.assets/`). These tests fail, saying so, when the files are missing: they never pass
+//! silently.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use dka_data::nifti_volume::{axcodes, axial_axis, read_header, read_volume};
+use dka_data::*;
+
+fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.assets")
+}
+
+fn require(rel: &str) -> PathBuf {
+    let p = assets().join(rel);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/assets.sh (from the repository root) to fetch the registry assets",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn mni152_volume_has_the_right_shape_orientation_and_values() {
+    let t1 = require("mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz");
+    let vol = read_volume(&t1).unwrap();
+    assert_eq!(vol.data.shape(), &[197, 233, 189]);
+    assert_eq!(vol.header.version, 1);
+    assert_eq!(vol.header.datatype, "Uint8");
+    assert_eq!(axcodes(&vol.header.affine), ['R', 'A', 'S']);
+    assert_eq!(axial_axis(&vol.header.affine), 2);
+    assert_eq!(vol.header.affine[0][3], -98.0);
+    let max = vol.data.fold(0.0f32, |m, &v| m.max(v));
+    assert_eq!(max, 255.0);
+    assert_eq!(read_header(&t1).unwrap().dims, [197, 233, 189]);
+}
+
+#[test]
+fn mni152_slices_carry_background_grey_and_white_matter() {
+    require("mni152/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz");
+    require("mni152/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz");
+    let root = assets().join("mni152");
+    let all = LoaderOptions {
+        volume: VolumeOptions {
+            empty_slices: EmptySlices::KeepAll,
+            ..VolumeOptions::default()
+        },
+        ..LoaderOptions::default()
+    };
+    let ds = open_dataset("mni152", &root, &all).unwrap();
+    assert_eq!(ds.records().len(), 189, "one sample per axial slice");
+    assert_eq!(
+        ds.task().classes(),
+        ["background", "grey matter", "white matter"]
+    );
+    let mid = ds
+        .records()
+        .iter()
+        .position(|r| r.id == "mni152/z094")
+        .unwrap();
+    let raw = ds.read(mid).unwrap();
+    assert_eq!(raw.image.dimensions(), (197, 233), "x across, y down");
+    let mask = raw.mask.unwrap();
+    let labels: BTreeSet<u8> = mask.pixels().map(|p| p.0[0]).collect();
+    assert_eq!(labels, [0, 1, 2].into());
+    let frac = |c: u8| mask.pixels().filter(|p| p.0[0] == c).count() as f64 / (197.0 * 233.0);
+    assert!(
+        frac(1) > 0.1 && frac(2) > 0.05,
+        "grey {} white {}",
+        frac(1),
+        frac(2)
+    );
+    // Anterior at the top: the brain's front reaches nearer the top edge than its back
+    // reaches the bottom edge in this template's field of view.
+    let rows: Vec<u32> = mask
+        .enumerate_pixels()
+        .filter(|p| p.2 .0[0] != 0)
+        .map(|p| p.1)
+        .collect();
+    let (top, bottom) = (
+        *rows.iter().min().unwrap(),
+        232 - *rows.iter().max().unwrap(),
+    );
+    assert!(top > 0 && bottom > 0);
+    // Intensities are normalised to [0, 1] and the brain is brighter than the corner.
+    assert!(raw.image.pixels().all(|p| (0.0..=1.0).contains(&p.0[0])));
+    assert!(raw.image.get_pixel(98, 116).0[0] > raw.image.get_pixel(0, 0).0[0]);
+
+    // Dropping empty slices keeps the brain's slices only; splits are per slice.
+    let ds = open_dataset("mni152", &root, &LoaderOptions::default()).unwrap();
+    let n = ds.records().len();
+    assert!(n > 120 && n < 189, "{n} slices with tissue");
+    let split = make_split(
+        ds.as_ref(),
+        &SplitSpec {
+            train_fraction: 0.1,
+            ..SplitSpec::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(split.test.len(), (n as f64 * 0.2).round() as usize);
+    let cfg = LoaderConfig {
+        batch_size: 4,
+        ..LoaderConfig::default()
+    };
+    let ds: std::sync::Arc<dyn Dataset> = std::sync::Arc::from(ds);
+    let batch = BatchLoader::new(
+        ds,
+        split.train[..4].to_vec(),
+        Preprocess::default(),
+        Some(Augment::default()),
+        &cfg,
+        0,
+    )
+    .unwrap()
+    .next()
+    .unwrap()
+    .unwrap();
+    assert_eq!(batch.images.shape(), &[4, 3, 224, 224]);
+    let BatchTarget::Masks(m) = batch.target else {
+        panic!("segmentation")
+    };
+    assert!(m.iter().all(|&v| (0..3).contains(&v)));
+}
+
+#[test]
+fn retina_photo_decodes_and_preprocesses() {
+    let p = require("skimage/retina.jpg");
+    let img = image_io::read_rgb(&p).unwrap();
+    assert_eq!(img.dimensions(), (1411, 1411));
+    let raw = RawSample {
+        image: img,
+        mask: None,
+        class: Some(0),
+    };
+    let s = prepare(raw, &Preprocess::default(), None);
+    assert_eq!(s.image.shape(), &[3, 224, 224]);
+    // A fundus photo is red-dominated.
+    assert!(
+        s.image.index_axis(ndarray::Axis(0), 0).mean().unwrap()
+            > s.image.index_axis(ndarray::Axis(0), 2).mean().unwrap()
+    );
+}
+
+#[test]
+fn colin27_with_the_aal_atlas() {
+    // Colin27 comes from a Debian package; scripts/assets.sh fetches it when apt works.
+    // DKA_ASSETS_NO_APT=1 (the same switch the script reads) skips this test explicitly.
+    if std::env::var_os("DKA_ASSETS_NO_APT").is_some() {
+        eprintln!("colin27 skipped: DKA_ASSETS_NO_APT is set");
+        return;
+    }
+    require("colin27/ch2.nii.gz");
+    require("colin27/aal.nii.gz");
+    let ds = open_dataset(
+        "colin27",
+        &assets().join("colin27"),
+        &LoaderOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(ds.task().classes().len(), 117);
+    assert_eq!(ds.task().classes()[1], "Precentral_L");
+    let h = read_header(&require("colin27/ch2.nii.gz")).unwrap();
+    assert_eq!(h.dims, [181, 217, 181]);
+    let mid = ds.records().len() / 2;
+    let mask = ds.read(mid).unwrap().mask.unwrap();
+    let labels: BTreeSet<u8> = mask.pixels().map(|p| p.0[0]).collect();
+    assert!(labels.len() > 10 && labels.iter().all(|&l| l <= 116));
+}
