@@ -12,9 +12,11 @@ import json
 import sys
 from pathlib import Path
 
+import peft
 import timm
 import torch
-from safetensors.torch import save_file
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
 from timm.models.resnet import Bottleneck, ResNet
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_sam import VisionTransformerSAM
@@ -89,7 +91,26 @@ def main() -> None:
     m = VisionTransformerSAM(use_rel_pos=True, **cfg)
     perturb(m, gen)
     write("samvit", m, dict(arch="samvit", **cfg), {"": rnd(2, 3, 64, 64), "_small": rnd(1, 3, 48, 40)})
-    print(f"timm {timm.__version__}, torch {torch.__version__}")
+    # LoRA made by peft on a timm ViT (whole qkv and fc2, r 4, alpha 8) with random non-zero B,
+    # saved in peft's format; outputs of the adapted model.
+    cfg = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_ratio=2.0, num_classes=5)
+    base = VisionTransformer(**cfg)
+    perturb(base, gen)
+    write("peft_lora", base, dict(arch="vit", **cfg), {"_base": rnd(2, 3, 32, 32)})
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "fc2"], lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    lora.eval()
+    lora.save_pretrained(str(OUT / "peft_lora" / "adapter"))
+    io = load_file(str(OUT / "peft_lora" / "io.safetensors"))
+    with torch.no_grad():
+        x = io["input_base"].clone()
+        f = lora.base_model.model.forward_features(x)
+        io.update(input=x, features=f, logits=lora.base_model.model.forward_head(f))
+    save_file({k: v.contiguous() for k, v in io.items()}, str(OUT / "peft_lora" / "io.safetensors"))
+    print(f"timm {timm.__version__}, peft {peft.__version__}, torch {torch.__version__}")
 
 
 if __name__ == "__main__":

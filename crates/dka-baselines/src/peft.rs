@@ -5,7 +5,7 @@
 //! qkv LoRA of rank `r·slices`: A stacks the slices' A's, B is block-diagonal over the slices'
 //! output rows (zero rows for the slices without LoRA), and `lora_alpha` is scaled by the same
 //! factor so that `alpha / r` is unchanged. Such a file loads back here as a whole-qkv LoRA with
-//! identical outputs.
+//! identical outputs. Other targets are then zero-padded to the same rank, also exactly.
 use crate::lora::{site_path, LoraConfig};
 use dka_core::sites::LINEAR_SITES;
 use dka_core::{CoreError, Result};
@@ -101,7 +101,10 @@ pub fn write(dir: &Path, cfg: &LoraConfig, adapters: &VarStore, depth: usize) ->
                 }
                 (a, b)
             } else {
-                (get(&format!("{base}.lora_A.weight"))?, get(&format!("{base}.lora_B.weight"))?)
+                // Other targets are padded to the same rank with zeros (exact: alpha scales too).
+                let (a, b) = (get(&format!("{base}.lora_A.weight"))?, get(&format!("{base}.lora_B.weight"))?);
+                let extra = cfg.r * (k - 1);
+                (a.constant_pad_nd([0, 0, 0, extra]), b.constant_pad_nd([0, extra]))
             };
             out.push((format!("{PREFIX}{base}.lora_A.weight"), a.contiguous()));
             out.push((format!("{PREFIX}{base}.lora_B.weight"), b.contiguous()));
