@@ -48,3 +48,14 @@ convert in out: build
         src="$tmp"
     fi
     {{dka}} convert --input "$src" --output "{{out}}"
+
+# Benchmark DKA's depthwise convolutions (plain vs exact fast path) and a ViT-B/16 training step (DKA vs Adapter): results/bench/dka_conv.csv.
+bench-dka: build
+    {{dka}} bench conv --output results/bench/dka_conv.csv
+
+# Every benchmark.
+bench: bench-dka
+
+# Trainable/total parameters of ViT-B/16 under every method: results/params.csv.
+params: build
+    {{dka}} params --backbone vit_base_patch16_224 --output results/params.csv

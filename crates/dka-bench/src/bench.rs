@@ -24,6 +24,38 @@ pub struct Args {
     large: i64,
     #[arg(long, default_value_t = 5)]
     small: i64,
+    /// Skip the ViT-B/16 training-step rows (DKA vs the Adapter baseline).
+    #[arg(long)]
+    no_step: bool,
+}
+
+/// Median time of one training step of ViT-B/16 (random weights, frozen, 224x224, batch
+/// `batch`) adapted by `method`: forward, cross-entropy on a 3-class head, backward, Adam.
+fn train_step_ms(method: &dka_baselines::MethodConfig, batch: i64, reps: usize) -> anyhow::Result<f64> {
+    use tch::nn::{Module, OptimizerConfig};
+    tch::manual_seed(0);
+    let mut cfg = dka_core::BackboneConfig::preset("vit_base_patch16_224").expect("preset");
+    cfg.set_num_classes(0);
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let mut backbone = dka_core::Backbone::new(&vs.root(), &cfg)?;
+    vs.freeze();
+    let avs = tch::nn::VarStore::new(Device::Cpu);
+    method.method().attach(&mut backbone, &avs.root())?;
+    let head = tch::nn::linear(avs.root() / "task_head", backbone.num_features(), 3, Default::default());
+    let mut opt = tch::nn::Adam::default().build(&avs, 1e-3)?;
+    let x = Tensor::randn([batch, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let y = Tensor::from_slice(&(0..batch).map(|i| i % 3).collect::<Vec<i64>>());
+    let mut step = || {
+        let t = Instant::now();
+        let f = backbone.forward_features(&x, true);
+        let loss = head.forward(&backbone.pool(&f)).cross_entropy_for_logits(&y);
+        opt.backward_step(&loss);
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    step();
+    let mut ms: Vec<f64> = (0..reps).map(|_| step()).collect();
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[ms.len() / 2])
 }
 
 /// (label, channels, h, w)
@@ -81,12 +113,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             rows.push((shape.clone(), name, t, t_ref / t, rel));
         }
     }
+    if !a.no_step {
+        use dka_baselines::MethodConfig;
+        use dka_core::dka::DkaConfig;
+        let shape = format!("vit_base_patch16_224 train step b{} 224 frozen", a.batch);
+        let adapter = train_step_ms(&MethodConfig::by_name("adapter").expect("known"), a.batch, 3)?;
+        tracing::info!("{shape}: adapter d64 {adapter:.0} ms");
+        rows.push((shape.clone(), "adapter d64".into(), adapter, 1.0, f64::NAN));
+        for d_hat in [16, 192] {
+            let dka = MethodConfig::Dka(DkaConfig { d_hat, ..DkaConfig::authors() });
+            let t = train_step_ms(&dka, a.batch, 3)?;
+            tracing::info!("{shape}: dka d{d_hat} mona {t:.0} ms = {:.2} x adapter", t / adapter);
+            rows.push((shape.clone(), format!("dka d{d_hat} mona"), t, adapter / t, f64::NAN));
+        }
+    }
     let tmp = a.output.with_extension("csv.partial");
     {
         let mut w = csv::Writer::from_path(&tmp).with_context(|| tmp.display().to_string())?;
         w.write_record(["shape", "path", "median_ms", "speedup", "max_rel_diff"])?;
         for (shape, path, ms, speedup, rel) in &rows {
-            w.write_record([shape.as_str(), path, &format!("{ms:.3}"), &format!("{speedup:.2}"), &format!("{rel:.2e}")])?;
+            let rel = if rel.is_nan() { String::new() } else { format!("{rel:.2e}") };
+            w.write_record([shape.as_str(), path, &format!("{ms:.3}"), &format!("{speedup:.2}"), &rel])?;
         }
         w.flush()?;
     }
@@ -94,7 +141,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let meta = serde_json::json!({
         "what": "DKA depthwise convolutions, forward + backward, plain two-conv reference vs exact fast path (merge, crop, channels-last / FFT)",
         "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "batch": a.batch, "kernels": [a.large, a.small], "reps": a.reps, "note": "median of reps after one warm-up; 2 reps when one pass takes over 2 s; the fast path used by default is marked (auto)",
+        "batch": a.batch, "kernels": [a.large, a.small], "reps": a.reps, "note": "median of reps after one warm-up; 2 reps when one pass takes over 2 s; the fast path used by default is marked (auto). Train-step rows: median of 3 steps after one warm-up, ViT-B/16 with random weights (speed does not depend on them), speedup = adapter time / this time (below 1: slower than the Adapter baseline), max_rel_diff empty",
         "machine": crate::info::machine(),
     });
     let meta_path = a.output.with_extension("meta.json");

@@ -23,9 +23,17 @@ pub struct Args {
     /// Where to write `features` (and `logits` when the weights hold a head).
     #[arg(long)]
     output: PathBuf,
+    /// A trained adapter: a folder saved by dka (method.json + adapter.safetensors) or a peft
+    /// LoRA folder (adapter_config.json + adapter_model.safetensors). A saved task head
+    /// (`task_head.*`) then gives the logits.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     device: DeviceArg,
 }
+
+/// Names under which a trained task head is saved next to an adapter.
+pub const TASK_HEAD: [&str; 2] = ["task_head.weight", "task_head.bias"];
 
 /// Writes tensors to `path` through a temporary file, so a failure leaves nothing half-written.
 pub fn write_atomic(path: &Path, tensors: &[(&str, Tensor)]) -> anyhow::Result<()> {
@@ -43,10 +51,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     cfg.set_num_classes(ckpt.head_classes(cfg.head_prefix()).unwrap_or(0));
 
     let mut vs = nn::VarStore::new(device);
-    let model = Backbone::new(&vs.root(), &cfg)?;
+    let mut model = Backbone::new(&vs.root(), &cfg)?;
     let report = load_checkpoint(&mut vs, &ckpt, cfg.head_prefix())?;
     tracing::info!("{}: {}", a.weights.display(), report.summary());
     drop(ckpt);
+    let mut task_head = None;
+    let mut avs = nn::VarStore::new(device);
+    if let Some(dir) = &a.adapter {
+        let saved = dka_baselines::io::open(dir)?;
+        saved.method.method().attach(&mut model, &avs.root()).with_context(|| dir.display().to_string())?;
+        dka_baselines::io::apply(&saved, dir, &mut avs, &mut vs, &TASK_HEAD)?;
+        if let (Some(w), Some(b)) = (saved.tensors.get(TASK_HEAD[0]), saved.tensors.get(TASK_HEAD[1])) {
+            task_head = Some((w.to_device(device), b.to_device(device)));
+        }
+        tracing::info!("{}: {} adapter, {} tensors", dir.display(), saved.method.method().name(), saved.tensors.len());
+    }
 
     let input = read_safetensors(&a.input)?
         .into_iter()
@@ -57,7 +76,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     let (features, logits) = tch::no_grad(|| {
         let f = model.forward_features(&input, false);
-        let logits = model.forward_head(&f);
+        let logits = match &task_head {
+            Some((w, b)) => Some(model.pool(&f).linear(w, Some(b))),
+            None => model.forward_head(&f),
+        };
         (f.x, logits)
     });
     let mut out = vec![("features", features.to_device(tch::Device::Cpu))];

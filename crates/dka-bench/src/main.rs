@@ -4,9 +4,11 @@
 //! calls a subcommand returning `anyhow::Result`, and prints the error chain on one line.
 mod bench;
 mod convert;
+mod data;
 mod device;
 mod features;
 mod info;
+mod params;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,6 +26,11 @@ enum Command {
     Info(info::Args),
     /// Run a backbone on a batch and write its features (and logits when the weights hold a head).
     Features(features::Args),
+    /// Datasets: inspect a release, draw a split, write its manifest.
+    #[command(subcommand)]
+    Data(data::Command),
+    /// Trainable and total parameter counts of a backbone under each method.
+    Params(params::Args),
     /// Benchmarks (CSV under results/bench/).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -42,6 +49,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Features(a) => features::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Params(a) => params::run(a),
+        Command::Data(c) => data::run(c),
         Command::Bench(BenchCommand::Conv(a)) => bench::run(a),
     }
 }

@@ -108,3 +108,60 @@ fn info_reports_device_threads_and_cuda() {
         assert!(s.contains(key), "'{key}' missing from:\n{s}");
     }
 }
+
+#[test]
+fn features_with_a_peft_adapter_equal_peft() {
+    let d = fixture("peft_lora");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let run = dka(&[
+        "features",
+        "--backbone",
+        d.join("config.json").to_str().unwrap(),
+        "--weights",
+        d.join("model.safetensors").to_str().unwrap(),
+        "--input",
+        d.join("io.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--adapter",
+        d.join("adapter").to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let ours: std::collections::HashMap<_, _> = Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+    let peft: std::collections::HashMap<_, _> = Tensor::read_safetensors(d.join("io.safetensors")).unwrap().into_iter().collect();
+    let err = (&ours["logits"] - &peft["logits"]).abs().max().double_value(&[]);
+    assert!(err <= 1e-4, "logits differ from peft's by {err:e}");
+}
+
+#[test]
+fn data_inspect_writes_a_manifest_for_the_registry_mri() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.assets/mni152");
+    assert!(root.is_dir(), "{} is missing: run `just assets`", root.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = tmp.path().join("m.json");
+    let run = dka(&["data", "inspect", "--dataset", "mni152", "--root", root.to_str().unwrap(), "--fraction", "10%", "--manifest", manifest.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("train") && stdout.contains("test"), "{stdout}");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert!(m.to_string().contains("sha256"), "manifest without hashes");
+}
+
+#[test]
+fn data_inspect_on_a_missing_folder_is_one_clear_line() {
+    let run = dka(&["data", "inspect", "--dataset", "busi-cls", "--root", "/nonexistent/Dataset_BUSI_with_GT"]);
+    assert_clean_failure(&run, "/nonexistent/Dataset_BUSI_with_GT");
+}
+
+#[test]
+fn params_counts_every_method() {
+    let run = dka(&["params", "--backbone", "vit_tiny_patch16_224", "--num-classes", "2"]);
+    let s = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    for m in ["full", "linear", "bitfit", "vpt-deep", "lora", "adapter", "adaptformer", "convpass", "ciat", "aim", "dka"] {
+        assert!(s.lines().any(|l| l.starts_with(m)), "{m} missing:\n{s}");
+    }
+    // Linear probing on ViT-Ti: a 192 x 2 head with bias.
+    assert!(s.lines().any(|l| l.split_whitespace().take(2).collect::<Vec<_>>() == ["linear", "386"]), "{s}");
+}

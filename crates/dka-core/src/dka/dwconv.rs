@@ -31,14 +31,14 @@ pub enum ConvPath {
 }
 
 impl ConvPath {
-    /// Direct convolution costs `kh*kw` multiply-adds per output; FFT costs a few
-    /// `log2` of the padded area per output, with a larger constant. Measured on 2 CPU cores
-    /// (`just bench-dka`): direct wins for kernels up to about 15x15 and on maps up to
-    /// 14x14, FFT beyond.
-    pub fn choose(self, kh: i64, kw: i64, h: i64, w: i64) -> ConvPath {
+    /// Direct convolution costs `kh*kw` multiply-adds per output; FFT costs a few `log2` of
+    /// the padded area per output, with a larger constant. Measured on 2 CPU cores
+    /// (`results/bench/dka_conv.csv`): FFT already wins for the 27x27 cropped kernel on
+    /// ViT-B's 14x14 grid and by far on larger maps; direct stays for small kernels.
+    pub fn choose(self, kh: i64, kw: i64, _h: i64, _w: i64) -> ConvPath {
         match self {
             ConvPath::Auto => {
-                if kh * kw >= 400 && h * w > 196 {
+                if kh * kw >= 225 {
                     ConvPath::Fft
                 } else {
                     ConvPath::Direct
