@@ -9,6 +9,7 @@ mod device;
 mod features;
 mod info;
 mod params;
+mod synth;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
