@@ -2,14 +2,24 @@
 //!
 //! A thin binary over the library crates: `main` parses the arguments into typed options,
 //! calls a subcommand returning `anyhow::Result`, and prints the error chain on one line.
+mod aggregate;
 mod bench;
 mod convert;
 mod data;
 mod device;
+mod evaluate;
+mod experiment;
 mod features;
+mod grid;
 mod info;
+mod metrics;
+mod optim;
 mod params;
+mod progress;
+mod run_cmd;
+mod run_config;
 mod synth;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +37,10 @@ enum Command {
     Info(info::Args),
     /// Run a backbone on a batch and write its features (and logits when the weights hold a head).
     Features(features::Args),
+    /// Train one run from a RunConfig file (TOML or JSON).
+    Train(run_cmd::TrainArgs),
+    /// Run an experiment's grid (resumable, shardable) and write its table like the paper's.
+    Grid(run_cmd::GridArgs),
     /// Datasets: inspect a release, draw a split, write its manifest.
     #[command(subcommand)]
     Data(data::Command),
@@ -52,6 +66,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Params(a) => params::run(a),
         Command::Data(c) => data::run(c),
+        Command::Train(a) => run_cmd::train(a),
+        Command::Grid(a) => run_cmd::grid(a),
         Command::Bench(BenchCommand::Conv(a)) => bench::run(a),
     }
 }
