@@ -2,6 +2,11 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 python := ".venv/bin/python"
+# Arguments of the paper recipes: `just data=~/datasets weights=vit_b16.safetensors reproduce-table2`,
+# `just profile=quick reproduce-table2`.
+data := ""
+weights := ""
+profile := ""
 dka := "target/debug/dka"
 
 # List the recipes.
@@ -28,7 +33,7 @@ fixtures: setup
 test: setup fixtures assets
     cargo test --workspace
 
-# The end-to-end demo: device report, then timm-parity feature extraction from the command line.
+# The end-to-end demo: device report, timm-parity feature extraction, then DKA and baselines fine-tuned on real registry MRI.
 demo: build fixtures assets
     scripts/demo.sh
 
@@ -59,3 +64,45 @@ bench: bench-dka
 # Trainable/total parameters of ViT-B/16 under every method: results/params.csv.
 params: build
     {{dka}} params --backbone vit_base_patch16_224 --output results/params.csv
+
+# --- Paper tables and figures. Each reads data= (a folder with one sub-folder per dataset, or
+# NAME=PATH,...), weights= (.safetensors) and profile= (`quick`: tiny backbone, synthetic and
+# registry data, minutes on 2 cores). Results: results/<experiment>[-<profile>]/{runs,table}.{csv,md}.
+
+# Table 1: medical-pretrained MedSAM encoder (ISIC-2019 accuracy, BUSI mIoU).
+reproduce-table1: build assets
+    scripts/grid.sh experiments/table1_medical.toml "{{data}}" "{{weights}}" "{{profile}}"
+
+# Table 2: ImageNet ViT-B/16, classification and segmentation, 11 methods x 3 datasets x 3 fractions x 5 draws.
+reproduce-table2: build assets
+    scripts/grid.sh experiments/table2_classification.toml "{{data}}" "{{weights}}" "{{profile}}"
+    scripts/grid.sh experiments/table2_segmentation.toml "{{data}}" "{{weights}}" "{{profile}}"
+
+# Table 3: DKA middle dimension (BUSI classification, ISIC-2018 segmentation).
+ablate-middle-dim: build assets
+    scripts/grid.sh experiments/table3_middle_dim_cls.toml "{{data}}" "{{weights}}" "{{profile}}"
+    scripts/grid.sh experiments/table3_middle_dim_seg.toml "{{data}}" "{{weights}}" "{{profile}}"
+
+# Table 3b: learnable kernel sizes vs 51x51 + 5x5 (COVID).
+ablate-learnable-kernel: build assets
+    scripts/grid.sh experiments/table3b_learnable_kernel.toml "{{data}}" "{{weights}}" "{{profile}}"
+
+# Figure 8: large x small kernel sizes (BUSI 1.25 %).
+ablate-kernel-sizes: build assets
+    scripts/grid.sh experiments/fig8_kernel_sizes.toml "{{data}}" "{{weights}}" "{{profile}}"
+
+# Figure 9: large only, small only, both.
+ablate-single-dual: build assets
+    scripts/grid.sh experiments/fig9_single_dual.toml "{{data}}" "{{weights}}" "{{profile}}"
+
+# Figure 7: adapter x head learning rates.
+ablate-lr: build assets
+    scripts/grid.sh experiments/fig7_lr_grid.toml "{{data}}" "{{weights}}" "{{profile}}"
+
+# Figure 5: methods at equal trainable-parameter budgets (and results/params.csv).
+compare-params: build assets
+    scripts/grid.sh experiments/fig5_equal_params.toml "{{data}}" "{{weights}}" "{{profile}}"
+
+# Figure 1: accuracy against training-data fraction.
+data-size-curve: build assets
+    scripts/grid.sh experiments/fig1_data_size.toml "{{data}}" "{{weights}}" "{{profile}}"

@@ -24,3 +24,10 @@ for k in ("features", "logits"):
         assert err <= 1e-4 * max(1.0, ref[k].abs().max().item()), "parity lost"
 PY
 done
+
+echo
+echo "== Fine-tuning on real MRI (MNI152 T1 with grey/white-matter labels, from the nilearn wheel):"
+echo "   Table 2's segmentation grid, quick profile (tiny ViT, linear probe / LoRA / DKA, 2 epochs)"
+rm -rf results/demo
+$dka grid experiments/table2_segmentation.toml --profile quick --data mni152=.assets/mni152 --out results/demo
+cat results/demo/table.md
