@@ -53,6 +53,9 @@ pub struct Experiment {
     /// Column of that file that names the rows (`method`, `d_hat`, `variant`).
     #[serde(default = "default_paper_rows")]
     pub paper_rows: String,
+    /// Figure drawn from the table (`bars`, `lines`, `heatmap`).
+    #[serde(default)]
+    pub plot: crate::plot::PlotKind,
     #[serde(default)]
     pub base: toml::Table,
     pub grid: toml::Table,

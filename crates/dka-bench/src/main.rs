@@ -15,6 +15,7 @@ mod info;
 mod metrics;
 mod optim;
 mod params;
+mod plot;
 mod progress;
 mod run_cmd;
 mod run_config;

@@ -170,6 +170,7 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
         .transpose()?;
     let col_orders: Vec<Vec<String>> = exp.columns.iter().map(|c| order(c)).collect();
     aggregate(&out, &exp.metric, &exp.rows, &order(&exp.rows), &exp.columns, &col_orders, paper.as_ref())?;
+    crate::plot::plot(&out, exp.plot, &exp.title, &exp.metric, &exp.rows, &exp.columns)?;
     std::fs::write(out.join("experiment.json"), serde_json::to_string_pretty(&serde_json::json!({
         "experiment": a.experiment, "profile": a.profile, "title": exp.title, "metric": exp.metric,
         "machine": crate::info::machine(),

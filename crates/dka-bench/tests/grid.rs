@@ -65,6 +65,9 @@ fn every_experiment_runs_its_quick_profile_end_to_end() {
         for f in ["runs.csv", "table.csv", "table.md", "experiment.json"] {
             assert!(out.join(f).is_file(), "{name}: {f} missing");
         }
+        // The figure needs DejaVu Sans (present on these machines); without it, it is skipped.
+        let font = Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").is_file();
+        assert_eq!(out.join("figure.png").is_file(), font, "{name}: figure.png");
         let rows = runs(&out);
         assert!(!rows.is_empty(), "{name}: no runs");
         for (id, row) in &rows {
