@@ -44,7 +44,7 @@ pub fn evaluate(model: &Model, loader: BatchLoader, classes: i64, size: (i64, i6
         let b = b.context("evaluation batch")?;
         let s = b.images.shape();
         let x = Tensor::from_slice(b.images.as_slice().expect("contiguous")).view([s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64]).to_device(device);
-        let logits = tch::no_grad(|| model.head_logits(&model.embed(&x, false), size));
+        let logits = tch::no_grad(|| tch::autocast(device.is_cuda(), || model.head_logits(&model.embed(&x, false), size, false)));
         match &b.target {
             dka_data::BatchTarget::Classes(c) => {
                 let p = logits.softmax(-1, Kind::Float).to_device(Device::Cpu).contiguous().view([-1]);

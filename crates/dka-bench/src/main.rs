@@ -6,6 +6,7 @@ mod aggregate;
 mod bench;
 mod convert;
 mod data;
+mod decoder;
 mod device;
 mod evaluate;
 mod experiment;

@@ -101,6 +101,10 @@ pub struct RunConfig {
     pub optimizer: OptimConfig,
     pub selection: Selection,
     pub seg_loss: SegLoss,
+    /// Segmentation head: `linear` (Segmenter's linear decoder) or `mask-transformer`.
+    pub decoder: crate::decoder::DecoderKind,
+    /// Width of the mask transformer (default: the backbone's feature width).
+    pub decoder_dim: Option<i64>,
     /// Random resized crop + flip on training images (never on evaluation images).
     pub augment: bool,
     /// Seeds initialisation, shuffling and augmentation.
@@ -127,6 +131,8 @@ impl Default for RunConfig {
             optimizer: OptimConfig::default(),
             selection: Selection::Last,
             seg_loss: SegLoss::Ce,
+            decoder: Default::default(),
+            decoder_dim: None,
             augment: true,
             seed: 0,
             loader_threads: 1,

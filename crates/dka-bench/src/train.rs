@@ -6,6 +6,7 @@
 //! Linear on pooled features; segmentation: Segmenter's linear decoder, a per-patch Linear
 //! and bilinear upsampling), train with parameter groups, evaluate every epoch, write
 //! `metrics.csv` row by row, save the trained tensors, and report the selected epoch's metrics.
+use crate::decoder::{DecoderKind, MaskTransformer};
 use crate::evaluate::{evaluate, primary_metric, Evaluation};
 use crate::optim::{Groups, Optimizer};
 use crate::run_config::{RunConfig, SegLoss, Selection};
@@ -32,8 +33,14 @@ pub struct Model {
     pub backbone_vs: nn::VarStore,
     pub adapter_vs: nn::VarStore,
     pub head_vs: nn::VarStore,
-    pub head: nn::Linear,
+    pub head: Head,
     pub segmentation: bool,
+}
+
+/// The task head: Linear (classification, or Segmenter's linear decoder) or a mask transformer.
+pub enum Head {
+    Linear(nn::Linear),
+    Mask(MaskTransformer),
 }
 
 impl Model {
@@ -48,12 +55,15 @@ impl Model {
     }
 
     /// Logits: `[B, C]`, or `[B, C, H, W]` upsampled to `size`.
-    pub fn head_logits(&self, e: &Tensor, size: (i64, i64)) -> Tensor {
-        if !self.segmentation {
-            return self.head.forward(e);
-        }
-        let s = self.head.ws.size();
-        let per_patch = e.conv2d(&self.head.ws.view([s[0], s[1], 1, 1]), self.head.bs.as_ref(), [1, 1], [0, 0], [1, 1], 1);
+    pub fn head_logits(&self, e: &Tensor, size: (i64, i64), train: bool) -> Tensor {
+        let per_patch = match &self.head {
+            Head::Linear(l) if !self.segmentation => return l.forward(e),
+            Head::Linear(l) => {
+                let s = l.ws.size();
+                e.conv2d(&l.ws.view([s[0], s[1], 1, 1]), l.bs.as_ref(), [1, 1], [0, 0], [1, 1], 1)
+            }
+            Head::Mask(m) => m.forward_t(e, train),
+        };
         per_patch.upsample_bilinear2d([size.0, size.1], false, None, None)
     }
 }
@@ -88,7 +98,14 @@ pub fn build_model(cfg: &RunConfig, classes: i64, segmentation: bool, device: De
         }
     }
     let head_vs = nn::VarStore::new(device);
-    let head = nn::linear(head_vs.root() / "task_head", backbone.num_features(), classes, Default::default());
+    let p = head_vs.root() / "task_head";
+    let head = match (segmentation, cfg.decoder) {
+        (true, DecoderKind::MaskTransformer) => {
+            let d = cfg.decoder_dim.unwrap_or(backbone.num_features());
+            Head::Mask(MaskTransformer::new(&p, backbone.num_features(), classes, d, 2))
+        }
+        _ => Head::Linear(nn::linear(p, backbone.num_features(), classes, Default::default())),
+    };
     Ok(Model { backbone, backbone_vs, adapter_vs, head_vs, head, segmentation })
 }
 
@@ -136,11 +153,24 @@ fn cache_split(model: &Model, loader: BatchLoader, device: Device) -> anyhow::Re
     Ok(Cache { embed: Tensor::cat(&es, 0), target: Tensor::cat(&ys, 0) })
 }
 
+/// The run's `log.txt`: what happened, line by line, next to its metrics.
+struct RunLog(std::fs::File);
+
+impl RunLog {
+    fn note(&mut self, msg: &str) {
+        use std::io::Write;
+        let _ = writeln!(self.0, "{msg}");
+        tracing::debug!("{msg}");
+    }
+}
+
 /// Runs one training run in `dir` (which must exist). `root` is the dataset's folder.
 pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow::Result<Outcome> {
     cfg.validate()?;
     tch::manual_seed(cfg.seed as i64);
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(cfg)?)?;
+    let mut log = RunLog(std::fs::File::create(dir.join("log.txt"))?);
+    log.note(&format!("dka {} on {device:?}; backbone {}; method {}; dataset {} at {}", env!("CARGO_PKG_VERSION"), cfg.backbone, cfg.method.method().name(), cfg.dataset, root.display()));
 
     let opts = LoaderOptions::default();
     let ds: Arc<dyn Dataset> = Arc::from(open_dataset(&cfg.dataset, root, &opts)?);
@@ -154,6 +184,7 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
     let split = dka_data::make_split(ds.as_ref(), &spec)?;
     dka_data::Manifest::build(ds.as_ref(), &spec, &opts, &split)?.write(&dir.join("manifest.json"))?;
     tracing::info!("{}: {} train / {} val / {} test", cfg.dataset, split.train.len(), split.val.len(), split.test.len());
+    log.note(&format!("split (manifest.json): {} train / {} val / {} test", split.train.len(), split.val.len(), split.test.len()));
     if split.train.is_empty() || split.test.is_empty() {
         bail!("{}: the split has no training or no test samples", cfg.dataset);
     }
@@ -191,7 +222,10 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
         opt.set_epoch(epoch, cfg.epochs)?;
         let (mut sum, mut n) = (0.0, 0usize);
         let mut step = |x_or_e: &Tensor, y: &Tensor, cached: bool| -> anyhow::Result<()> {
-            let logits = if cached { model.head_logits(x_or_e, size) } else { model.head_logits(&model.embed(x_or_e, true), size) };
+            let logits = tch::autocast(device.is_cuda(), || {
+                if cached { model.head_logits(x_or_e, size, true) } else { model.head_logits(&model.embed(x_or_e, true), size, true) }
+            })
+            .to_kind(Kind::Float);
             let l = loss(&logits, y, cfg.seg_loss);
             let v = l.double_value(&[]);
             if !v.is_finite() {
@@ -225,7 +259,7 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
         let val = if split.val.is_empty() { None } else { Some(evaluate(&model, eval_loader(&split.val)?, classes, size, device)?) };
         let test = evaluate(&model, eval_loader(&split.test)?, classes, size, device)?;
         csv.append(epoch, train_loss, opt.factor(epoch, cfg.epochs), val.as_ref(), &test)?;
-        tracing::debug!("epoch {epoch}: loss {train_loss:.4}, test {} {:.4}", primary_metric(segmentation), test.primary(segmentation));
+        log.note(&format!("epoch {epoch}: train loss {train_loss:.4}, test {} {:.4}", primary_metric(segmentation), test.primary(segmentation)));
         history.push((epoch, val, test));
         bar.inc(1);
     }
@@ -238,6 +272,7 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
         Selection::BestTest => history.iter().max_by(|a, b| key(&a.2).total_cmp(&key(&b.2))),
     }
     .expect("at least one epoch");
+    log.note(&format!("selection {:?}: epoch {epoch}, test {} {:.4}", cfg.selection, primary_metric(segmentation), test.primary(segmentation)));
     let head: Vec<(String, Tensor)> = model.head_vs.variables().into_iter().collect();
     dka_baselines::io::save(&dir.join("adapter"), &cfg.method, &model.adapter_vs, &model.backbone_vs, &head)?;
 

@@ -72,7 +72,7 @@ fn every_experiment_runs_its_quick_profile_end_to_end() {
         assert!(!rows.is_empty(), "{name}: no runs");
         for (id, row) in &rows {
             let dir = out.join("runs").join(id);
-            for f in ["config.json", "spec.json", "manifest.json", "metrics.csv", "adapter/method.json"] {
+            for f in ["config.json", "spec.json", "manifest.json", "metrics.csv", "log.txt", "adapter/method.json"] {
                 assert!(dir.join(f).is_file(), "{name}/{id}: {f} missing");
             }
             let p: f64 = row["primary"].parse().unwrap();

@@ -159,7 +159,7 @@ pub struct VitBlock {
 }
 
 impl VitBlock {
-    fn new(p: nn::Path, c: &VitConfig) -> Self {
+    pub fn new(p: nn::Path, c: &VitConfig) -> Self {
         let d = c.embed_dim;
         let ls = |name: &str| c.init_values.map(|v| (&p / name).var("gamma", &[d], nn::Init::Const(v)));
         Self {
