@@ -160,3 +160,41 @@ fn slurm_arrays_and_dry_runs() {
     let dry = grid("table2_classification", &out, &[], &["--dry-run"]);
     assert_eq!(String::from_utf8_lossy(&dry.stdout).lines().filter(|l| l.contains("\"method\"")).count(), 22);
 }
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_finished_epochs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("synth"));
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+backbone = "experiments/backbones/vit_quick.json"
+dataset = "folder"
+img_size = 32
+epochs = 50
+batch_size = 8
+augment = false
+method = { name = "full" }
+optimizer = { kind = "sgd", adapter_lr = 1e30, head_lr = 1e30, momentum = 0.0 }
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let run = dka(&["train", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu", "--data", &data]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "a learning rate of 1e30 must diverge");
+    assert!(stderr.contains("the loss is") && stderr.contains("stopping") && !stderr.contains("panicked"), "{stderr}");
+    assert!(out.join("metrics.csv").is_file() && out.join("log.txt").is_file());
+}
+
+#[test]
+fn a_run_config_with_an_unknown_field_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(&cfg, "backbone = \"vit_tiny_patch16_224\"\nepoch = 3\n").unwrap();
+    let run = dka(&["train", cfg.to_str().unwrap(), "--out", tmp.path().join("o").to_str().unwrap(), "--data", "busi-cls=/nowhere"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("unknown field `epoch`"), "{stderr}");
+    assert!(!tmp.path().join("o").exists(), "nothing may be written");
+}
