@@ -19,13 +19,22 @@ pub struct AdapterConfig {
 
 impl Default for AdapterConfig {
     fn default() -> Self {
-        Self { dim: 64, layers: None }
+        Self {
+            dim: 64,
+            layers: None,
+        }
     }
 }
 
 impl AdapterConfig {
     fn module(&self, p: &nn::Path, width: i64) -> Bottleneck {
-        Bottleneck::new(p, width, self.dim, DownInit::KaimingUniform).with(Act::Gelu, 1.0, 0.0, true, Feed::Normed)
+        Bottleneck::new(p, width, self.dim, DownInit::KaimingUniform).with(
+            Act::Gelu,
+            1.0,
+            0.0,
+            true,
+            Feed::Normed,
+        )
     }
 }
 
@@ -36,7 +45,12 @@ impl Method for AdapterConfig {
 
     fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
         if let Backbone::ResNet(m) = backbone {
-            for (k, stage) in m.stages.iter_mut().enumerate().filter(|(k, _)| selected(&self.layers, *k)) {
+            for (k, stage) in m
+                .stages
+                .iter_mut()
+                .enumerate()
+                .filter(|(k, _)| selected(&self.layers, *k))
+            {
                 for (i, blk) in stage.iter_mut().enumerate() {
                     let q = p / format!("layer{}", k + 1) / i / "adapter";
                     blk.sites.after_block = Some(Arc::new(self.module(&q, blk.out_channels)));
@@ -44,7 +58,12 @@ impl Method for AdapterConfig {
             }
             return Ok(());
         }
-        for (i, (dim, sites)) in backbone.token_blocks_mut().into_iter().enumerate().filter(|(i, _)| selected(&self.layers, *i)) {
+        for (i, (dim, sites)) in backbone
+            .token_blocks_mut()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| selected(&self.layers, *i))
+        {
             let q = p / "blocks" / i;
             sites.attn_branch = Some(Arc::new(self.module(&(&q / "adapter_attn"), dim)));
             sites.mlp_branch = Some(Arc::new(self.module(&(&q / "adapter_mlp"), dim)));

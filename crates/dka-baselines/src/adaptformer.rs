@@ -4,7 +4,7 @@
 //! paper's (d 64, ReLU, s 0.1). Dropout 0.1 in both; Down Kaiming-uniform, Up and biases zero.
 use crate::bottleneck::{Act, Bottleneck, DownInit, Feed};
 use dka_core::method::{selected, Method};
-use dka_core::{Backbone, CoreError, Result};
+use dka_core::{Backbone, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tch::nn;
@@ -21,13 +21,24 @@ pub struct AdaptFormerConfig {
 
 impl Default for AdaptFormerConfig {
     fn default() -> Self {
-        Self { dim: 8, act: Act::Gelu, scale: 1.0, dropout: 0.1, layers: None }
+        Self {
+            dim: 8,
+            act: Act::Gelu,
+            scale: 1.0,
+            dropout: 0.1,
+            layers: None,
+        }
     }
 }
 
 impl AdaptFormerConfig {
     pub fn original() -> Self {
-        Self { dim: 64, act: Act::Relu, scale: 0.1, ..Self::default() }
+        Self {
+            dim: 64,
+            act: Act::Relu,
+            scale: 0.1,
+            ..Self::default()
+        }
     }
 }
 
@@ -37,14 +48,20 @@ impl Method for AdaptFormerConfig {
     }
 
     fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
-        let arch = backbone.arch();
-        let blocks = backbone.token_blocks_mut();
-        if blocks.is_empty() {
-            return Err(CoreError::Unsupported { method: "adaptformer".into(), arch: arch.into(), why: "it adapts transformer MLPs".into() });
-        }
-        for (i, (dim, sites)) in blocks.into_iter().enumerate().filter(|(i, _)| selected(&self.layers, *i)) {
-            let m = Bottleneck::new(&(p / "blocks" / i / "adaptmlp"), dim, self.dim, DownInit::KaimingUniform)
-                .with(self.act, self.scale, self.dropout, false, Feed::Residual);
+        let blocks =
+            crate::transformer_blocks(backbone, "adaptformer", "it adapts transformer MLPs")?;
+        for (i, (dim, sites)) in blocks
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| selected(&self.layers, *i))
+        {
+            let m = Bottleneck::new(
+                &(p / "blocks" / i / "adaptmlp"),
+                dim,
+                self.dim,
+                DownInit::KaimingUniform,
+            )
+            .with(self.act, self.scale, self.dropout, false, Feed::Residual);
             sites.mlp_parallel = Some(Arc::new(m));
         }
         Ok(())

@@ -5,7 +5,7 @@
 //! does not (see METHODS.md).
 use crate::bottleneck::{Act, Bottleneck, DownInit, Feed};
 use dka_core::method::{selected, Method};
-use dka_core::{Backbone, CoreError, Result};
+use dka_core::{Backbone, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tch::nn;
@@ -22,7 +22,11 @@ pub struct AimConfig {
 
 impl Default for AimConfig {
     fn default() -> Self {
-        Self { ratio: 0.25, mlp_scale: 0.5, layers: None }
+        Self {
+            ratio: 0.25,
+            mlp_scale: 0.5,
+            layers: None,
+        }
     }
 }
 
@@ -32,16 +36,18 @@ impl Method for AimConfig {
     }
 
     fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
-        let arch = backbone.arch();
-        let blocks = backbone.token_blocks_mut();
-        if blocks.is_empty() {
-            return Err(CoreError::Unsupported { method: "aim".into(), arch: arch.into(), why: "it adapts transformer branches".into() });
-        }
-        for (i, (dim, sites)) in blocks.into_iter().enumerate().filter(|(i, _)| selected(&self.layers, *i)) {
+        let blocks = crate::transformer_blocks(backbone, "aim", "it adapts transformer branches")?;
+        for (i, (dim, sites)) in blocks
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| selected(&self.layers, *i))
+        {
             let q = p / "blocks" / i;
             let hidden = ((dim as f64) * self.ratio).round() as i64;
-            let s = Bottleneck::new(&(&q / "s_adapter"), dim, hidden, DownInit::KaimingUniform).with(Act::Gelu, 1.0, 0.0, true, Feed::Normed);
-            let m = Bottleneck::new(&(&q / "mlp_adapter"), dim, hidden, DownInit::KaimingUniform).with(Act::Gelu, self.mlp_scale, 0.0, false, Feed::Normed);
+            let s = Bottleneck::new(&(&q / "s_adapter"), dim, hidden, DownInit::KaimingUniform)
+                .with(Act::Gelu, 1.0, 0.0, true, Feed::Normed);
+            let m = Bottleneck::new(&(&q / "mlp_adapter"), dim, hidden, DownInit::KaimingUniform)
+                .with(Act::Gelu, self.mlp_scale, 0.0, false, Feed::Normed);
             sites.attn_branch = Some(Arc::new(s));
             sites.mlp_parallel = Some(Arc::new(m));
         }

@@ -60,14 +60,26 @@ impl Bottleneck {
         let down_cfg = match init {
             DownInit::KaimingUniform => {
                 let a = 1.0 / (dim as f64).sqrt();
-                nn::LinearConfig { ws_init: nn::Init::Uniform { lo: -a, up: a }, bs_init: Some(nn::Init::Const(0.0)), bias: true }
+                nn::LinearConfig {
+                    ws_init: nn::Init::Uniform { lo: -a, up: a },
+                    bs_init: Some(nn::Init::Const(0.0)),
+                    bias: true,
+                }
             }
             DownInit::Xavier => {
                 let a = (6.0 / (dim + hidden) as f64).sqrt();
-                nn::LinearConfig { ws_init: nn::Init::Uniform { lo: -a, up: a }, bs_init: Some(nn::Init::Const(0.0)), bias: true }
+                nn::LinearConfig {
+                    ws_init: nn::Init::Uniform { lo: -a, up: a },
+                    bs_init: Some(nn::Init::Const(0.0)),
+                    bias: true,
+                }
             }
         };
-        let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        let zero = nn::LinearConfig {
+            ws_init: nn::Init::Const(0.0),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
         Self {
             down: nn::linear(p / "down", dim, hidden, down_cfg),
             up: nn::linear(p / "up", hidden, dim, zero),
@@ -80,12 +92,16 @@ impl Bottleneck {
     }
 
     pub fn with(mut self, act: Act, scale: f64, dropout: f64, skip: bool, feed: Feed) -> Self {
-        (self.act, self.scale, self.dropout, self.skip, self.feed) = (act, scale, dropout, skip, feed);
+        (self.act, self.scale, self.dropout, self.skip, self.feed) =
+            (act, scale, dropout, skip, feed);
         self
     }
 
     fn delta(&self, z: &Tensor, train: bool) -> Tensor {
-        let h = self.act.apply(&self.down.forward(z)).dropout(self.dropout, train);
+        let h = self
+            .act
+            .apply(&self.down.forward(z))
+            .dropout(self.dropout, train);
         self.up.forward(&h) * self.scale
     }
 }
@@ -116,6 +132,7 @@ impl MapModule for Bottleneck {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let t = x.permute([0, 2, 3, 1]);
         let (_, h, w, _) = t.size4().expect("map is 4-D");
-        TokenModule::forward_t(self, &t, TokenLayout { prefix: 0, h, w }, train).permute([0, 3, 1, 2])
+        TokenModule::forward_t(self, &t, TokenLayout { prefix: 0, h, w }, train)
+            .permute([0, 3, 1, 2])
     }
 }

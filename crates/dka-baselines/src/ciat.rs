@@ -2,7 +2,7 @@
 //! `LN2 x`, added to each branch, with no inner skip. Up starts at zero.
 use crate::bottleneck::{Act, Bottleneck, DownInit, Feed};
 use dka_core::method::{selected, Method};
-use dka_core::{Backbone, CoreError, Result};
+use dka_core::{Backbone, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tch::nn;
@@ -16,7 +16,10 @@ pub struct CiatConfig {
 
 impl Default for CiatConfig {
     fn default() -> Self {
-        Self { dim: 8, layers: None }
+        Self {
+            dim: 8,
+            layers: None,
+        }
     }
 }
 
@@ -26,16 +29,20 @@ impl Method for CiatConfig {
     }
 
     fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
-        let arch = backbone.arch();
-        let blocks = backbone.token_blocks_mut();
-        if blocks.is_empty() {
-            return Err(CoreError::Unsupported { method: "ciat".into(), arch: arch.into(), why: "it adapts transformer branches".into() });
-        }
-        for (i, (dim, sites)) in blocks.into_iter().enumerate().filter(|(i, _)| selected(&self.layers, *i)) {
+        let blocks = crate::transformer_blocks(backbone, "ciat", "it adapts transformer branches")?;
+        for (i, (dim, sites)) in blocks
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| selected(&self.layers, *i))
+        {
             let q = p / "blocks" / i;
-            let make = |name: &str| {
-                Arc::new(Bottleneck::new(&(&q / name), dim, self.dim, DownInit::KaimingUniform).with(Act::Gelu, 1.0, 0.0, false, Feed::Normed))
-            };
+            let make =
+                |name: &str| {
+                    Arc::new(
+                        Bottleneck::new(&(&q / name), dim, self.dim, DownInit::KaimingUniform)
+                            .with(Act::Gelu, 1.0, 0.0, false, Feed::Normed),
+                    )
+                };
             sites.attn_parallel = Some(make("ciat_attn"));
             sites.mlp_parallel = Some(make("ciat_mlp"));
         }

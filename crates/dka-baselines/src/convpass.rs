@@ -25,7 +25,12 @@ pub struct ConvpassConfig {
 
 impl Default for ConvpassConfig {
     fn default() -> Self {
-        Self { dim: 8, scale: 1.0, dropout: 0.1, layers: None }
+        Self {
+            dim: 8,
+            scale: 1.0,
+            dropout: 0.1,
+            layers: None,
+        }
     }
 }
 
@@ -49,15 +54,48 @@ impl Bypass {
     fn new(p: &nn::Path, cin: i64, cout: i64, c: &ConvpassConfig, stride: i64) -> Self {
         let d = c.dim;
         let zero_b = Some(nn::Init::Const(0.0));
-        let down = nn::linear(p / "down", cin, d, nn::LinearConfig { ws_init: xavier(cin, d), bs_init: zero_b, bias: true });
-        let up = nn::linear(p / "up", d, cout, nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: zero_b, bias: true });
+        let down = nn::linear(
+            p / "down",
+            cin,
+            d,
+            nn::LinearConfig {
+                ws_init: xavier(cin, d),
+                bs_init: zero_b,
+                bias: true,
+            },
+        );
+        let up = nn::linear(
+            p / "up",
+            d,
+            cout,
+            nn::LinearConfig {
+                ws_init: nn::Init::Const(0.0),
+                bs_init: zero_b,
+                bias: true,
+            },
+        );
         let conv_w = (p / "conv").var("weight", &[d, d, 3, 3], xavier(9 * d, 9 * d));
         let conv_b = (p / "conv").zeros("bias", &[d]);
-        Self { down, conv_w, conv_b, up, stride, scale: c.scale, dropout: c.dropout }
+        Self {
+            down,
+            conv_w,
+            conv_b,
+            up,
+            stride,
+            scale: c.scale,
+            dropout: c.dropout,
+        }
     }
 
     fn conv(&self, map: &Tensor) -> Tensor {
-        map.conv2d(&self.conv_w, Some(&self.conv_b), [self.stride, self.stride], [1, 1], [1, 1], 1)
+        map.conv2d(
+            &self.conv_w,
+            Some(&self.conv_b),
+            [self.stride, self.stride],
+            [1, 1],
+            [1, 1],
+            1,
+        )
     }
 }
 
@@ -66,8 +104,14 @@ impl ParallelModule for Bypass {
         let (b, _, _) = normed.size3().expect("tokens are 3-D");
         let z = Act::QuickGelu.apply(&self.down.forward(normed));
         let d = z.size()[2];
-        let grid = z.narrow(1, l.prefix, l.h * l.w).reshape([b, l.h, l.w, d]).permute([0, 3, 1, 2]);
-        let patches = self.conv(&grid).permute([0, 2, 3, 1]).reshape([b, l.h * l.w, d]);
+        let grid = z
+            .narrow(1, l.prefix, l.h * l.w)
+            .reshape([b, l.h, l.w, d])
+            .permute([0, 3, 1, 2]);
+        let patches = self
+            .conv(&grid)
+            .permute([0, 2, 3, 1])
+            .reshape([b, l.h * l.w, d]);
         let y = if l.prefix > 0 {
             // A 1x1 map under a padded 3x3 conv meets only the centre tap.
             let centre = self.conv_w.select(3, 1).select(2, 1);
@@ -83,8 +127,12 @@ impl ParallelModule for Bypass {
 
 impl MapModule for Bypass {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let z = Act::QuickGelu.apply(&self.down.forward(&x.permute([0, 2, 3, 1]))).permute([0, 3, 1, 2]);
-        let y = Act::QuickGelu.apply(&self.conv(&z)).dropout(self.dropout, train);
+        let z = Act::QuickGelu
+            .apply(&self.down.forward(&x.permute([0, 2, 3, 1])))
+            .permute([0, 3, 1, 2]);
+        let y = Act::QuickGelu
+            .apply(&self.conv(&z))
+            .dropout(self.dropout, train);
         (self.up.forward(&y.permute([0, 2, 3, 1])) * self.scale).permute([0, 3, 1, 2])
     }
 }
@@ -96,18 +144,46 @@ impl Method for ConvpassConfig {
 
     fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
         if let Backbone::ResNet(m) = backbone {
-            for (k, stage) in m.stages.iter_mut().enumerate().filter(|(k, _)| selected(&self.layers, *k)) {
+            for (k, stage) in m
+                .stages
+                .iter_mut()
+                .enumerate()
+                .filter(|(k, _)| selected(&self.layers, *k))
+            {
                 for (i, blk) in stage.iter_mut().enumerate() {
                     let q = p / format!("layer{}", k + 1) / i / "convpass";
-                    blk.sites.parallel = Some(Arc::new(Bypass::new(&q, blk.in_channels, blk.out_channels, self, blk.stride)));
+                    blk.sites.parallel = Some(Arc::new(Bypass::new(
+                        &q,
+                        blk.in_channels,
+                        blk.out_channels,
+                        self,
+                        blk.stride,
+                    )));
                 }
             }
             return Ok(());
         }
-        for (i, (dim, sites)) in backbone.token_blocks_mut().into_iter().enumerate().filter(|(i, _)| selected(&self.layers, *i)) {
+        for (i, (dim, sites)) in backbone
+            .token_blocks_mut()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| selected(&self.layers, *i))
+        {
             let q = p / "blocks" / i;
-            sites.attn_parallel = Some(Arc::new(Bypass::new(&(&q / "convpass_attn"), dim, dim, self, 1)));
-            sites.mlp_parallel = Some(Arc::new(Bypass::new(&(&q / "convpass_mlp"), dim, dim, self, 1)));
+            sites.attn_parallel = Some(Arc::new(Bypass::new(
+                &(&q / "convpass_attn"),
+                dim,
+                dim,
+                self,
+                1,
+            )));
+            sites.mlp_parallel = Some(Arc::new(Bypass::new(
+                &(&q / "convpass_mlp"),
+                dim,
+                dim,
+                self,
+                1,
+            )));
         }
         Ok(())
     }

@@ -17,6 +17,8 @@ pub mod vpt;
 
 use dka_core::dka::DkaConfig;
 use dka_core::method::Method;
+use dka_core::sites::BlockSites;
+use dka_core::{Backbone, CoreError};
 use serde::{Deserialize, Serialize};
 
 /// A method and its settings. Defaults are the DKA authors' settings where known (their
@@ -38,7 +40,19 @@ pub enum MethodConfig {
 }
 
 /// Every method's name, in the order of the paper's tables.
-pub const NAMES: [&str; 11] = ["full", "linear", "bitfit", "vpt", "lora", "adapter", "adaptformer", "convpass", "ciat", "aim", "dka"];
+pub const NAMES: [&str; 11] = [
+    "full",
+    "linear",
+    "bitfit",
+    "vpt",
+    "lora",
+    "adapter",
+    "adaptformer",
+    "convpass",
+    "ciat",
+    "aim",
+    "dka",
+];
 
 impl MethodConfig {
     /// The method with its default settings.
@@ -74,4 +88,23 @@ impl MethodConfig {
             Self::Dka(m) => m,
         }
     }
+}
+
+/// The transformer blocks of `backbone` (width, sites), or an error naming `method` when the
+/// backbone is a CNN.
+pub fn transformer_blocks<'a>(
+    backbone: &'a mut Backbone,
+    method: &str,
+    why: &str,
+) -> dka_core::Result<Vec<(i64, &'a mut BlockSites)>> {
+    let arch = backbone.arch();
+    let blocks = backbone.token_blocks_mut();
+    if blocks.is_empty() {
+        return Err(CoreError::Unsupported {
+            method: method.into(),
+            arch: arch.into(),
+            why: why.into(),
+        });
+    }
+    Ok(blocks)
 }

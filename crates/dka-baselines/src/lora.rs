@@ -25,28 +25,51 @@ pub struct LoraConfig {
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self { r: 8, alpha: 8.0, targets: vec!["qkv".into()], qkv_parts: "qv".into(), dropout: 0.0, layers: None }
+        Self {
+            r: 8,
+            alpha: 8.0,
+            targets: vec!["qkv".into()],
+            qkv_parts: "qv".into(),
+            dropout: 0.0,
+            layers: None,
+        }
     }
 }
 
 impl LoraConfig {
     pub fn validate(&self) -> Result<()> {
         if self.r < 1 {
-            return Err(CoreError::Invalid(format!("lora.r = {} must be at least 1", self.r)));
+            return Err(CoreError::Invalid(format!(
+                "lora.r = {} must be at least 1",
+                self.r
+            )));
         }
-        if let Some(t) = self.targets.iter().find(|t| !LINEAR_SITES.contains(&t.as_str())) {
-            return Err(CoreError::Invalid(format!("lora target '{t}' is not one of {LINEAR_SITES:?}")));
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| !LINEAR_SITES.contains(&t.as_str()))
+        {
+            return Err(CoreError::Invalid(format!(
+                "lora target '{t}' is not one of {LINEAR_SITES:?}"
+            )));
         }
         let parts = self.slots();
         if parts.is_empty() || parts.len() != self.qkv_parts.len() {
-            return Err(CoreError::Invalid(format!("lora.qkv_parts '{}' must be distinct letters of \"qkv\"", self.qkv_parts)));
+            return Err(CoreError::Invalid(format!(
+                "lora.qkv_parts '{}' must be distinct letters of \"qkv\"",
+                self.qkv_parts
+            )));
         }
         Ok(())
     }
 
     /// Output slices of `qkv` that get LoRA: 0 = q, 1 = k, 2 = v.
     pub fn slots(&self) -> Vec<i64> {
-        let mut s: Vec<i64> = self.qkv_parts.chars().filter_map(|c| "qkv".find(c).map(|i| i as i64)).collect();
+        let mut s: Vec<i64> = self
+            .qkv_parts
+            .chars()
+            .filter_map(|c| "qkv".find(c).map(|i| i as i64))
+            .collect();
         s.sort();
         s.dedup();
         s
@@ -108,12 +131,13 @@ impl Method for LoraConfig {
     fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
         self.validate()?;
         let hidden = backbone.mlp_hidden();
-        let arch = backbone.arch();
-        let blocks = backbone.token_blocks_mut();
-        if blocks.is_empty() {
-            return Err(CoreError::Unsupported { method: "lora".into(), arch: arch.into(), why: "it adapts transformer Linear layers".into() });
-        }
-        for (i, (dim, sites)) in blocks.into_iter().enumerate().filter(|(i, _)| selected(&self.layers, *i)) {
+        let blocks =
+            crate::transformer_blocks(backbone, "lora", "it adapts transformer Linear layers")?;
+        for (i, (dim, sites)) in blocks
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| selected(&self.layers, *i))
+        {
             for target in &self.targets {
                 let (din, dout) = match target.as_str() {
                     "qkv" => (dim, 3 * dim),
@@ -127,7 +151,14 @@ impl Method for LoraConfig {
                 }
                 let bound = 1.0 / (din as f64).sqrt();
                 let pair = |suffix: &str, out: i64| {
-                    let a = (&q / format!("lora_A{suffix}")).var("weight", &[self.r, din], nn::Init::Uniform { lo: -bound, up: bound });
+                    let a = (&q / format!("lora_A{suffix}")).var(
+                        "weight",
+                        &[self.r, din],
+                        nn::Init::Uniform {
+                            lo: -bound,
+                            up: bound,
+                        },
+                    );
                     let b = (&q / format!("lora_B{suffix}")).zeros("weight", &[out, self.r]);
                     (a, b)
                 };
@@ -135,7 +166,8 @@ impl Method for LoraConfig {
                     self.slots()
                         .into_iter()
                         .map(|s| {
-                            let (a, b) = pair(&format!("_{}", &"qkv"[s as usize..s as usize + 1]), dim);
+                            let (a, b) =
+                                pair(&format!("_{}", &"qkv"[s as usize..s as usize + 1]), dim);
                             (Some(s), a, b)
                         })
                         .collect()
@@ -143,7 +175,12 @@ impl Method for LoraConfig {
                     let (a, b) = pair("", dout);
                     vec![(None, a, b)]
                 };
-                let delta = LoraDelta { parts, slice: dim, scale: self.scale(), dropout: self.dropout };
+                let delta = LoraDelta {
+                    parts,
+                    slice: dim,
+                    scale: self.scale(),
+                    dropout: self.dropout,
+                };
                 *sites.linear_mut(target).expect("validated target") = Some(Arc::new(delta));
             }
         }

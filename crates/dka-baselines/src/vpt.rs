@@ -19,7 +19,11 @@ pub struct VptConfig {
 
 impl Default for VptConfig {
     fn default() -> Self {
-        Self { tokens: 10, deep: true, dropout: 0.1 }
+        Self {
+            tokens: 10,
+            deep: true,
+            dropout: 0.1,
+        }
     }
 }
 
@@ -36,7 +40,8 @@ impl PromptModule for Prompts {
     }
 
     fn prompts(&self, layer: usize, train: bool) -> Option<Tensor> {
-        ((layer as i64) < self.prompts.size()[0]).then(|| self.prompts.get(layer as i64).dropout(self.dropout, train))
+        ((layer as i64) < self.prompts.size()[0])
+            .then(|| self.prompts.get(layer as i64).dropout(self.dropout, train))
     }
 }
 
@@ -58,13 +63,22 @@ impl Method for VptConfig {
             });
         };
         if !m.cfg.class_token || self.tokens < 1 {
-            return Err(CoreError::Invalid("vpt needs a class token and at least one prompt token".into()));
+            return Err(CoreError::Invalid(
+                "vpt needs a class token and at least one prompt token".into(),
+            ));
         }
         let d = m.cfg.embed_dim;
         let v = (6.0 / (3 * m.cfg.patch_size * m.cfg.patch_size + d) as f64).sqrt();
         let layers = if self.deep { m.cfg.depth } else { 1 };
-        let prompts = p.var("prompts", &[layers, self.tokens, d], nn::Init::Uniform { lo: -v, up: v });
-        m.prompts = Some(Arc::new(Prompts { prompts, dropout: self.dropout }));
+        let prompts = p.var(
+            "prompts",
+            &[layers, self.tokens, d],
+            nn::Init::Uniform { lo: -v, up: v },
+        );
+        m.prompts = Some(Arc::new(Prompts {
+            prompts,
+            dropout: self.dropout,
+        }));
         Ok(())
     }
 }

@@ -14,7 +14,8 @@ const D: i64 = 32;
 const DEPTH: i64 = 2;
 const H: i64 = 64;
 const VIT: &str = r#"{"arch":"vit","img_size":32,"patch_size":8,"embed_dim":32,"depth":2,"num_heads":2,"mlp_ratio":2.0,"num_classes":0}"#;
-const RESNET: &str = r#"{"arch":"resnet","block":"basic","layers":[1,1],"channels":[8,16],"num_classes":0}"#;
+const RESNET: &str =
+    r#"{"arch":"resnet","block":"basic","layers":[1,1],"channels":[8,16],"num_classes":0}"#;
 
 struct Case {
     method: MethodConfig,
@@ -32,21 +33,47 @@ fn vit_backbone_params() -> i64 {
 
 fn cases() -> Vec<Case> {
     let aim_h = D / 4;
-    let dka = |init| DkaConfig { init, ..DkaConfig::authors() };
+    let dka = |init| DkaConfig {
+        init,
+        ..DkaConfig::authors()
+    };
     vec![
-        Case { method: MethodConfig::by_name("full").unwrap(), identity: true, params: vit_backbone_params() },
-        Case { method: MethodConfig::by_name("linear").unwrap(), identity: true, params: 0 },
-        // Every bias: per block norm1, qkv, proj, norm2, fc1, fc2; plus patch embed and final norm.
-        Case { method: MethodConfig::by_name("bitfit").unwrap(), identity: true, params: DEPTH * (D + 3 * D + D + D + H + D) + 2 * D },
-        // Deep prompts: depth x p x D.
-        Case { method: MethodConfig::by_name("vpt").unwrap(), identity: false, params: DEPTH * 10 * D },
         Case {
-            method: MethodConfig::Vpt(dka_baselines::vpt::VptConfig { deep: false, ..Default::default() }),
+            method: MethodConfig::by_name("full").unwrap(),
+            identity: true,
+            params: vit_backbone_params(),
+        },
+        Case {
+            method: MethodConfig::by_name("linear").unwrap(),
+            identity: true,
+            params: 0,
+        },
+        // Every bias: per block norm1, qkv, proj, norm2, fc1, fc2; plus patch embed and final norm.
+        Case {
+            method: MethodConfig::by_name("bitfit").unwrap(),
+            identity: true,
+            params: DEPTH * (D + 3 * D + D + D + H + D) + 2 * D,
+        },
+        // Deep prompts: depth x p x D.
+        Case {
+            method: MethodConfig::by_name("vpt").unwrap(),
+            identity: false,
+            params: DEPTH * 10 * D,
+        },
+        Case {
+            method: MethodConfig::Vpt(dka_baselines::vpt::VptConfig {
+                deep: false,
+                ..Default::default()
+            }),
             identity: false,
             params: 10 * D,
         },
         // q and v slices, r = 8: per block 2 x (A r x D + B D x r).
-        Case { method: MethodConfig::by_name("lora").unwrap(), identity: true, params: DEPTH * 2 * (8 * D + D * 8) },
+        Case {
+            method: MethodConfig::by_name("lora").unwrap(),
+            identity: true,
+            params: DEPTH * 2 * (8 * D + D * 8),
+        },
         // Whole qkv plus fc2, r = 4: A r x D + B 3D x r; A r x H + B D x r.
         Case {
             method: MethodConfig::Lora(dka_baselines::lora::LoraConfig {
@@ -59,15 +86,43 @@ fn cases() -> Vec<Case> {
             params: DEPTH * ((4 * D + 3 * D * 4) + (4 * H + D * 4)),
         },
         // Two bottlenecks per block, d = 64, with biases.
-        Case { method: MethodConfig::by_name("adapter").unwrap(), identity: true, params: DEPTH * 2 * (D * 64 + 64 + 64 * D + D) },
-        Case { method: MethodConfig::by_name("adaptformer").unwrap(), identity: true, params: DEPTH * (D * 8 + 8 + 8 * D + D) },
+        Case {
+            method: MethodConfig::by_name("adapter").unwrap(),
+            identity: true,
+            params: DEPTH * 2 * (D * 64 + 64 + 64 * D + D),
+        },
+        Case {
+            method: MethodConfig::by_name("adaptformer").unwrap(),
+            identity: true,
+            params: DEPTH * (D * 8 + 8 + 8 * D + D),
+        },
         // Two bypasses per block: down, 3x3 conv 8->8 with bias, up.
-        Case { method: MethodConfig::by_name("convpass").unwrap(), identity: true, params: DEPTH * 2 * (D * 8 + 8 + 8 * 8 * 9 + 8 + 8 * D + D) },
-        Case { method: MethodConfig::by_name("ciat").unwrap(), identity: true, params: DEPTH * 2 * (D * 8 + 8 + 8 * D + D) },
-        Case { method: MethodConfig::by_name("aim").unwrap(), identity: true, params: DEPTH * 2 * (D * aim_h + aim_h + aim_h * D + D) },
+        Case {
+            method: MethodConfig::by_name("convpass").unwrap(),
+            identity: true,
+            params: DEPTH * 2 * (D * 8 + 8 + 8 * 8 * 9 + 8 + 8 * D + D),
+        },
+        Case {
+            method: MethodConfig::by_name("ciat").unwrap(),
+            identity: true,
+            params: DEPTH * 2 * (D * 8 + 8 + 8 * D + D),
+        },
+        Case {
+            method: MethodConfig::by_name("aim").unwrap(),
+            identity: true,
+            params: DEPTH * 2 * (D * aim_h + aim_h + aim_h * D + D),
+        },
         // One shared module per block (mona): Down, Up (no bias), 51x51 and 5x5 depthwise.
-        Case { method: MethodConfig::Dka(dka(Init::Authors)), identity: false, params: DEPTH * (2 * D * 16 + 16 * (51 * 51 + 5 * 5)) },
-        Case { method: MethodConfig::Dka(dka(Init::ZeroUp)), identity: true, params: DEPTH * (2 * D * 16 + 16 * (51 * 51 + 5 * 5)) },
+        Case {
+            method: MethodConfig::Dka(dka(Init::Authors)),
+            identity: false,
+            params: DEPTH * (2 * D * 16 + 16 * (51 * 51 + 5 * 5)),
+        },
+        Case {
+            method: MethodConfig::Dka(dka(Init::ZeroUp)),
+            identity: true,
+            params: DEPTH * (2 * D * 16 + 16 * (51 * 51 + 5 * 5)),
+        },
     ]
 }
 
@@ -89,7 +144,12 @@ fn build(cfg: &BackboneConfig, method: &MethodConfig, seed: i64) -> dka_core::Re
     let mut backbone_vs = nn::VarStore::new(Device::Cpu);
     let mut backbone = Backbone::new(&backbone_vs.root(), cfg)?;
     let head_vs = nn::VarStore::new(Device::Cpu);
-    let head = nn::linear(head_vs.root() / "head", backbone.num_features(), 3, Default::default());
+    let head = nn::linear(
+        head_vs.root() / "head",
+        backbone.num_features(),
+        3,
+        Default::default(),
+    );
     let adapter_vs = nn::VarStore::new(Device::Cpu);
     method.method().attach(&mut backbone, &adapter_vs.root())?;
     backbone_vs.freeze();
@@ -98,7 +158,13 @@ fn build(cfg: &BackboneConfig, method: &MethodConfig, seed: i64) -> dka_core::Re
             let _ = t.requires_grad_(true);
         }
     }
-    Ok(Model { backbone_vs, adapter_vs, head_vs, backbone, head })
+    Ok(Model {
+        backbone_vs,
+        adapter_vs,
+        head_vs,
+        backbone,
+        head,
+    })
 }
 
 fn logits(m: &Model, x: &Tensor, train: bool) -> Tensor {
@@ -108,16 +174,27 @@ fn logits(m: &Model, x: &Tensor, train: bool) -> Tensor {
 
 fn trainable(m: &Model) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = m.adapter_vs.variables().into_iter().collect();
-    v.extend(m.backbone_vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (format!("backbone.{n}"), t)));
+    v.extend(
+        m.backbone_vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(n, t)| (format!("backbone.{n}"), t)),
+    );
     v
 }
 
 fn snapshot(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
-    vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect()
+    vs.variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect()
 }
 
 fn input() -> Tensor {
-    (Tensor::arange(4 * 3 * 32 * 32, (Kind::Float, Device::Cpu)) * 0.37).sin().view([4, 3, 32, 32])
+    (Tensor::arange(4 * 3 * 32 * 32, (Kind::Float, Device::Cpu)) * 0.37)
+        .sin()
+        .view([4, 3, 32, 32])
 }
 
 #[test]
@@ -126,7 +203,10 @@ fn every_method_passes_the_shared_checks_on_a_vit() {
     let x = input();
     let y = Tensor::from_slice(&[0i64, 1, 2, 1]);
     for case in cases() {
-        let name = format!("{:?}", case.method).chars().take(60).collect::<String>();
+        let name = format!("{:?}", case.method)
+            .chars()
+            .take(60)
+            .collect::<String>();
         let m = build(&cfg, &case.method, 1).unwrap();
 
         // Identity at init.
@@ -140,7 +220,10 @@ fn every_method_passes_the_shared_checks_on_a_vit() {
 
         // One optimiser step changes only the method's tensors.
         let frozen_before = snapshot(&m.backbone_vs);
-        let train_before: BTreeMap<String, Tensor> = trainable(&m).into_iter().map(|(n, t)| (n, t.copy())).collect();
+        let train_before: BTreeMap<String, Tensor> = trainable(&m)
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
         let mut params: Vec<Tensor> = trainable(&m).into_iter().map(|(_, t)| t).collect();
         params.extend(m.head_vs.trainable_variables());
         let loss = logits(&m, &x, true).cross_entropy_for_logits(&y);
@@ -164,13 +247,26 @@ fn every_method_passes_the_shared_checks_on_a_vit() {
                 assert!(!now.grad().defined(), "{name}: frozen {k} got a gradient");
             }
         }
-        let changed = trainable(&m).iter().filter(|(k, t)| !t.equal(&train_before[k])).count();
-        assert!(case.params == 0 || changed > 0, "{name}: no trainable tensor changed");
+        let changed = trainable(&m)
+            .iter()
+            .filter(|(k, t)| !t.equal(&train_before[k]))
+            .count();
+        assert!(
+            case.params == 0 || changed > 0,
+            "{name}: no trainable tensor changed"
+        );
 
         // Save → load into a fresh model (other random adapter init) → same outputs.
         let dir = tempfile::tempdir().unwrap();
         let head: Vec<(String, Tensor)> = m.head_vs.variables().into_iter().collect();
-        io::save(dir.path(), &case.method, &m.adapter_vs, &m.backbone_vs, &head).unwrap();
+        io::save(
+            dir.path(),
+            &case.method,
+            &m.adapter_vs,
+            &m.backbone_vs,
+            &head,
+        )
+        .unwrap();
         let saved = io::open(dir.path()).unwrap();
         assert_eq!(saved.method, case.method);
         // The fresh model has other random adapters and head; its backbone gets the same
@@ -182,7 +278,14 @@ fn every_method_passes_the_shared_checks_on_a_vit() {
             }
         });
         let head_names: Vec<&str> = head.iter().map(|(n, _)| n.as_str()).collect();
-        io::apply(&saved, dir.path(), &mut fresh.adapter_vs, &mut fresh.backbone_vs, &head_names).unwrap();
+        io::apply(
+            &saved,
+            dir.path(),
+            &mut fresh.adapter_vs,
+            &mut fresh.backbone_vs,
+            &head_names,
+        )
+        .unwrap();
         tch::no_grad(|| {
             for (n, mut t) in fresh.head_vs.variables() {
                 t.copy_(&saved.tensors[&n]);
@@ -190,26 +293,40 @@ fn every_method_passes_the_shared_checks_on_a_vit() {
         });
         let a = tch::no_grad(|| logits(&m, &x, false));
         let b = tch::no_grad(|| logits(&fresh, &x, false));
-        assert!(a.allclose(&b, 1e-6, 1e-6, false), "{name}: outputs differ after save/load");
+        assert!(
+            a.allclose(&b, 1e-6, 1e-6, false),
+            "{name}: outputs differ after save/load"
+        );
     }
 }
 
 #[test]
 fn cnn_methods_run_on_a_resnet_and_vit_only_methods_are_refused() {
     let cfg = BackboneConfig::from_json_str(RESNET).unwrap();
-    let x = (Tensor::arange(2 * 3 * 64 * 64, (Kind::Float, Device::Cpu)) * 0.37).sin().view([2, 3, 64, 64]);
+    let x = (Tensor::arange(2 * 3 * 64 * 64, (Kind::Float, Device::Cpu)) * 0.37)
+        .sin()
+        .view([2, 3, 64, 64]);
     for name in NAMES {
         let method = MethodConfig::by_name(name).unwrap();
         match build(&cfg, &method, 1) {
             Ok(m) => {
-                assert!(["full", "linear", "bitfit", "adapter", "convpass", "dka"].contains(&name), "{name} should be refused");
+                assert!(
+                    ["full", "linear", "bitfit", "adapter", "convpass", "dka"].contains(&name),
+                    "{name} should be refused"
+                );
                 let out = logits(&m, &x, true);
                 out.sum(Kind::Float).backward();
                 assert_eq!(out.size(), [2, 3], "{name}");
             }
             Err(e) => {
-                assert!(["vpt", "lora", "adaptformer", "ciat", "aim"].contains(&name), "{name}: {e}");
-                assert!(e.to_string().contains("does not apply to a resnet"), "{name}: {e}");
+                assert!(
+                    ["vpt", "lora", "adaptformer", "ciat", "aim"].contains(&name),
+                    "{name}: {e}"
+                );
+                assert!(
+                    e.to_string().contains("does not apply to a resnet"),
+                    "{name}: {e}"
+                );
             }
         }
     }
@@ -219,7 +336,8 @@ fn cnn_methods_run_on_a_resnet_and_vit_only_methods_are_refused() {
 fn methods_parse_from_toml_and_json_and_unknown_fields_are_refused() {
     let m: MethodConfig = toml_like(r#"{"name":"lora","r":4,"qkv_parts":"qv"}"#).unwrap();
     assert!(matches!(m, MethodConfig::Lora(ref l) if l.r == 4));
-    let m: MethodConfig = toml_like(r#"{"name":"dka","d_hat":192,"placement":"branch","conv_path":"fft"}"#).unwrap();
+    let m: MethodConfig =
+        toml_like(r#"{"name":"dka","d_hat":192,"placement":"branch","conv_path":"fft"}"#).unwrap();
     assert!(matches!(m, MethodConfig::Dka(ref d) if d.d_hat == 192));
     let err = toml_like(r#"{"name":"adapter","dims":64}"#).unwrap_err();
     assert!(err.contains("dims"), "{err}");

@@ -17,7 +17,11 @@ fn root() -> PathBuf {
 
 fn fixture() -> PathBuf {
     let dir = root().join("fixtures/peft_lora");
-    assert!(dir.join("adapter/adapter_config.json").is_file(), "fixture {} is missing: run `just fixtures`", dir.display());
+    assert!(
+        dir.join("adapter/adapter_config.json").is_file(),
+        "fixture {} is missing: run `just fixtures`",
+        dir.display()
+    );
     dir
 }
 
@@ -37,38 +41,74 @@ fn logits(m: &Backbone, x: &Tensor) -> Tensor {
 fn a_peft_trained_lora_gives_peft_outputs() {
     let dir = fixture();
     let (mut vs, mut model, _) = base(&dir);
-    let io_t: HashMap<String, Tensor> = read_safetensors(&dir.join("io.safetensors")).unwrap().into_iter().collect();
+    let io_t: HashMap<String, Tensor> = read_safetensors(&dir.join("io.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
     let saved = io::open(&dir.join("adapter")).unwrap();
-    let MethodConfig::Lora(cfg) = &saved.method else { panic!("a peft folder opens as LoRA") };
+    let MethodConfig::Lora(cfg) = &saved.method else {
+        panic!("a peft folder opens as LoRA")
+    };
     assert_eq!((cfg.r, cfg.alpha, cfg.qkv_parts.as_str()), (4, 8.0, "qkv"));
     let mut avs = nn::VarStore::new(Device::Cpu);
-    saved.method.method().attach(&mut model, &avs.root()).unwrap();
+    saved
+        .method
+        .method()
+        .attach(&mut model, &avs.root())
+        .unwrap();
     io::apply(&saved, &dir, &mut avs, &mut vs, &[]).unwrap();
     let x = &io_t["input"];
     let f = tch::no_grad(|| model.forward_features(x, false).x);
     let err_f = (&f - &io_t["features"]).abs().max().double_value(&[]);
-    let err_l = (logits(&model, x) - &io_t["logits"]).abs().max().double_value(&[]);
-    assert!(err_f <= 1e-4 && err_l <= 1e-4, "features {err_f:e}, logits {err_l:e}");
+    let err_l = (logits(&model, x) - &io_t["logits"])
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(
+        err_f <= 1e-4 && err_l <= 1e-4,
+        "features {err_f:e}, logits {err_l:e}"
+    );
     // And the adapter matters: without it the outputs are the base model's.
-    let base_err = (logits(&model, &io_t["input_base"]) - &io_t["logits_base"]).abs().max().double_value(&[]);
-    assert!(base_err > 1e-3, "the fixture's LoRA must change the outputs ({base_err:e})");
+    let base_err = (logits(&model, &io_t["input_base"]) - &io_t["logits_base"])
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(
+        base_err > 1e-3,
+        "the fixture's LoRA must change the outputs ({base_err:e})"
+    );
 }
 
 #[test]
 fn our_qv_lora_written_as_peft_loads_in_peft_with_the_same_outputs() {
     let dir = fixture();
     let (_vs, mut model, cfg) = base(&dir);
-    let BackboneConfig::Vit(vit) = &cfg else { unreachable!() };
-    let lora = dka_baselines::lora::LoraConfig { r: 2, alpha: 6.0, targets: vec!["qkv".into(), "proj".into()], ..Default::default() };
+    let BackboneConfig::Vit(vit) = &cfg else {
+        unreachable!()
+    };
+    let lora = dka_baselines::lora::LoraConfig {
+        r: 2,
+        alpha: 6.0,
+        targets: vec!["qkv".into(), "proj".into()],
+        ..Default::default()
+    };
     let avs = nn::VarStore::new(Device::Cpu);
     use dka_core::method::Method;
     lora.attach(&mut model, &avs.root()).unwrap();
     tch::no_grad(|| {
         for (i, (_, mut t)) in avs.variables().into_iter().enumerate() {
-            t.copy_(&((Tensor::arange(t.numel() as i64, (Kind::Float, Device::Cpu)) * (0.3 + i as f64 * 0.01)).sin().view(t.size().as_slice()) * 0.1));
+            t.copy_(
+                &((Tensor::arange(t.numel() as i64, (Kind::Float, Device::Cpu))
+                    * (0.3 + i as f64 * 0.01))
+                    .sin()
+                    .view(t.size().as_slice())
+                    * 0.1),
+            );
         }
     });
-    let x = (Tensor::arange(2 * 3 * 32 * 32, (Kind::Float, Device::Cpu)) * 0.11).cos().view([2, 3, 32, 32]);
+    let x = (Tensor::arange(2 * 3 * 32 * 32, (Kind::Float, Device::Cpu)) * 0.11)
+        .cos()
+        .view([2, 3, 32, 32]);
     let ours = logits(&model, &x);
     let tmp = tempfile::tempdir().unwrap();
     let adapter = tmp.path().join("adapter");
@@ -80,7 +120,11 @@ fn our_qv_lora_written_as_peft_loads_in_peft_with_the_same_outputs() {
     let saved = io::open(&adapter).unwrap();
     let (mut vs2, mut model2, _) = base(&dir);
     let mut avs2 = nn::VarStore::new(Device::Cpu);
-    saved.method.method().attach(&mut model2, &avs2.root()).unwrap();
+    saved
+        .method
+        .method()
+        .attach(&mut model2, &avs2.root())
+        .unwrap();
     io::apply(&saved, &adapter, &mut avs2, &mut vs2, &[]).unwrap();
     let err = (logits(&model2, &x) - &ours).abs().max().double_value(&[]);
     assert!(err <= 1e-5, "read back: {err:e}");
@@ -93,7 +137,15 @@ fn our_qv_lora_written_as_peft_loads_in_peft_with_the_same_outputs() {
         .output()
         .unwrap_or_else(|e| panic!("{}: {e} (run `just setup`)", python.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "peft failed: {}", String::from_utf8_lossy(&out.stderr));
-    let diff: f64 = stdout.trim().strip_prefix("max_abs_diff ").and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        out.status.success(),
+        "peft failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let diff: f64 = stdout
+        .trim()
+        .strip_prefix("max_abs_diff ")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
     assert!(diff <= 1e-4, "peft's outputs differ from ours by {diff:e}");
 }

@@ -50,13 +50,33 @@ impl PaperTable {
     pub fn load(path: &Path, row_col: &str) -> anyhow::Result<Self> {
         let mut r = csv::Reader::from_path(path).with_context(|| path.display().to_string())?;
         let h = r.headers()?.clone();
-        let col = |name: &str| h.iter().position(|c| c == name).with_context(|| format!("{}: no column '{name}'", path.display()));
-        let (rc, dc, fc, sc) = (col(row_col)?, col(if h.iter().any(|c| c == "dataset") { "dataset" } else { "task" })?, col("fraction")?, col("score")?);
+        let col = |name: &str| {
+            h.iter()
+                .position(|c| c == name)
+                .with_context(|| format!("{}: no column '{name}'", path.display()))
+        };
+        let (rc, dc, fc, sc) = (
+            col(row_col)?,
+            col(if h.iter().any(|c| c == "dataset") {
+                "dataset"
+            } else {
+                "task"
+            })?,
+            col("fraction")?,
+            col("score")?,
+        );
         let mut scores = Vec::new();
         for rec in r.records() {
             let rec = rec?;
-            let score: f64 = rec[sc].parse().with_context(|| format!("{}: score '{}'", path.display(), &rec[sc]))?;
-            scores.push((rec[rc].to_string(), rec[dc].to_string(), rec[fc].to_string(), score));
+            let score: f64 = rec[sc]
+                .parse()
+                .with_context(|| format!("{}: score '{}'", path.display(), &rec[sc]))?;
+            scores.push((
+                rec[rc].to_string(),
+                rec[dc].to_string(),
+                rec[fc].to_string(),
+                score,
+            ));
         }
         Ok(Self { scores })
     }
@@ -64,7 +84,10 @@ impl PaperTable {
     pub fn get(&self, row: &str, dataset: &str, fraction: &str) -> Option<f64> {
         let names = paper_datasets(dataset);
         let row = paper_method(row);
-        self.scores.iter().find(|(r, d, f, _)| r == row && f == fraction && names.contains(&d.as_str())).map(|x| x.3)
+        self.scores
+            .iter()
+            .find(|(r, d, f, _)| r == row && f == fraction && names.contains(&d.as_str()))
+            .map(|x| x.3)
     }
 }
 
@@ -77,7 +100,11 @@ struct Cell {
 fn cell(values: &[f64]) -> Cell {
     let n = values.len();
     let mean = values.iter().sum::<f64>() / n.max(1) as f64;
-    let std = if n > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+    let std = if n > 1 {
+        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    } else {
+        0.0
+    };
     Cell { mean, std, n }
 }
 
@@ -94,24 +121,44 @@ pub fn aggregate(
     let path = out.join("runs.csv");
     let mut r = csv::Reader::from_path(&path).with_context(|| path.display().to_string())?;
     let h = r.headers()?.clone();
-    let idx = |name: &str| h.iter().position(|c| c == name).with_context(|| format!("{}: no column '{name}'", path.display()));
+    let idx = |name: &str| {
+        h.iter()
+            .position(|c| c == name)
+            .with_context(|| format!("{}: no column '{name}'", path.display()))
+    };
     let (ri, mi) = (idx(row_axis)?, idx(metric)?);
-    let ci: Vec<usize> = col_axes.iter().map(|c| idx(c)).collect::<anyhow::Result<_>>()?;
+    let ci: Vec<usize> = col_axes
+        .iter()
+        .map(|c| idx(c))
+        .collect::<anyhow::Result<_>>()?;
     let mut groups: BTreeMap<(String, Vec<String>), Vec<f64>> = BTreeMap::new();
     for rec in r.records() {
         let rec = rec?;
         if let Ok(v) = rec[mi].parse::<f64>() {
-            let key = (rec[ri].to_string(), ci.iter().map(|&i| rec[i].to_string()).collect());
+            let key = (
+                rec[ri].to_string(),
+                ci.iter().map(|&i| rec[i].to_string()).collect(),
+            );
             groups.entry(key).or_default().push(100.0 * v);
         }
     }
     // Column combinations in the grid's order.
     let mut combos: Vec<Vec<String>> = vec![vec![]];
     for order in col_orders {
-        combos = combos.iter().flat_map(|c| order.iter().map(move |v| [c.clone(), vec![v.clone()]].concat())).collect();
+        combos = combos
+            .iter()
+            .flat_map(|c| {
+                order
+                    .iter()
+                    .map(move |v| [c.clone(), vec![v.clone()]].concat())
+            })
+            .collect();
     }
     let paper_for = |row: &str, combo: &[String]| -> Option<f64> {
-        let (d, f) = (col_axes.iter().position(|c| c == "dataset")?, col_axes.iter().position(|c| c == "fraction")?);
+        let (d, f) = (
+            col_axes.iter().position(|c| c == "dataset")?,
+            col_axes.iter().position(|c| c == "fraction")?,
+        );
         paper?.get(row, &combo[d], &combo[f])
     };
 
@@ -121,7 +168,15 @@ pub fn aggregate(
     head.extend(["mean", "std", "n", "paper"].map(String::from));
     w.write_record(&head)?;
     let mut md = String::new();
-    writeln!(md, "{metric} (%), mean ± std over draws (n = runs per cell){}\n", if paper.is_some() { "; \"paper\": the paper's own number, transcribed from its poster (experiments/paper/README.md)" } else { "" })?;
+    writeln!(
+        md,
+        "{metric} (%), mean ± std over draws (n = runs per cell){}\n",
+        if paper.is_some() {
+            "; \"paper\": the paper's own number, transcribed from its poster (experiments/paper/README.md)"
+        } else {
+            ""
+        }
+    )?;
     let col_title = |c: &[String]| c.join(" ");
     let mut line = format!("| {row_axis} |");
     for c in &combos {
@@ -131,7 +186,11 @@ pub fn aggregate(
         }
     }
     writeln!(md, "{line}")?;
-    writeln!(md, "|---|{}", "---|".repeat(combos.len() * if paper.is_some() { 2 } else { 1 }))?;
+    writeln!(
+        md,
+        "|---|{}",
+        "---|".repeat(combos.len() * if paper.is_some() { 2 } else { 1 })
+    )?;
     for row in row_order {
         let mut line = format!("| {row} |");
         for c in &combos {
@@ -142,7 +201,12 @@ pub fn aggregate(
                     let x = cell(v);
                     let mut rec = vec![row.clone()];
                     rec.extend(c.iter().cloned());
-                    rec.extend([format!("{:.2}", x.mean), format!("{:.2}", x.std), x.n.to_string(), ps.clone()]);
+                    rec.extend([
+                        format!("{:.2}", x.mean),
+                        format!("{:.2}", x.std),
+                        x.n.to_string(),
+                        ps.clone(),
+                    ]);
                     w.write_record(&rec)?;
                     line += &format!(" {:.2} ± {:.2} (n={}) |", x.mean, x.std, x.n);
                 }
@@ -154,7 +218,10 @@ pub fn aggregate(
         }
         writeln!(md, "{line}")?;
     }
-    for (name, bytes) in [("table.csv", w.into_inner()?), ("table.md", md.into_bytes())] {
+    for (name, bytes) in [
+        ("table.csv", w.into_inner()?),
+        ("table.md", md.into_bytes()),
+    ] {
         let tmp = out.join(format!("{name}.partial"));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, out.join(name))?;
@@ -174,12 +241,26 @@ mod tests {
             "id,dataset,draw,fraction,method,accuracy\na,busi-cls,0,1.25%,dka,0.70\nb,busi-cls,1,1.25%,dka,0.80\nc,busi-cls,0,1.25%,full,0.5\n",
         )
         .unwrap();
-        let paper = PaperTable { scores: vec![("DKA".into(), "BUSI".into(), "1.25%".into(), 79.46)] };
+        let paper = PaperTable {
+            scores: vec![("DKA".into(), "BUSI".into(), "1.25%".into(), 79.46)],
+        };
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        aggregate(d.path(), "accuracy", "method", &s(&["full", "dka"]), &s(&["dataset", "fraction"]), &[s(&["busi-cls"]), s(&["1.25%"])], Some(&paper)).unwrap();
+        aggregate(
+            d.path(),
+            "accuracy",
+            "method",
+            &s(&["full", "dka"]),
+            &s(&["dataset", "fraction"]),
+            &[s(&["busi-cls"]), s(&["1.25%"])],
+            Some(&paper),
+        )
+        .unwrap();
         let csv = std::fs::read_to_string(d.path().join("table.csv")).unwrap();
         // mean 75, sample std sqrt(((70-75)^2 + (80-75)^2) / 1) = 7.07
-        assert!(csv.contains("dka,busi-cls,1.25%,75.00,7.07,2,79.46"), "{csv}");
+        assert!(
+            csv.contains("dka,busi-cls,1.25%,75.00,7.07,2,79.46"),
+            "{csv}"
+        );
         let md = std::fs::read_to_string(d.path().join("table.md")).unwrap();
         assert!(md.contains("| dka | 75.00 ± 7.07 (n=2) | 79.46 |"), "{md}");
     }
@@ -188,7 +269,12 @@ mod tests {
     fn paper_names_map() {
         assert_eq!(paper_method("adaptformer"), "Adapterformer");
         assert!(paper_datasets("isic2019").contains(&"ISIC-2019"));
-        let t = PaperTable::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/paper/table2_classification_acc.csv"), "method").unwrap();
+        let t = PaperTable::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../experiments/paper/table2_classification_acc.csv"),
+            "method",
+        )
+        .unwrap();
         assert_eq!(t.get("dka", "busi-cls", "1.25%"), Some(79.46));
     }
 }

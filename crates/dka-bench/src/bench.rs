@@ -31,7 +31,11 @@ pub struct Args {
 
 /// Median time of one training step of ViT-B/16 (random weights, frozen, 224x224, batch
 /// `batch`) adapted by `method`: forward, cross-entropy on a 3-class head, backward, Adam.
-fn train_step_ms(method: &dka_baselines::MethodConfig, batch: i64, reps: usize) -> anyhow::Result<f64> {
+fn train_step_ms(
+    method: &dka_baselines::MethodConfig,
+    batch: i64,
+    reps: usize,
+) -> anyhow::Result<f64> {
     use tch::nn::{Module, OptimizerConfig};
     tch::manual_seed(0);
     let mut cfg = dka_core::BackboneConfig::preset("vit_base_patch16_224").expect("preset");
@@ -41,14 +45,21 @@ fn train_step_ms(method: &dka_baselines::MethodConfig, batch: i64, reps: usize) 
     vs.freeze();
     let avs = tch::nn::VarStore::new(Device::Cpu);
     method.method().attach(&mut backbone, &avs.root())?;
-    let head = tch::nn::linear(avs.root() / "task_head", backbone.num_features(), 3, Default::default());
+    let head = tch::nn::linear(
+        avs.root() / "task_head",
+        backbone.num_features(),
+        3,
+        Default::default(),
+    );
     let mut opt = tch::nn::Adam::default().build(&avs, 1e-3)?;
     let x = Tensor::randn([batch, 3, 224, 224], (Kind::Float, Device::Cpu));
     let y = Tensor::from_slice(&(0..batch).map(|i| i % 3).collect::<Vec<i64>>());
     let mut step = || {
         let t = Instant::now();
         let f = backbone.forward_features(&x, true);
-        let loss = head.forward(&backbone.pool(&f)).cross_entropy_for_logits(&y);
+        let loss = head
+            .forward(&backbone.pool(&f))
+            .cross_entropy_for_logits(&y);
         opt.backward_step(&loss);
         t.elapsed().as_secs_f64() * 1e3
     };
@@ -72,7 +83,10 @@ const SHAPES: [(&str, i64, i64, i64); 7] = [
 fn kernels(c: i64, large: i64, small: i64) -> Kernels {
     let opts = (Kind::Float, Device::Cpu);
     let k = |s: i64| (Tensor::randn([c, 1, s, s], opts) * 0.05).set_requires_grad(true);
-    Kernels::Fixed { large: Some((k(large), None)), small: Some((k(small), None)) }
+    Kernels::Fixed {
+        large: Some((k(large), None)),
+        small: Some((k(small), None)),
+    }
 }
 
 /// Median wall time of forward+backward passes after one warm-up (`reps` of them, 2 when a
@@ -99,7 +113,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for (label, c, h, w) in SHAPES {
         tch::manual_seed(0);
         let k = kernels(c, a.large, a.small);
-        let z = Tensor::randn([a.batch, c, h, w], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let z =
+            Tensor::randn([a.batch, c, h, w], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let shape = format!("{label} b{} k{}+{}", a.batch, a.large, a.small);
         let (t_ref, o_ref) = time(&k, &z, ConvPath::Reference, a.reps);
         rows.push((shape.clone(), "reference".to_string(), t_ref, 1.0, 0.0));
@@ -107,9 +122,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let auto = ConvPath::Auto.choose(kh, kw, h, w);
         for path in [ConvPath::Direct, ConvPath::Fft] {
             let (t, o) = time(&k, &z, path, a.reps);
-            let rel = (&o - &o_ref).abs().max().double_value(&[]) / o_ref.abs().max().double_value(&[]);
-            let name = format!("{}{}", format!("{path:?}").to_lowercase(), if path == auto { " (auto)" } else { "" });
-            tracing::info!("{shape}: reference {t_ref:.1} ms, {name} {t:.1} ms, x{:.1}", t_ref / t);
+            let rel =
+                (&o - &o_ref).abs().max().double_value(&[]) / o_ref.abs().max().double_value(&[]);
+            let name = format!(
+                "{}{}",
+                format!("{path:?}").to_lowercase(),
+                if path == auto { " (auto)" } else { "" }
+            );
+            tracing::info!(
+                "{shape}: reference {t_ref:.1} ms, {name} {t:.1} ms, x{:.1}",
+                t_ref / t
+            );
             rows.push((shape.clone(), name, t, t_ref / t, rel));
         }
     }
@@ -117,14 +140,30 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         use dka_baselines::MethodConfig;
         use dka_core::dka::DkaConfig;
         let shape = format!("vit_base_patch16_224 train step b{} 224 frozen", a.batch);
-        let adapter = train_step_ms(&MethodConfig::by_name("adapter").expect("known"), a.batch, 3)?;
+        let adapter = train_step_ms(
+            &MethodConfig::by_name("adapter").expect("known"),
+            a.batch,
+            3,
+        )?;
         tracing::info!("{shape}: adapter d64 {adapter:.0} ms");
         rows.push((shape.clone(), "adapter d64".into(), adapter, 1.0, f64::NAN));
         for d_hat in [16, 192] {
-            let dka = MethodConfig::Dka(DkaConfig { d_hat, ..DkaConfig::authors() });
+            let dka = MethodConfig::Dka(DkaConfig {
+                d_hat,
+                ..DkaConfig::authors()
+            });
             let t = train_step_ms(&dka, a.batch, 3)?;
-            tracing::info!("{shape}: dka d{d_hat} mona {t:.0} ms = {:.2} x adapter", t / adapter);
-            rows.push((shape.clone(), format!("dka d{d_hat} mona"), t, adapter / t, f64::NAN));
+            tracing::info!(
+                "{shape}: dka d{d_hat} mona {t:.0} ms = {:.2} x adapter",
+                t / adapter
+            );
+            rows.push((
+                shape.clone(),
+                format!("dka d{d_hat} mona"),
+                t,
+                adapter / t,
+                f64::NAN,
+            ));
         }
     }
     let tmp = a.output.with_extension("csv.partial");
@@ -132,8 +171,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let mut w = csv::Writer::from_path(&tmp).with_context(|| tmp.display().to_string())?;
         w.write_record(["shape", "path", "median_ms", "speedup", "max_rel_diff"])?;
         for (shape, path, ms, speedup, rel) in &rows {
-            let rel = if rel.is_nan() { String::new() } else { format!("{rel:.2e}") };
-            w.write_record([shape.as_str(), path, &format!("{ms:.3}"), &format!("{speedup:.2}"), &rel])?;
+            let rel = if rel.is_nan() {
+                String::new()
+            } else {
+                format!("{rel:.2e}")
+            };
+            w.write_record([
+                shape.as_str(),
+                path,
+                &format!("{ms:.3}"),
+                &format!("{speedup:.2}"),
+                &rel,
+            ])?;
         }
         w.flush()?;
     }

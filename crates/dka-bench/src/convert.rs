@@ -18,8 +18,17 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let ckpt = Checkpoint::read(&a.input)?;
     let n = ckpt.tensors.len();
-    let tensors: Vec<(&str, tch::Tensor)> = ckpt.tensors.iter().map(|(k, t)| (k.as_str(), t.shallow_clone())).collect();
+    let tensors: Vec<(&str, tch::Tensor)> = ckpt
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.shallow_clone()))
+        .collect();
     write_atomic(&a.output, &tensors)?;
-    tracing::info!("{} ({} names) -> {}: {n} tensors with timm names", a.input.display(), ckpt.format, a.output.display());
+    tracing::info!(
+        "{} ({} names) -> {}: {n} tensors with timm names",
+        a.input.display(),
+        ckpt.format,
+        a.output.display()
+    );
     Ok(())
 }

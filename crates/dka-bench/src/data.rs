@@ -49,7 +49,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Synth(a) => return crate::synth::run(a),
     };
     if !DATASETS.contains(&a.dataset.as_str()) {
-        anyhow::bail!("unknown dataset '{}' (known: {})", a.dataset, DATASETS.join(", "));
+        anyhow::bail!(
+            "unknown dataset '{}' (known: {})",
+            a.dataset,
+            DATASETS.join(", ")
+        );
     }
     let spec = SplitSpec {
         test_fraction: a.test_fraction,
@@ -58,8 +62,13 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         draw: a.draw,
         seed: a.seed,
     };
-    let opts = LoaderOptions { skip_bad: a.skip_bad, ..Default::default() };
-    let manifest = a.manifest.unwrap_or_else(|| PathBuf::from("results/manifests").join(manifest_file_name(&a.dataset, &spec)));
+    let opts = LoaderOptions {
+        skip_bad: a.skip_bad,
+        ..Default::default()
+    };
+    let manifest = a.manifest.unwrap_or_else(|| {
+        PathBuf::from("results/manifests").join(manifest_file_name(&a.dataset, &spec))
+    });
     if let Some(dir) = manifest.parent() {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     }

@@ -42,11 +42,23 @@ impl MaskTransformer {
             ..VitConfig::default()
         };
         let std = (d_model as f64).powf(-0.5);
-        let normal = nn::Init::Randn { mean: 0.0, stdev: std };
+        let normal = nn::Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        };
         Self {
             proj_dec: nn::linear(p / "proj_dec", dim, d_model, Default::default()),
-            cls_emb: p.var("cls_emb", &[1, classes, d_model], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
-            blocks: (0..layers).map(|i| VitBlock::new(p / "blocks" / i, &cfg)).collect(),
+            cls_emb: p.var(
+                "cls_emb",
+                &[1, classes, d_model],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+            ),
+            blocks: (0..layers)
+                .map(|i| VitBlock::new(p / "blocks" / i, &cfg))
+                .collect(),
             norm: nn::layer_norm(p / "decoder_norm", vec![d_model], Default::default()),
             proj_patch: p.var("proj_patch", &[d_model, d_model], normal),
             proj_classes: p.var("proj_classes", &[d_model, d_model], normal),
@@ -60,15 +72,26 @@ impl MaskTransformer {
         let (b, _, h, w) = map.size4().expect("4-D map");
         let x = self.proj_dec.forward(&map.flatten(2, 3).transpose(1, 2));
         let mut x = Tensor::cat(&[x, self.cls_emb.expand([b, -1, -1], false)], 1);
-        let layout = TokenLayout { prefix: 0, h: 1, w: h * w + self.classes };
+        let layout = TokenLayout {
+            prefix: 0,
+            h: 1,
+            w: h * w + self.classes,
+        };
         for blk in &self.blocks {
             x = blk.forward_t(&x, layout, train);
         }
         let x = self.norm.forward(&x);
         let patches = x.narrow(1, 0, h * w).matmul(&self.proj_patch);
         let cls = x.narrow(1, h * w, self.classes).matmul(&self.proj_classes);
-        let unit = |t: Tensor| &t / t.norm_scalaropt_dim(2.0, [-1i64].as_slice(), true).clamp_min(1e-12);
+        let unit = |t: Tensor| {
+            &t / t
+                .norm_scalaropt_dim(2.0, [-1i64].as_slice(), true)
+                .clamp_min(1e-12)
+        };
         let masks = unit(patches).matmul(&unit(cls).transpose(1, 2));
-        self.mask_norm.forward(&masks).transpose(1, 2).reshape([b, self.classes, h, w])
+        self.mask_norm
+            .forward(&masks)
+            .transpose(1, 2)
+            .reshape([b, self.classes, h, w])
     }
 }

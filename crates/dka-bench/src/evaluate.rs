@@ -24,11 +24,22 @@ pub fn primary_metric(segmentation: bool) -> &'static str {
 impl Evaluation {
     fn from_serializable(m: &impl serde::Serialize) -> Self {
         let v = serde_json::to_value(m).expect("metrics serialise");
-        Self(v.as_object().map(|o| o.iter().filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x))).collect()).unwrap_or_default())
+        Self(
+            v.as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
     }
 
     pub fn primary(&self, segmentation: bool) -> f64 {
-        self.0.get(primary_metric(segmentation)).copied().unwrap_or(f64::NAN)
+        self.0
+            .get(primary_metric(segmentation))
+            .copied()
+            .unwrap_or(f64::NAN)
     }
 
     pub fn values(&self) -> BTreeMap<String, f64> {
@@ -36,24 +47,47 @@ impl Evaluation {
     }
 }
 
-pub fn evaluate(model: &Model, loader: BatchLoader, classes: i64, size: (i64, i64), device: Device) -> anyhow::Result<Evaluation> {
+pub fn evaluate(
+    model: &Model,
+    loader: BatchLoader,
+    classes: i64,
+    size: (i64, i64),
+    device: Device,
+) -> anyhow::Result<Evaluation> {
     let mut probs: Vec<f32> = Vec::new();
     let mut labels: Vec<i64> = Vec::new();
     let mut confusion = Confusion::new(classes as usize);
     for b in loader {
         let b = b.context("evaluation batch")?;
         let s = b.images.shape();
-        let x = Tensor::from_slice(b.images.as_slice().expect("contiguous")).view([s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64]).to_device(device);
-        let logits = tch::no_grad(|| tch::autocast(device.is_cuda(), || model.head_logits(&model.embed(&x, false), size, false)));
+        let x = Tensor::from_slice(b.images.as_slice().expect("contiguous"))
+            .view([s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64])
+            .to_device(device);
+        let logits = tch::no_grad(|| {
+            tch::autocast(device.is_cuda(), || {
+                model.head_logits(&model.embed(&x, false), size, false)
+            })
+        });
         match &b.target {
             dka_data::BatchTarget::Classes(c) => {
-                let p = logits.softmax(-1, Kind::Float).to_device(Device::Cpu).contiguous().view([-1]);
+                let p = logits
+                    .softmax(-1, Kind::Float)
+                    .to_device(Device::Cpu)
+                    .contiguous()
+                    .view([-1]);
                 probs.extend(Vec::<f32>::try_from(&p)?);
                 labels.extend_from_slice(c);
             }
             dka_data::BatchTarget::Masks(m) => {
-                let pred = logits.argmax(1, false).to_device(Device::Cpu).contiguous().view([-1]);
-                confusion.add(&Vec::<i64>::try_from(&pred)?, m.as_slice().expect("contiguous masks"));
+                let pred = logits
+                    .argmax(1, false)
+                    .to_device(Device::Cpu)
+                    .contiguous()
+                    .view([-1]);
+                confusion.add(
+                    &Vec::<i64>::try_from(&pred)?,
+                    m.as_slice().expect("contiguous masks"),
+                );
             }
         }
     }
@@ -77,8 +111,19 @@ impl MetricsLog {
         Ok(Self { w, header: None })
     }
 
-    pub fn append(&mut self, epoch: usize, train_loss: f64, lr_factor: f64, val: Option<&Evaluation>, test: &Evaluation) -> anyhow::Result<()> {
-        let mut row: Vec<(String, f64)> = vec![("epoch".into(), epoch as f64), ("train_loss".into(), train_loss), ("lr_factor".into(), lr_factor)];
+    pub fn append(
+        &mut self,
+        epoch: usize,
+        train_loss: f64,
+        lr_factor: f64,
+        val: Option<&Evaluation>,
+        test: &Evaluation,
+    ) -> anyhow::Result<()> {
+        let mut row: Vec<(String, f64)> = vec![
+            ("epoch".into(), epoch as f64),
+            ("train_loss".into(), train_loss),
+            ("lr_factor".into(), lr_factor),
+        ];
         if let Some(v) = val {
             row.extend(v.0.iter().map(|(k, x)| (format!("val_{k}"), *x)));
         }
@@ -88,7 +133,13 @@ impl MetricsLog {
             self.w.write_record(&h)?;
             self.header = Some(h);
         }
-        self.w.write_record(row.iter().map(|(k, x)| if k == "epoch" { format!("{x}") } else { format!("{x:.6}") }))?;
+        self.w.write_record(row.iter().map(|(k, x)| {
+            if k == "epoch" {
+                format!("{x}")
+            } else {
+                format!("{x:.6}")
+            }
+        }))?;
         self.w.flush()?;
         Ok(())
     }

@@ -76,9 +76,15 @@ fn set_path(root: &mut Value, path: &str, v: Value) -> anyhow::Result<()> {
     let mut cur = root;
     let parts: Vec<&str> = path.split('.').collect();
     for p in &parts[..parts.len() - 1] {
-        cur = cur.as_object_mut().context("not an object")?.entry(p.to_string()).or_insert_with(|| Value::Object(Default::default()));
+        cur = cur
+            .as_object_mut()
+            .context("not an object")?
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
     }
-    cur.as_object_mut().with_context(|| format!("{path}: parent is not a table"))?.insert(parts[parts.len() - 1].to_string(), v);
+    cur.as_object_mut()
+        .with_context(|| format!("{path}: parent is not a table"))?
+        .insert(parts[parts.len() - 1].to_string(), v);
     Ok(())
 }
 
@@ -111,21 +117,33 @@ impl Experiment {
         let mut grid = self.grid.clone();
         if let Some(p) = profile {
             let Some(prof) = self.profiles.get(p) else {
-                bail!("experiment {} has no profile '{p}' (has: {})", self.name, self.profiles.keys().cloned().collect::<Vec<_>>().join(", "));
+                bail!(
+                    "experiment {} has no profile '{p}' (has: {})",
+                    self.name,
+                    self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
             };
             base.extend(prof.base.clone());
             grid.extend(prof.grid.clone());
         }
         for axis in std::iter::once(&self.rows).chain(&self.columns) {
             if !grid.contains_key(axis) {
-                bail!("experiment {}: table axis '{axis}' is not a grid axis", self.name);
+                bail!(
+                    "experiment {}: table axis '{axis}' is not a grid axis",
+                    self.name
+                );
             }
         }
         let axes: Vec<(String, Vec<(Value, String)>)> = grid
             .iter()
             .map(|(k, v)| match v {
-                toml::Value::Array(a) if !a.is_empty() => Ok((k.clone(), a.iter().map(labelled).collect())),
-                _ => bail!("experiment {}: grid axis '{k}' must be a non-empty list", self.name),
+                toml::Value::Array(a) if !a.is_empty() => {
+                    Ok((k.clone(), a.iter().map(labelled).collect()))
+                }
+                _ => bail!(
+                    "experiment {}: grid axis '{k}' must be a non-empty list",
+                    self.name
+                ),
             })
             .collect::<anyhow::Result<_>>()?;
         let base = json(&toml::Value::Table(base));
@@ -145,8 +163,10 @@ impl Experiment {
         cells
             .into_iter()
             .map(|(cfg, labels)| {
-                let rc: RunConfig = serde_json::from_value(cfg.clone()).with_context(|| format!("experiment {}: run {labels:?}", self.name))?;
-                rc.validate().with_context(|| format!("experiment {}: run {labels:?}", self.name))?;
+                let rc: RunConfig = serde_json::from_value(cfg.clone())
+                    .with_context(|| format!("experiment {}: run {labels:?}", self.name))?;
+                rc.validate()
+                    .with_context(|| format!("experiment {}: run {labels:?}", self.name))?;
                 Ok(RunSpec::new(labels, serde_json::to_value(&rc)?))
             })
             .collect()

@@ -39,8 +39,10 @@ pub const TASK_HEAD: [&str; 2] = ["task_head.weight", "task_head.bias"];
 pub fn write_atomic(path: &Path, tensors: &[(&str, Tensor)]) -> anyhow::Result<()> {
     let tmp = path.with_extension("safetensors.partial");
     let tensors: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (*n, t.contiguous())).collect();
-    Tensor::write_safetensors(&tensors, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("moving {} to {}", tmp.display(), path.display()))
+    Tensor::write_safetensors(&tensors, &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("moving {} to {}", tmp.display(), path.display()))
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -59,19 +61,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut avs = nn::VarStore::new(device);
     if let Some(dir) = &a.adapter {
         let saved = dka_baselines::io::open(dir)?;
-        saved.method.method().attach(&mut model, &avs.root()).with_context(|| dir.display().to_string())?;
+        saved
+            .method
+            .method()
+            .attach(&mut model, &avs.root())
+            .with_context(|| dir.display().to_string())?;
         dka_baselines::io::apply(&saved, dir, &mut avs, &mut vs, &TASK_HEAD)?;
-        if let (Some(w), Some(b)) = (saved.tensors.get(TASK_HEAD[0]), saved.tensors.get(TASK_HEAD[1])) {
+        if let (Some(w), Some(b)) = (
+            saved.tensors.get(TASK_HEAD[0]),
+            saved.tensors.get(TASK_HEAD[1]),
+        ) {
             task_head = Some((w.to_device(device), b.to_device(device)));
         }
-        tracing::info!("{}: {} adapter, {} tensors", dir.display(), saved.method.method().name(), saved.tensors.len());
+        tracing::info!(
+            "{}: {} adapter, {} tensors",
+            dir.display(),
+            saved.method.method().name(),
+            saved.tensors.len()
+        );
     }
 
     let input = read_safetensors(&a.input)?
         .into_iter()
         .find_map(|(n, t)| (n == "input").then_some(t))
         .ok_or_else(|| anyhow!("{}: no tensor named 'input'", a.input.display()))?;
-    model.check_input(&input.size()).with_context(|| a.input.display().to_string())?;
+    model
+        .check_input(&input.size())
+        .with_context(|| a.input.display().to_string())?;
     let input = input.to_kind(Kind::Float).to_device(device);
 
     let (features, logits) = tch::no_grad(|| {
@@ -87,7 +103,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         out.push(("logits", l.to_device(tch::Device::Cpu)));
     }
     write_atomic(&a.output, &out)?;
-    let shapes: Vec<String> = out.iter().map(|(n, t)| format!("{n} {:?}", t.size())).collect();
+    let shapes: Vec<String> = out
+        .iter()
+        .map(|(n, t)| format!("{n} {:?}", t.size()))
+        .collect();
     tracing::info!("wrote {} ({})", a.output.display(), shapes.join(", "));
     Ok(())
 }

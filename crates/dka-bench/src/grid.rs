@@ -61,7 +61,9 @@ pub struct Shard {
 impl std::str::FromStr for Shard {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        let (i, n) = s.split_once('/').with_context(|| format!("--shard {s}: expected I/N"))?;
+        let (i, n) = s
+            .split_once('/')
+            .with_context(|| format!("--shard {s}: expected I/N"))?;
         let (index, count): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
         if count == 0 || index >= count {
             bail!("--shard {s}: need 0 <= I < N");
@@ -107,10 +109,17 @@ fn prepare_runs_csv(path: &Path, header: &[String]) -> anyhow::Result<BTreeSet<S
     };
     // Complete lines only; then drop rows whose field count is wrong (a torn row that happened
     // to end in a newline inside a quoted field cannot occur: fields hold no raw newlines).
-    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(&bytes[..keep]);
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(&bytes[..keep]);
     let found: Vec<String> = rdr.headers()?.iter().map(String::from).collect();
     if found != header {
-        bail!("{}: columns {:?} do not match this grid's {:?}; use another --out", path.display(), found, header);
+        bail!(
+            "{}: columns {:?} do not match this grid's {:?}; use another --out",
+            path.display(),
+            found,
+            header
+        );
     }
     let mut ids = BTreeSet::new();
     let mut good = Vec::new();
@@ -133,7 +142,10 @@ fn prepare_runs_csv(path: &Path, header: &[String]) -> anyhow::Result<BTreeSet<S
         let tmp = path.with_extension("csv.partial");
         std::fs::write(&tmp, w.into_inner()?)?;
         std::fs::rename(&tmp, path)?;
-        tracing::warn!("{}: removed a torn or duplicate row left by an interrupted run", path.display());
+        tracing::warn!(
+            "{}: removed a torn or duplicate row left by an interrupted run",
+            path.display()
+        );
     }
     Ok(ids)
 }
@@ -142,7 +154,10 @@ fn append_row(path: &Path, row: &[String]) -> anyhow::Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(row)?;
     let line = w.into_inner()?;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).with_context(|| path.display().to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| path.display().to_string())?;
     f.write_all(&line)?;
     f.sync_data()?;
     Ok(())
@@ -164,7 +179,12 @@ pub fn run_grid(
     opts: &GridOptions,
     run_one: &mut dyn FnMut(&RunSpec, &Path) -> anyhow::Result<RunResult>,
 ) -> anyhow::Result<GridSummary> {
-    let axes: Vec<String> = specs.iter().flat_map(|s| s.axes.keys().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+    let axes: Vec<String> = specs
+        .iter()
+        .flat_map(|s| s.axes.keys().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let ids: BTreeSet<&str> = specs.iter().map(|s| s.id.as_str()).collect();
     if ids.len() != specs.len() {
         bail!("the grid has two identical runs (same config); remove the duplicate axis values");
@@ -188,7 +208,8 @@ pub fn run_grid(
         }
         let dir = out.join("runs").join(&spec.id);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing the interrupted run {}", dir.display()))?;
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("clearing the interrupted run {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("spec.json"), serde_json::to_string_pretty(spec)?)?;
@@ -196,9 +217,20 @@ pub fn run_grid(
         match run_one(spec, &dir) {
             Ok(r) => {
                 let mut row = vec![spec.id.clone()];
-                row.extend(axes.iter().map(|a| spec.axes.get(a).cloned().unwrap_or_default()));
-                row.extend(METRICS.iter().map(|m| r.metrics.get(*m).map(|v| v.to_string()).unwrap_or_default()));
-                let other: BTreeMap<&String, &f64> = r.metrics.iter().filter(|(k, _)| !METRICS.contains(&k.as_str())).collect();
+                row.extend(
+                    axes.iter()
+                        .map(|a| spec.axes.get(a).cloned().unwrap_or_default()),
+                );
+                row.extend(
+                    METRICS
+                        .iter()
+                        .map(|m| r.metrics.get(*m).map(|v| v.to_string()).unwrap_or_default()),
+                );
+                let other: BTreeMap<&String, &f64> = r
+                    .metrics
+                    .iter()
+                    .filter(|(k, _)| !METRICS.contains(&k.as_str()))
+                    .collect();
                 row.push(serde_json::to_string(&other)?);
                 row.push(serde_json::to_string(&r.info)?);
                 row.push(now_utc());
@@ -215,12 +247,22 @@ pub fn run_grid(
 }
 
 /// An sbatch job-array script running one shard per array task.
-pub fn emit_slurm(out_script: &Path, experiment_file: &Path, n_shards: usize, extra_args: &str) -> anyhow::Result<()> {
+pub fn emit_slurm(
+    out_script: &Path,
+    experiment_file: &Path,
+    n_shards: usize,
+    extra_args: &str,
+) -> anyhow::Result<()> {
     if n_shards == 0 {
         bail!("--emit-slurm needs at least one shard");
     }
-    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "dka".into());
-    let name = experiment_file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "dka".into());
+    let name = experiment_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     let log_dir = out_script.parent().unwrap_or(Path::new("."));
     let script = format!(
         "#!/bin/bash\n\
@@ -244,14 +286,24 @@ mod tests {
 
     fn specs(n: usize) -> Vec<RunSpec> {
         (0..n)
-            .map(|i| RunSpec::new(BTreeMap::from([("draw".to_string(), i.to_string())]), serde_json::json!({ "draw": i })))
+            .map(|i| {
+                RunSpec::new(
+                    BTreeMap::from([("draw".to_string(), i.to_string())]),
+                    serde_json::json!({ "draw": i }),
+                )
+            })
             .collect()
     }
 
-    fn ok(calls: &mut Vec<String>) -> impl FnMut(&RunSpec, &Path) -> anyhow::Result<RunResult> + '_ {
+    fn ok(
+        calls: &mut Vec<String>,
+    ) -> impl FnMut(&RunSpec, &Path) -> anyhow::Result<RunResult> + '_ {
         move |s, _| {
             calls.push(s.id.clone());
-            Ok(RunResult { metrics: BTreeMap::from([("accuracy".into(), 0.5)]), info: BTreeMap::new() })
+            Ok(RunResult {
+                metrics: BTreeMap::from([("accuracy".into(), 0.5)]),
+                info: BTreeMap::new(),
+            })
         }
     }
 
@@ -266,7 +318,10 @@ mod tests {
         let s = specs(5);
         let mut calls = Vec::new();
         for i in 0..2 {
-            let o = GridOptions { shard: Some(Shard { index: i, count: 2 }), dry_run: false };
+            let o = GridOptions {
+                shard: Some(Shard { index: i, count: 2 }),
+                dry_run: false,
+            };
             run_grid(d.path(), &s, &o, &mut ok(&mut calls)).unwrap();
         }
         let mut got = rows(d.path());
@@ -282,13 +337,27 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = specs(3);
         let mut calls = Vec::new();
-        run_grid(d.path(), &s[..2], &GridOptions::default(), &mut ok(&mut calls)).unwrap();
+        run_grid(
+            d.path(),
+            &s[..2],
+            &GridOptions::default(),
+            &mut ok(&mut calls),
+        )
+        .unwrap();
         // A crash in the middle of writing the third row.
-        let mut f = std::fs::OpenOptions::new().append(true).open(d.path().join("runs.csv")).unwrap();
-        f.write_all(format!("{},2,0.5", s[2].id).as_bytes()).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.path().join("runs.csv"))
+            .unwrap();
+        f.write_all(format!("{},2,0.5", s[2].id).as_bytes())
+            .unwrap();
         let mut again = Vec::new();
         let sum = run_grid(d.path(), &s, &GridOptions::default(), &mut ok(&mut again)).unwrap();
-        assert_eq!(again, vec![s[2].id.clone()], "only the unfinished run is redone");
+        assert_eq!(
+            again,
+            vec![s[2].id.clone()],
+            "only the unfinished run is redone"
+        );
         assert_eq!(sum.skipped_already_done, 2);
         assert_eq!(rows(d.path()).len(), 3);
     }
@@ -297,7 +366,8 @@ mod tests {
     fn a_failed_run_writes_no_row_and_is_retried() {
         let d = tempfile::tempdir().unwrap();
         let s = specs(2);
-        let mut fail = |spec: &RunSpec, _: &Path| -> anyhow::Result<RunResult> { bail!("boom {}", spec.id) };
+        let mut fail =
+            |spec: &RunSpec, _: &Path| -> anyhow::Result<RunResult> { bail!("boom {}", spec.id) };
         let sum = run_grid(d.path(), &s, &GridOptions::default(), &mut fail).unwrap();
         assert_eq!(sum.failed.len(), 2);
         assert!(rows(d.path()).is_empty());
@@ -312,7 +382,11 @@ mod tests {
         let p = d.path().join("g.sbatch");
         emit_slurm(&p, Path::new("experiments/x.toml"), 4, "--profile quick").unwrap();
         let s = std::fs::read_to_string(p).unwrap();
-        assert!(s.contains("#SBATCH --array=0-3") && s.contains("--shard \"${SLURM_ARRAY_TASK_ID}/4\" --profile quick"), "{s}");
+        assert!(
+            s.contains("#SBATCH --array=0-3")
+                && s.contains("--shard \"${SLURM_ARRAY_TASK_ID}/4\" --profile quick"),
+            "{s}"
+        );
         assert!("1/4".parse::<Shard>().is_ok() && "4/4".parse::<Shard>().is_err());
     }
 }

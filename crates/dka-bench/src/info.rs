@@ -11,7 +11,12 @@ pub struct Args {
 /// The path of a shared library this process has loaded (from /proc/self/maps).
 fn loaded(lib: &str) -> Option<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find_map(|l| l.split_whitespace().last().filter(|p| p.ends_with(lib)).map(str::to_owned))
+    maps.lines().find_map(|l| {
+        l.split_whitespace()
+            .last()
+            .filter(|p| p.ends_with(lib))
+            .map(str::to_owned)
+    })
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -19,14 +24,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cuda = tch::Cuda::is_available();
     println!("device: {device:?}");
     println!("cpu threads (libtorch): {}", tch::get_num_threads());
-    println!("libtorch built against: {}", option_env!("DKA_LIBTORCH_VERSION").unwrap_or("unknown"));
-    println!("libtorch loaded from: {}", loaded("/libtorch_cpu.so").unwrap_or_else(|| "unknown".into()));
+    println!(
+        "libtorch built against: {}",
+        option_env!("DKA_LIBTORCH_VERSION").unwrap_or("unknown")
+    );
+    println!(
+        "libtorch loaded from: {}",
+        loaded("/libtorch_cpu.so").unwrap_or_else(|| "unknown".into())
+    );
     // Linked with --no-as-needed by build/libtorch_link.rs; without it CUDA silently vanishes.
-    println!("libtorch_cuda loaded: {}", loaded("/libtorch_cuda.so").is_some());
+    println!(
+        "libtorch_cuda loaded: {}",
+        loaded("/libtorch_cuda.so").is_some()
+    );
     println!("cuda usable: {cuda}");
     if cuda {
         println!("cuda devices: {}", tch::Cuda::device_count());
-        println!("cudnn: {} (version {})", tch::Cuda::cudnn_is_available(), tch::utils::version_cudnn());
+        println!(
+            "cudnn: {} (version {})",
+            tch::Cuda::cudnn_is_available(),
+            tch::utils::version_cudnn()
+        );
         println!("cuda runtime version: {}", tch::utils::version_cudart());
     }
     Ok(())
@@ -34,9 +52,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// How and where numbers were made, for the sidecars of results files.
 pub fn machine() -> serde_json::Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines().find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+    });
     serde_json::json!({
         "cpu": cpu,
         "libtorch_threads": tch::get_num_threads(),

@@ -27,7 +27,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "dka", version, about = "Dual-Kernel Adapter toolkit: frozen backbones, adapters, paper experiments")]
+#[command(
+    name = "dka",
+    version,
+    about = "Dual-Kernel Adapter toolkit: frozen backbones, adapters, paper experiments"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,12 +88,17 @@ fn main() -> ExitCode {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("unknown panic");
         let first = msg.lines().next().unwrap_or(msg);
-        let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
         eprintln!("error: internal error: {first}{at}");
     }));
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -38,17 +38,36 @@ pub fn auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
         }
         i = j + 1;
     }
-    let sum_pos: f64 = ranks.iter().zip(positive).filter(|(_, &p)| p).map(|(r, _)| r).sum();
+    let sum_pos: f64 = ranks
+        .iter()
+        .zip(positive)
+        .filter(|(_, &p)| p)
+        .map(|(r, _)| r)
+        .sum();
     Some((sum_pos - (n_pos * (n_pos + 1)) as f64 / 2.0) / (n_pos * n_neg) as f64)
 }
 
 /// `probs`: row-major `[n, classes]` probabilities; `labels`: `n` class indices.
-pub fn classification_metrics(probs: &[f32], classes: usize, labels: &[i64]) -> ClassificationMetrics {
+pub fn classification_metrics(
+    probs: &[f32],
+    classes: usize,
+    labels: &[i64],
+) -> ClassificationMetrics {
     let n = labels.len();
-    assert_eq!(probs.len(), n * classes, "probabilities do not match labels");
+    assert_eq!(
+        probs.len(),
+        n * classes,
+        "probabilities do not match labels"
+    );
     let pred: Vec<usize> = probs
         .chunks(classes)
-        .map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0))
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                .unwrap_or(0)
+        })
         .collect();
     let mut cm = vec![vec![0usize; classes]; classes];
     for (&y, &p) in labels.iter().zip(&pred) {
@@ -56,9 +75,15 @@ pub fn classification_metrics(probs: &[f32], classes: usize, labels: &[i64]) -> 
     }
     let correct: usize = (0..classes).map(|c| cm[c][c]).sum();
     let support: Vec<usize> = cm.iter().map(|r| r.iter().sum()).collect();
-    let predicted: Vec<usize> = (0..classes).map(|c| cm.iter().map(|r| r[c]).sum()).collect();
+    let predicted: Vec<usize> = (0..classes)
+        .map(|c| cm.iter().map(|r| r[c]).sum())
+        .collect();
     let present: Vec<usize> = (0..classes).filter(|&c| support[c] > 0).collect();
-    let balanced = present.iter().map(|&c| cm[c][c] as f64 / support[c] as f64).sum::<f64>() / present.len().max(1) as f64;
+    let balanced = present
+        .iter()
+        .map(|&c| cm[c][c] as f64 / support[c] as f64)
+        .sum::<f64>()
+        / present.len().max(1) as f64;
     let f1 = (0..classes)
         .map(|c| {
             let denom = support[c] + predicted[c];
@@ -72,12 +97,17 @@ pub fn classification_metrics(probs: &[f32], classes: usize, labels: &[i64]) -> 
         / classes as f64;
     let aucs: Vec<f64> = if classes == 2 {
         let s: Vec<f32> = probs.chunks(2).map(|r| r[1]).collect();
-        auc(&s, &labels.iter().map(|&y| y == 1).collect::<Vec<_>>()).into_iter().collect()
+        auc(&s, &labels.iter().map(|&y| y == 1).collect::<Vec<_>>())
+            .into_iter()
+            .collect()
     } else {
         (0..classes)
             .filter_map(|c| {
                 let s: Vec<f32> = probs.chunks(classes).map(|r| r[c]).collect();
-                auc(&s, &labels.iter().map(|&y| y as usize == c).collect::<Vec<_>>())
+                auc(
+                    &s,
+                    &labels.iter().map(|&y| y as usize == c).collect::<Vec<_>>(),
+                )
             })
             .collect()
     };
@@ -85,7 +115,11 @@ pub fn classification_metrics(probs: &[f32], classes: usize, labels: &[i64]) -> 
         accuracy: correct as f64 / n.max(1) as f64,
         balanced_accuracy: balanced,
         macro_f1: f1,
-        auc: if aucs.is_empty() { f64::NAN } else { aucs.iter().sum::<f64>() / aucs.len() as f64 },
+        auc: if aucs.is_empty() {
+            f64::NAN
+        } else {
+            aucs.iter().sum::<f64>() / aucs.len() as f64
+        },
     }
 }
 
@@ -110,7 +144,10 @@ pub struct Confusion {
 
 impl Confusion {
     pub fn new(classes: usize) -> Self {
-        Self { n: classes, m: vec![0; classes * classes] }
+        Self {
+            n: classes,
+            m: vec![0; classes * classes],
+        }
     }
 
     /// Adds predicted and target class maps of the same length; out-of-range targets are
@@ -182,7 +219,13 @@ mod tests {
             for j in 0..s.len() {
                 if y[i] && !y[j] {
                     pairs += 1.0;
-                    wins += if s[i] > s[j] { 1.0 } else if s[i] == s[j] { 0.5 } else { 0.0 };
+                    wins += if s[i] > s[j] {
+                        1.0
+                    } else if s[i] == s[j] {
+                        0.5
+                    } else {
+                        0.0
+                    };
                 }
             }
         }

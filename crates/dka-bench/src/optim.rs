@@ -19,20 +19,38 @@ pub struct Optimizer {
 impl Optimizer {
     pub fn new(cfg: &OptimConfig, groups: Groups) -> anyhow::Result<Self> {
         let mut opt = match cfg.kind {
-            OptimKind::Adam => COptimizer::adam(cfg.head_lr, 0.9, 0.999, cfg.weight_decay, 1e-8, false)?,
-            OptimKind::Adamw => COptimizer::adamw(cfg.head_lr, 0.9, 0.999, cfg.weight_decay, 1e-8, false)?,
-            OptimKind::Sgd => COptimizer::sgd(cfg.head_lr, cfg.momentum, 0.0, cfg.weight_decay, false)?,
+            OptimKind::Adam => {
+                COptimizer::adam(cfg.head_lr, 0.9, 0.999, cfg.weight_decay, 1e-8, false)?
+            }
+            OptimKind::Adamw => {
+                COptimizer::adamw(cfg.head_lr, 0.9, 0.999, cfg.weight_decay, 1e-8, false)?
+            }
+            OptimKind::Sgd => {
+                COptimizer::sgd(cfg.head_lr, cfg.momentum, 0.0, cfg.weight_decay, false)?
+            }
         };
-        let base_lrs = [cfg.head_lr, cfg.adapter_lr, cfg.backbone_lr.unwrap_or(cfg.adapter_lr)];
+        let base_lrs = [
+            cfg.head_lr,
+            cfg.adapter_lr,
+            cfg.backbone_lr.unwrap_or(cfg.adapter_lr),
+        ];
         let mut params = Vec::new();
-        for (g, tensors) in [groups.head, groups.adapter, groups.backbone].into_iter().enumerate() {
+        for (g, tensors) in [groups.head, groups.adapter, groups.backbone]
+            .into_iter()
+            .enumerate()
+        {
             // Every group exists (possibly empty) so that group indices stay fixed.
             for t in &tensors {
                 opt.add_parameters(t, g)?;
             }
             params.extend(tensors);
         }
-        let mut o = Self { opt, base_lrs, params, cfg: cfg.clone() };
+        let mut o = Self {
+            opt,
+            base_lrs,
+            params,
+            cfg: cfg.clone(),
+        };
         o.set_epoch(0, 1)?;
         Ok(o)
     }
@@ -72,12 +90,23 @@ impl Optimizer {
     /// Clips the global gradient norm if configured, then steps. Returns the norm before
     /// clipping.
     pub fn step(&mut self) -> anyhow::Result<f64> {
-        let grads: Vec<Tensor> = self.params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect();
         let norm = if grads.is_empty() {
             0.0
         } else {
-            let sq: Vec<Tensor> = grads.iter().map(|g| g.square().sum(tch::Kind::Float)).collect();
-            Tensor::stack(&sq, 0).sum(tch::Kind::Float).sqrt().double_value(&[])
+            let sq: Vec<Tensor> = grads
+                .iter()
+                .map(|g| g.square().sum(tch::Kind::Float))
+                .collect();
+            Tensor::stack(&sq, 0)
+                .sum(tch::Kind::Float)
+                .sqrt()
+                .double_value(&[])
         };
         if let Some(max) = self.cfg.clip_grad_norm {
             if norm > max {

@@ -29,7 +29,11 @@ pub struct Count {
 }
 
 /// Counts for one method, or `None` when the method does not apply to the backbone.
-pub fn count(cfg: &BackboneConfig, method: &MethodConfig, num_classes: i64) -> anyhow::Result<Option<Count>> {
+pub fn count(
+    cfg: &BackboneConfig,
+    method: &MethodConfig,
+    num_classes: i64,
+) -> anyhow::Result<Option<Count>> {
     let mut cfg = cfg.clone();
     cfg.set_num_classes(0);
     let vs = nn::VarStore::new(Device::Cpu);
@@ -43,27 +47,49 @@ pub fn count(cfg: &BackboneConfig, method: &MethodConfig, num_classes: i64) -> a
     let head = backbone.num_features() * num_classes + num_classes;
     let m = method.method();
     // Buffers (BatchNorm running statistics) are not parameters.
-    let backbone_vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().filter(|(n, _)| !n.contains("running_") && !n.ends_with("num_batches_tracked")).collect();
+    let backbone_vars: Vec<(String, tch::Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(n, _)| !n.contains("running_") && !n.ends_with("num_batches_tracked"))
+        .collect();
     let adapter: i64 = avs.variables().values().map(numel).sum();
     let frozen_or_not: i64 = backbone_vars.iter().map(|(_, t)| numel(t)).sum();
-    let trained_backbone: i64 = backbone_vars.iter().filter(|(n, _)| m.trains_backbone(n)).map(|(_, t)| numel(t)).sum();
-    Ok(Some(Count { trainable: adapter + trained_backbone + head, total: frozen_or_not + adapter + head }))
+    let trained_backbone: i64 = backbone_vars
+        .iter()
+        .filter(|(n, _)| m.trains_backbone(n))
+        .map(|(_, t)| numel(t))
+        .sum();
+    Ok(Some(Count {
+        trainable: adapter + trained_backbone + head,
+        total: frozen_or_not + adapter + head,
+    }))
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let cfg = BackboneConfig::from_spec(&a.backbone)?;
     let methods: Vec<MethodConfig> = match &a.method {
-        None => NAMES.iter().map(|n| MethodConfig::by_name(n).expect("known")).collect(),
+        None => NAMES
+            .iter()
+            .map(|n| MethodConfig::by_name(n).expect("known"))
+            .collect(),
         Some(m) => vec![match MethodConfig::by_name(m) {
             Some(c) => c,
             None => {
-                let text = std::fs::read_to_string(m).with_context(|| format!("'{m}' is neither a method name ({}) nor a readable file", NAMES.join(", ")))?;
+                let text = std::fs::read_to_string(m).with_context(|| {
+                    format!(
+                        "'{m}' is neither a method name ({}) nor a readable file",
+                        NAMES.join(", ")
+                    )
+                })?;
                 serde_json::from_str(&text).with_context(|| format!("{m}: not a method config"))?
             }
         }],
     };
     let mut rows = Vec::new();
-    println!("{:<12} {:>14} {:>14} {:>10}", "method", "trainable", "total", "trainable%");
+    println!(
+        "{:<12} {:>14} {:>14} {:>10}",
+        "method", "trainable", "total", "trainable%"
+    );
     for method in &methods {
         let name = method.method().name();
         match count(&cfg, method, a.num_classes)? {
@@ -84,13 +110,31 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         let tmp = path.with_extension("csv.partial");
         let mut w = csv::Writer::from_path(&tmp).with_context(|| tmp.display().to_string())?;
-        w.write_record(["method", "backbone", "num_classes", "trainable", "total", "trainable_pct"])?;
+        w.write_record([
+            "method",
+            "backbone",
+            "num_classes",
+            "trainable",
+            "total",
+            "trainable_pct",
+        ])?;
         for (name, c, pct) in &rows {
             let (t, n, p) = match c {
-                Some(c) => (c.trainable.to_string(), c.total.to_string(), format!("{pct:.4}")),
+                Some(c) => (
+                    c.trainable.to_string(),
+                    c.total.to_string(),
+                    format!("{pct:.4}"),
+                ),
                 None => (String::new(), String::new(), String::new()),
             };
-            w.write_record([name, a.backbone.as_str(), &a.num_classes.to_string(), &t, &n, &p])?;
+            w.write_record([
+                name,
+                a.backbone.as_str(),
+                &a.num_classes.to_string(),
+                &t,
+                &n,
+                &p,
+            ])?;
         }
         w.flush()?;
         drop(w);
@@ -101,7 +145,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "command": std::env::args().collect::<Vec<_>>().join(" "),
             "machine": crate::info::machine(),
         });
-        std::fs::write(path.with_extension("meta.json"), serde_json::to_string_pretty(&meta)?)?;
+        std::fs::write(
+            path.with_extension("meta.json"),
+            serde_json::to_string_pretty(&meta)?,
+        )?;
         tracing::info!("wrote {}", path.display());
     }
     Ok(())

@@ -18,7 +18,10 @@ pub enum PlotKind {
     Heatmap,
 }
 
-const FONT_FILES: [&str; 2] = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf"];
+const FONT_FILES: [&str; 2] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
 
 fn register_font() -> bool {
     static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -26,7 +29,14 @@ fn register_font() -> bool {
         FONT_FILES.iter().any(|f| {
             std::fs::read(f)
                 .ok()
-                .map(|b| plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(b.into_boxed_slice())).is_ok())
+                .map(|b| {
+                    plotters::style::register_font(
+                        "sans-serif",
+                        FontStyle::Normal,
+                        Box::leak(b.into_boxed_slice()),
+                    )
+                    .is_ok()
+                })
                 .unwrap_or(false)
         })
     })
@@ -71,9 +81,19 @@ fn numeric(s: &str) -> Option<f64> {
 }
 
 /// Writes `out/figure.png` from `out/table.csv`.
-pub fn plot(out: &Path, kind: PlotKind, title: &str, metric: &str, row_axis: &str, col_axes: &[String]) -> anyhow::Result<()> {
+pub fn plot(
+    out: &Path,
+    kind: PlotKind,
+    title: &str,
+    metric: &str,
+    row_axis: &str,
+    col_axes: &[String],
+) -> anyhow::Result<()> {
     if !register_font() {
-        tracing::warn!("no DejaVu Sans font found ({}); skipping figure.png", FONT_FILES.join(", "));
+        tracing::warn!(
+            "no DejaVu Sans font found ({}); skipping figure.png",
+            FONT_FILES.join(", ")
+        );
         return Ok(());
     }
     let cells = read(&out.join("table.csv"), col_axes.len())?;
@@ -85,8 +105,17 @@ pub fn plot(out: &Path, kind: PlotKind, title: &str, metric: &str, row_axis: &st
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 18))?;
     let rows = order(cells.iter().map(|c| c.row.clone()));
-    let lo = cells.iter().map(|c| c.mean - c.std).fold(f64::INFINITY, f64::min).min(0.0);
-    let hi = cells.iter().map(|c| c.mean + c.std).fold(f64::NEG_INFINITY, f64::max).max(1.0) * 1.05;
+    let lo = cells
+        .iter()
+        .map(|c| c.mean - c.std)
+        .fold(f64::INFINITY, f64::min)
+        .min(0.0);
+    let hi = cells
+        .iter()
+        .map(|c| c.mean + c.std)
+        .fold(f64::NEG_INFINITY, f64::max)
+        .max(1.0)
+        * 1.05;
     let ylabel = format!("{metric} (%)");
     match kind {
         PlotKind::Lines => {
@@ -94,34 +123,78 @@ pub fn plot(out: &Path, kind: PlotKind, title: &str, metric: &str, row_axis: &st
             let panels = order(cells.iter().map(|c| c.cols[..c.cols.len() - 1].join(" ")));
             let areas = root.split_evenly((1, panels.len().max(1)));
             for (panel, area) in panels.iter().zip(areas) {
-                let pc: Vec<&Cell> = cells.iter().filter(|c| &c.cols[..c.cols.len() - 1].join(" ") == panel).collect();
+                let pc: Vec<&Cell> = cells
+                    .iter()
+                    .filter(|c| &c.cols[..c.cols.len() - 1].join(" ") == panel)
+                    .collect();
                 let xs: Vec<f64> = pc.iter().filter_map(|c| numeric(c.cols.last()?)).collect();
-                let (x0, x1) = (xs.iter().cloned().fold(f64::INFINITY, f64::min), xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
+                let (x0, x1) = (
+                    xs.iter().cloned().fold(f64::INFINITY, f64::min),
+                    xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                );
                 let mut ch = ChartBuilder::on(&area)
                     .caption(panel, ("sans-serif", 16))
                     .margin(12)
                     .x_label_area_size(40)
                     .y_label_area_size(50)
-                    .build_cartesian_2d((x0.max(1e-6)..x1.max(x0 * 1.01 + 1e-6)).log_scale(), lo..hi)?;
-                ch.configure_mesh().x_desc(col_axes.last().map(String::as_str).unwrap_or("")).y_desc(&ylabel).draw()?;
+                    .build_cartesian_2d(
+                        (x0.max(1e-6)..x1.max(x0 * 1.01 + 1e-6)).log_scale(),
+                        lo..hi,
+                    )?;
+                ch.configure_mesh()
+                    .x_desc(col_axes.last().map(String::as_str).unwrap_or(""))
+                    .y_desc(&ylabel)
+                    .draw()?;
                 for (i, row) in rows.iter().enumerate() {
                     let color = Palette99::pick(i).to_rgba();
-                    let mut pts: Vec<(f64, f64, f64)> = pc.iter().filter(|c| &c.row == row).filter_map(|c| Some((numeric(c.cols.last()?)?, c.mean, c.std))).collect();
+                    let mut pts: Vec<(f64, f64, f64)> = pc
+                        .iter()
+                        .filter(|c| &c.row == row)
+                        .filter_map(|c| Some((numeric(c.cols.last()?)?, c.mean, c.std)))
+                        .collect();
                     pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    ch.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))?.label(row).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-                    ch.draw_series(pts.iter().map(|p| ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, color.filled(), 6)))?;
+                    ch.draw_series(LineSeries::new(
+                        pts.iter().map(|p| (p.0, p.1)),
+                        color.stroke_width(2),
+                    ))?
+                    .label(row)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+                    ch.draw_series(pts.iter().map(|p| {
+                        ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, color.filled(), 6)
+                    }))?;
                 }
-                ch.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+                ch.configure_series_labels()
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw()?;
             }
         }
         PlotKind::Heatmap => {
             let cols = order(cells.iter().map(|c| c.cols.join(" ")));
             let vals: BTreeMap<(usize, usize), f64> = cells
                 .iter()
-                .filter_map(|c| Some(((rows.iter().position(|r| r == &c.row)?, cols.iter().position(|x| x == &c.cols.join(" "))?), c.mean)))
+                .filter_map(|c| {
+                    Some((
+                        (
+                            rows.iter().position(|r| r == &c.row)?,
+                            cols.iter().position(|x| x == &c.cols.join(" "))?,
+                        ),
+                        c.mean,
+                    ))
+                })
                 .collect();
-            let (vmin, vmax) = vals.values().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-            let centre = |v: f64, names: &[String]| if (v - v.floor() - 0.5).abs() < 1e-6 { names.get(v.floor() as usize).cloned().unwrap_or_default() } else { String::new() };
+            let (vmin, vmax) = vals
+                .values()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                });
+            let centre = |v: f64, names: &[String]| {
+                if (v - v.floor() - 0.5).abs() < 1e-6 {
+                    names.get(v.floor() as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            };
             let mut ch = ChartBuilder::on(&root)
                 .margin(20)
                 .x_label_area_size(50)
@@ -137,11 +210,28 @@ pub fn plot(out: &Path, kind: PlotKind, title: &str, metric: &str, row_axis: &st
                 .y_label_formatter(&|v| centre(*v, &rows))
                 .draw()?;
             ch.draw_series(vals.iter().map(|(&(r, c), &v)| {
-                let t = if vmax > vmin { (v - vmin) / (vmax - vmin) } else { 0.5 };
-                let color = RGBColor((255.0 * t) as u8, (80.0 + 100.0 * t) as u8, (255.0 * (1.0 - t)) as u8);
-                Rectangle::new([(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)], color.filled())
+                let t = if vmax > vmin {
+                    (v - vmin) / (vmax - vmin)
+                } else {
+                    0.5
+                };
+                let color = RGBColor(
+                    (255.0 * t) as u8,
+                    (80.0 + 100.0 * t) as u8,
+                    (255.0 * (1.0 - t)) as u8,
+                );
+                Rectangle::new(
+                    [(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)],
+                    color.filled(),
+                )
             }))?;
-            ch.draw_series(vals.iter().map(|(&(r, c), &v)| Text::new(format!("{v:.1}"), (c as f64 + 0.45, r as f64 + 0.5), ("sans-serif", 16).into_font().color(&BLACK))))?;
+            ch.draw_series(vals.iter().map(|(&(r, c), &v)| {
+                Text::new(
+                    format!("{v:.1}"),
+                    (c as f64 + 0.45, r as f64 + 0.5),
+                    ("sans-serif", 16).into_font().color(&BLACK),
+                )
+            }))?;
         }
         PlotKind::Bars => {
             let cols = order(cells.iter().map(|c| c.cols.join(" ")));
@@ -169,15 +259,33 @@ pub fn plot(out: &Path, kind: PlotKind, title: &str, metric: &str, row_axis: &st
                 let bars: Vec<(f64, f64, f64)> = cells
                     .iter()
                     .filter(|c| &c.row == row)
-                    .filter_map(|c| Some((cols.iter().position(|x| x == &c.cols.join(" "))? as f64 + (i as f64 + 0.5) / per, c.mean, c.std)))
+                    .filter_map(|c| {
+                        Some((
+                            cols.iter().position(|x| x == &c.cols.join(" "))? as f64
+                                + (i as f64 + 0.5) / per,
+                            c.mean,
+                            c.std,
+                        ))
+                    })
                     .collect();
                 let w = 0.45 / per;
-                ch.draw_series(bars.iter().map(|&(x, m, _)| Rectangle::new([(x - w, 0.0), (x + w, m)], color.filled())))?
-                    .label(row)
-                    .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-                ch.draw_series(bars.iter().map(|&(x, m, s)| ErrorBar::new_vertical(x, m - s, m, m + s, BLACK.filled(), 4)))?;
+                ch.draw_series(
+                    bars.iter().map(|&(x, m, _)| {
+                        Rectangle::new([(x - w, 0.0), (x + w, m)], color.filled())
+                    }),
+                )?
+                .label(row)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
+                ch.draw_series(bars.iter().map(|&(x, m, s)| {
+                    ErrorBar::new_vertical(x, m - s, m, m + s, BLACK.filled(), 4)
+                }))?;
             }
-            ch.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+            ch.configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
         }
     }
     root.present().with_context(|| path.display().to_string())?;

@@ -28,14 +28,18 @@ pub struct DataArgs {
 impl DataArgs {
     fn root(&self, dataset: &str) -> anyhow::Result<PathBuf> {
         for d in &self.data {
-            let Some((name, path)) = d.split_once('=') else { bail!("--data {d}: expected NAME=PATH") };
+            let Some((name, path)) = d.split_once('=') else {
+                bail!("--data {d}: expected NAME=PATH")
+            };
             if name == dataset {
                 return Ok(PathBuf::from(path));
             }
         }
         match &self.data_dir {
             Some(dir) => Ok(dir.join(dataset)),
-            None => bail!("no folder for dataset '{dataset}': pass --data {dataset}=PATH or --data-dir DIR"),
+            None => bail!(
+                "no folder for dataset '{dataset}': pass --data {dataset}=PATH or --data-dir DIR"
+            ),
         }
     }
 
@@ -72,7 +76,12 @@ fn read_run_config(path: &Path) -> anyhow::Result<RunConfig> {
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let cfg = a.data.resolve(read_run_config(&a.config)?);
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
-    let out = crate::train::train(&cfg, &a.data.root(&cfg.dataset)?, &a.out, pick(a.data.device)?)?;
+    let out = crate::train::train(
+        &cfg,
+        &a.data.root(&cfg.dataset)?,
+        &a.out,
+        pick(a.data.device)?,
+    )?;
     for (k, v) in &out.metrics {
         println!("{k}: {v:.4}");
     }
@@ -133,7 +142,10 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let shard = a.shard.as_deref().map(str::parse::<Shard>).transpose()?;
-    let opts = GridOptions { shard, dry_run: a.dry_run };
+    let opts = GridOptions {
+        shard,
+        dry_run: a.dry_run,
+    };
     let device = pick(a.data.device)?;
     let bar = crate::progress::bar(specs.len() as u64, "runs");
     let mut run_one = |spec: &crate::grid::RunSpec, dir: &Path| -> anyhow::Result<RunResult> {
@@ -143,8 +155,17 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
         let o = crate::train::train(&cfg, &root, dir, device)?;
         bar.inc(1);
         let mut info: BTreeMap<String, String> = o.info;
-        info.insert("weights".into(), cfg.weights.as_ref().map(|w| w.display().to_string()).unwrap_or_else(|| "random".into()));
-        Ok(RunResult { metrics: o.metrics, info })
+        info.insert(
+            "weights".into(),
+            cfg.weights
+                .as_ref()
+                .map(|w| w.display().to_string())
+                .unwrap_or_else(|| "random".into()),
+        );
+        Ok(RunResult {
+            metrics: o.metrics,
+            info,
+        })
     };
     let summary = run_grid(&out, &specs, &opts, &mut run_one)?;
     bar.finish_and_clear();
@@ -169,15 +190,49 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
         .map(|f| PaperTable::load(&PathBuf::from("experiments/paper").join(f), &exp.paper_rows))
         .transpose()?;
     let col_orders: Vec<Vec<String>> = exp.columns.iter().map(|c| order(c)).collect();
-    aggregate(&out, &exp.metric, &exp.rows, &order(&exp.rows), &exp.columns, &col_orders, paper.as_ref())?;
-    crate::plot::plot(&out, exp.plot, &exp.title, &exp.metric, &exp.rows, &exp.columns)?;
-    std::fs::write(out.join("experiment.json"), serde_json::to_string_pretty(&serde_json::json!({
-        "experiment": a.experiment, "profile": a.profile, "title": exp.title, "metric": exp.metric,
-        "machine": crate::info::machine(),
-    }))?)?;
-    println!("{}: {} runs finished now, {} already done, {} failed; table: {}", exp.name, summary.finished, summary.skipped_already_done, summary.failed.len(), out.join("table.md").display());
+    aggregate(
+        &out,
+        &exp.metric,
+        &exp.rows,
+        &order(&exp.rows),
+        &exp.columns,
+        &col_orders,
+        paper.as_ref(),
+    )?;
+    crate::plot::plot(
+        &out,
+        exp.plot,
+        &exp.title,
+        &exp.metric,
+        &exp.rows,
+        &exp.columns,
+    )?;
+    std::fs::write(
+        out.join("experiment.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "experiment": a.experiment, "profile": a.profile, "title": exp.title, "metric": exp.metric,
+            "machine": crate::info::machine(),
+        }))?,
+    )?;
+    println!(
+        "{}: {} runs finished now, {} already done, {} failed; table: {}",
+        exp.name,
+        summary.finished,
+        summary.skipped_already_done,
+        summary.failed.len(),
+        out.join("table.md").display()
+    );
     if !summary.failed.is_empty() {
-        bail!("{} run(s) failed: {}", summary.failed.len(), summary.failed.iter().map(|(id, e)| format!("{id}: {e}")).collect::<Vec<_>>().join("; "));
+        bail!(
+            "{} run(s) failed: {}",
+            summary.failed.len(),
+            summary
+                .failed
+                .iter()
+                .map(|(id, e)| format!("{id}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
     }
     Ok(())
 }

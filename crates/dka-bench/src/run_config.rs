@@ -142,8 +142,15 @@ impl Default for RunConfig {
 
 impl RunConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.epochs > 0 && self.batch_size > 0, "epochs and batch_size must be positive");
-        anyhow::ensure!(self.img_size >= 32, "img_size {} is too small", self.img_size);
+        anyhow::ensure!(
+            self.epochs > 0 && self.batch_size > 0,
+            "epochs and batch_size must be positive"
+        );
+        anyhow::ensure!(
+            self.img_size >= 32,
+            "img_size {} is too small",
+            self.img_size
+        );
         anyhow::ensure!(
             self.selection != Selection::BestVal || self.val_fraction > 0.0,
             "selection = \"best-val\" needs val_fraction > 0 (a validation split carved from the training pool)"

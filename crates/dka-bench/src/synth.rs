@@ -33,7 +33,10 @@ impl Mix {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(a.classes >= 2 && a.per_class >= 1 && a.size >= 16, "need >= 2 classes, >= 1 image per class, size >= 16");
+    anyhow::ensure!(
+        a.classes >= 2 && a.per_class >= 1 && a.size >= 16,
+        "need >= 2 classes, >= 1 image per class, size >= 16"
+    );
     let s = a.size as f32;
     for c in 0..a.classes {
         let dir = a.out.join(format!("class{c}"));
@@ -42,19 +45,35 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let angle = std::f32::consts::TAU * c as f32 / a.classes as f32;
         let (cx, cy) = (0.5 + 0.25 * angle.cos(), 0.5 + 0.25 * angle.sin());
         for n in 0..a.per_class {
-            let mut r = Mix(a.seed ^ ((c as u64) << 32 | n as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
-            let (x0, y0) = ((cx + 0.08 * (r.next() - 0.5)) * s, (cy + 0.08 * (r.next() - 0.5)) * s);
+            let mut r =
+                Mix(a.seed ^ ((c as u64) << 32 | n as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+            let (x0, y0) = (
+                (cx + 0.08 * (r.next() - 0.5)) * s,
+                (cy + 0.08 * (r.next() - 0.5)) * s,
+            );
             let rad = s * (0.10 + 0.05 * r.next());
-            let tint = [0.6 + 0.4 * r.next(), 0.6 + 0.4 * r.next(), 0.6 + 0.4 * r.next()];
+            let tint = [
+                0.6 + 0.4 * r.next(),
+                0.6 + 0.4 * r.next(),
+                0.6 + 0.4 * r.next(),
+            ];
             let img = image::RgbImage::from_fn(a.size, a.size, |x, y| {
                 let d = ((x as f32 - x0).powi(2) + (y as f32 - y0).powi(2)).sqrt();
                 let disc = (1.0 - (d - rad).max(0.0) / 2.0).clamp(0.0, 1.0);
-                image::Rgb(std::array::from_fn(|k| ((0.35 * r.next() + disc * tint[k]).min(1.0) * 255.0) as u8))
+                image::Rgb(std::array::from_fn(|k| {
+                    ((0.35 * r.next() + disc * tint[k]).min(1.0) * 255.0) as u8
+                }))
             });
             let path = dir.join(format!("{n:04}.png"));
-            img.save(&path).with_context(|| path.display().to_string())?;
+            img.save(&path)
+                .with_context(|| path.display().to_string())?;
         }
     }
-    tracing::info!("wrote {} images in {} classes to {}", a.classes * a.per_class, a.classes, a.out.display());
+    tracing::info!(
+        "wrote {} images in {} classes to {}",
+        a.classes * a.per_class,
+        a.classes,
+        a.out.display()
+    );
     Ok(())
 }

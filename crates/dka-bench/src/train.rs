@@ -12,7 +12,10 @@ use crate::optim::{Groups, Optimizer};
 use crate::run_config::{RunConfig, SegLoss, Selection};
 use anyhow::{bail, Context};
 use dka_core::{Backbone, BackboneConfig, Features};
-use dka_data::{epoch_order, open_dataset, BatchLoader, BatchTarget, Dataset, LoaderConfig, LoaderOptions, Preprocess, SplitSpec};
+use dka_data::{
+    epoch_order, open_dataset, BatchLoader, BatchTarget, Dataset, LoaderConfig, LoaderOptions,
+    Preprocess, SplitSpec,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -60,7 +63,14 @@ impl Model {
             Head::Linear(l) if !self.segmentation => return l.forward(e),
             Head::Linear(l) => {
                 let s = l.ws.size();
-                e.conv2d(&l.ws.view([s[0], s[1], 1, 1]), l.bs.as_ref(), [1, 1], [0, 0], [1, 1], 1)
+                e.conv2d(
+                    &l.ws.view([s[0], s[1], 1, 1]),
+                    l.bs.as_ref(),
+                    [1, 1],
+                    [0, 0],
+                    [1, 1],
+                    1,
+                )
             }
             Head::Mask(m) => m.forward_t(e, train),
         };
@@ -76,7 +86,12 @@ pub fn dense_map(f: &Features) -> Tensor {
     }
 }
 
-pub fn build_model(cfg: &RunConfig, classes: i64, segmentation: bool, device: Device) -> anyhow::Result<Model> {
+pub fn build_model(
+    cfg: &RunConfig,
+    classes: i64,
+    segmentation: bool,
+    device: Device,
+) -> anyhow::Result<Model> {
     let mut bcfg = BackboneConfig::from_spec(&cfg.backbone)?;
     bcfg.set_num_classes(0);
     let mut backbone_vs = nn::VarStore::new(device);
@@ -102,21 +117,48 @@ pub fn build_model(cfg: &RunConfig, classes: i64, segmentation: bool, device: De
     let head = match (segmentation, cfg.decoder) {
         (true, DecoderKind::MaskTransformer) => {
             let d = cfg.decoder_dim.unwrap_or(backbone.num_features());
-            Head::Mask(MaskTransformer::new(&p, backbone.num_features(), classes, d, 2))
+            Head::Mask(MaskTransformer::new(
+                &p,
+                backbone.num_features(),
+                classes,
+                d,
+                2,
+            ))
         }
-        _ => Head::Linear(nn::linear(p, backbone.num_features(), classes, Default::default())),
+        _ => Head::Linear(nn::linear(
+            p,
+            backbone.num_features(),
+            classes,
+            Default::default(),
+        )),
     };
-    Ok(Model { backbone, backbone_vs, adapter_vs, head_vs, head, segmentation })
+    Ok(Model {
+        backbone,
+        backbone_vs,
+        adapter_vs,
+        head_vs,
+        head,
+        segmentation,
+    })
 }
 
 fn to_tensor(b: &dka_data::Batch, device: Device) -> (Tensor, Tensor) {
     let s = b.images.shape();
-    let x = Tensor::from_slice(b.images.as_slice().expect("contiguous batch")).view([s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64]);
+    let x = Tensor::from_slice(b.images.as_slice().expect("contiguous batch")).view([
+        s[0] as i64,
+        s[1] as i64,
+        s[2] as i64,
+        s[3] as i64,
+    ]);
     let y = match &b.target {
         BatchTarget::Classes(c) => Tensor::from_slice(c),
         BatchTarget::Masks(m) => {
             let s = m.shape();
-            Tensor::from_slice(m.as_slice().expect("contiguous masks")).view([s[0] as i64, s[1] as i64, s[2] as i64])
+            Tensor::from_slice(m.as_slice().expect("contiguous masks")).view([
+                s[0] as i64,
+                s[1] as i64,
+                s[2] as i64,
+            ])
         }
     };
     (x.to_device(device), y.to_device(device))
@@ -132,7 +174,8 @@ fn loss(logits: &Tensor, y: &Tensor, seg_loss: SegLoss) -> Tensor {
     let p = logits.softmax(1, Kind::Float);
     let onehot = y.one_hot(c).permute([0, 3, 1, 2]).to_kind(Kind::Float);
     let inter = (&p * &onehot).sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Float);
-    let denom = p.sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Float) + onehot.sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Float);
+    let denom = p.sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Float)
+        + onehot.sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Float);
     let dice = (inter * 2.0 + 1.0) / (denom + 1.0);
     ce + (1.0 - dice.mean(Kind::Float))
 }
@@ -150,7 +193,10 @@ fn cache_split(model: &Model, loader: BatchLoader, device: Device) -> anyhow::Re
         es.push(tch::no_grad(|| model.embed(&x, false)));
         ys.push(y);
     }
-    Ok(Cache { embed: Tensor::cat(&es, 0), target: Tensor::cat(&ys, 0) })
+    Ok(Cache {
+        embed: Tensor::cat(&es, 0),
+        target: Tensor::cat(&ys, 0),
+    })
 }
 
 /// The run's `log.txt`: what happened, line by line, next to its metrics.
@@ -170,7 +216,14 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
     tch::manual_seed(cfg.seed as i64);
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(cfg)?)?;
     let mut log = RunLog(std::fs::File::create(dir.join("log.txt"))?);
-    log.note(&format!("dka {} on {device:?}; backbone {}; method {}; dataset {} at {}", env!("CARGO_PKG_VERSION"), cfg.backbone, cfg.method.method().name(), cfg.dataset, root.display()));
+    log.note(&format!(
+        "dka {} on {device:?}; backbone {}; method {}; dataset {} at {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.backbone,
+        cfg.method.method().name(),
+        cfg.dataset,
+        root.display()
+    ));
 
     let opts = LoaderOptions::default();
     let ds: Arc<dyn Dataset> = Arc::from(open_dataset(&cfg.dataset, root, &opts)?);
@@ -182,11 +235,26 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
         seed: cfg.split_seed,
     };
     let split = dka_data::make_split(ds.as_ref(), &spec)?;
-    dka_data::Manifest::build(ds.as_ref(), &spec, &opts, &split)?.write(&dir.join("manifest.json"))?;
-    tracing::info!("{}: {} train / {} val / {} test", cfg.dataset, split.train.len(), split.val.len(), split.test.len());
-    log.note(&format!("split (manifest.json): {} train / {} val / {} test", split.train.len(), split.val.len(), split.test.len()));
+    dka_data::Manifest::build(ds.as_ref(), &spec, &opts, &split)?
+        .write(&dir.join("manifest.json"))?;
+    tracing::info!(
+        "{}: {} train / {} val / {} test",
+        cfg.dataset,
+        split.train.len(),
+        split.val.len(),
+        split.test.len()
+    );
+    log.note(&format!(
+        "split (manifest.json): {} train / {} val / {} test",
+        split.train.len(),
+        split.val.len(),
+        split.test.len()
+    ));
     if split.train.is_empty() || split.test.is_empty() {
-        bail!("{}: the split has no training or no test samples", cfg.dataset);
+        bail!(
+            "{}: the split has no training or no test samples",
+            cfg.dataset
+        );
     }
 
     let task = ds.task().clone();
@@ -195,10 +263,21 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
     let model = build_model(cfg, classes, segmentation, device)?;
     let method = cfg.method.method();
 
-    let pre = Preprocess { size: (cfg.img_size, cfg.img_size), ..Default::default() };
+    let pre = Preprocess {
+        size: (cfg.img_size, cfg.img_size),
+        ..Default::default()
+    };
     let augment = cfg.augment.then(dka_data::Augment::default);
-    let lcfg = |drop_last: bool| LoaderConfig { batch_size: cfg.batch_size, threads: cfg.loader_threads.max(1), prefetch: 2, drop_last, seed: cfg.seed };
-    let eval_loader = |idx: &[usize]| BatchLoader::new(ds.clone(), idx.to_vec(), pre.clone(), None, &lcfg(false), 0);
+    let lcfg = |drop_last: bool| LoaderConfig {
+        batch_size: cfg.batch_size,
+        threads: cfg.loader_threads.max(1),
+        prefetch: 2,
+        drop_last,
+        seed: cfg.seed,
+    };
+    let eval_loader = |idx: &[usize]| {
+        BatchLoader::new(ds.clone(), idx.to_vec(), pre.clone(), None, &lcfg(false), 0)
+    };
 
     // Frozen features are computed once (without augmentation) and the head trains on them.
     let cache = if method.frozen_features() {
@@ -210,7 +289,12 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
     let groups = Groups {
         head: model.head_vs.trainable_variables(),
         adapter: model.adapter_vs.trainable_variables(),
-        backbone: model.backbone_vs.variables().into_values().filter(|t| t.requires_grad()).collect(),
+        backbone: model
+            .backbone_vs
+            .variables()
+            .into_values()
+            .filter(|t| t.requires_grad())
+            .collect(),
     };
     let mut opt = Optimizer::new(&cfg.optimizer, groups)?;
     let size = (cfg.img_size as i64, cfg.img_size as i64);
@@ -223,7 +307,11 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
         let (mut sum, mut n) = (0.0, 0usize);
         let mut step = |x_or_e: &Tensor, y: &Tensor, cached: bool| -> anyhow::Result<()> {
             let logits = tch::autocast(device.is_cuda(), || {
-                if cached { model.head_logits(x_or_e, size, true) } else { model.head_logits(&model.embed(x_or_e, true), size, true) }
+                if cached {
+                    model.head_logits(x_or_e, size, true)
+                } else {
+                    model.head_logits(&model.embed(x_or_e, true), size, true)
+                }
             })
             .to_kind(Kind::Float);
             let l = loss(&logits, y, cfg.seg_loss);
@@ -240,26 +328,63 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
         };
         match &cache {
             Some(c) => {
-                let order = epoch_order(&(0..c.target.size()[0] as usize).collect::<Vec<_>>(), cfg.seed, epoch as u64);
+                let order = epoch_order(
+                    &(0..c.target.size()[0] as usize).collect::<Vec<_>>(),
+                    cfg.seed,
+                    epoch as u64,
+                );
                 for chunk in order.chunks(cfg.batch_size) {
-                    let idx = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
-                    step(&c.embed.index_select(0, &idx), &c.target.index_select(0, &idx), true)?;
+                    let idx =
+                        Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                            .to_device(device);
+                    step(
+                        &c.embed.index_select(0, &idx),
+                        &c.target.index_select(0, &idx),
+                        true,
+                    )?;
                 }
             }
             None => {
                 let order = epoch_order(&split.train, cfg.seed, epoch as u64);
                 let drop_last = order.len() > cfg.batch_size;
-                for b in BatchLoader::new(ds.clone(), order, pre.clone(), augment.clone(), &lcfg(drop_last), epoch as u64)? {
+                for b in BatchLoader::new(
+                    ds.clone(),
+                    order,
+                    pre.clone(),
+                    augment.clone(),
+                    &lcfg(drop_last),
+                    epoch as u64,
+                )? {
                     let (x, y) = to_tensor(&b.with_context(|| format!("epoch {epoch}"))?, device);
                     step(&x, &y, false)?;
                 }
             }
         }
         let train_loss = sum / n.max(1) as f64;
-        let val = if split.val.is_empty() { None } else { Some(evaluate(&model, eval_loader(&split.val)?, classes, size, device)?) };
+        let val = if split.val.is_empty() {
+            None
+        } else {
+            Some(evaluate(
+                &model,
+                eval_loader(&split.val)?,
+                classes,
+                size,
+                device,
+            )?)
+        };
         let test = evaluate(&model, eval_loader(&split.test)?, classes, size, device)?;
-        csv.append(epoch, train_loss, opt.factor(epoch, cfg.epochs), val.as_ref(), &test)?;
-        log.note(&format!("epoch {epoch}: train loss {train_loss:.4}, test {} {:.4}", primary_metric(segmentation), test.primary(segmentation)));
+        csv.append(
+            epoch,
+            train_loss,
+            opt.factor(epoch, cfg.epochs),
+            val.as_ref(),
+            &test,
+        )?;
+        log.note(&format!(
+            "epoch {epoch}: train loss {train_loss:.4}, test {} {:.4}",
+            primary_metric(segmentation),
+            test.primary(segmentation)
+        ));
         history.push((epoch, val, test));
         bar.inc(1);
     }
@@ -268,19 +393,44 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
     let key = |e: &Evaluation| e.primary(segmentation);
     let (epoch, _, test) = match cfg.selection {
         Selection::Last => history.last(),
-        Selection::BestVal => history.iter().max_by(|a, b| key(a.1.as_ref().expect("val")).total_cmp(&key(b.1.as_ref().expect("val")))),
-        Selection::BestTest => history.iter().max_by(|a, b| key(&a.2).total_cmp(&key(&b.2))),
+        Selection::BestVal => history.iter().max_by(|a, b| {
+            key(a.1.as_ref().expect("val")).total_cmp(&key(b.1.as_ref().expect("val")))
+        }),
+        Selection::BestTest => history
+            .iter()
+            .max_by(|a, b| key(&a.2).total_cmp(&key(&b.2))),
     }
     .expect("at least one epoch");
-    log.note(&format!("selection {:?}: epoch {epoch}, test {} {:.4}", cfg.selection, primary_metric(segmentation), test.primary(segmentation)));
+    log.note(&format!(
+        "selection {:?}: epoch {epoch}, test {} {:.4}",
+        cfg.selection,
+        primary_metric(segmentation),
+        test.primary(segmentation)
+    ));
     let head: Vec<(String, Tensor)> = model.head_vs.variables().into_iter().collect();
-    dka_baselines::io::save(&dir.join("adapter"), &cfg.method, &model.adapter_vs, &model.backbone_vs, &head)?;
+    dka_baselines::io::save(
+        &dir.join("adapter"),
+        &cfg.method,
+        &model.adapter_vs,
+        &model.backbone_vs,
+        &head,
+    )?;
 
     let mut metrics = test.values();
     metrics.insert("selected_epoch".into(), *epoch as f64);
     metrics.insert("primary".into(), test.primary(segmentation));
-    let trainable: i64 = [&model.head_vs, &model.adapter_vs].iter().flat_map(|v| v.trainable_variables()).map(|t| t.numel() as i64).sum::<i64>()
-        + model.backbone_vs.variables().values().filter(|t| t.requires_grad()).map(|t| t.numel() as i64).sum::<i64>();
+    let trainable: i64 = [&model.head_vs, &model.adapter_vs]
+        .iter()
+        .flat_map(|v| v.trainable_variables())
+        .map(|t| t.numel() as i64)
+        .sum::<i64>()
+        + model
+            .backbone_vs
+            .variables()
+            .values()
+            .filter(|t| t.requires_grad())
+            .map(|t| t.numel() as i64)
+            .sum::<i64>();
     metrics.insert("trainable_params".into(), trainable as f64);
     let mut info = BTreeMap::new();
     info.insert("selection".into(), format!("{:?}", cfg.selection));

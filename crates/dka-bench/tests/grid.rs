@@ -7,27 +7,63 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn dka(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dka")).args(args).current_dir(repo()).env("RUST_LOG", "warn").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_dka"))
+        .args(args)
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
 }
 
 fn synth(dir: &Path) -> String {
-    let out = dka(&["data", "synth", "--out", dir.to_str().unwrap(), "--classes", "3", "--per-class", "24", "--size", "32"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = dka(&[
+        "data",
+        "synth",
+        "--out",
+        dir.to_str().unwrap(),
+        "--classes",
+        "3",
+        "--per-class",
+        "24",
+        "--size",
+        "32",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     format!("folder={}", dir.display())
 }
 
 fn mni() -> String {
     let root = repo().join(".assets/mni152");
-    assert!(root.is_dir(), "{} is missing: run `just assets`", root.display());
+    assert!(
+        root.is_dir(),
+        "{} is missing: run `just assets`",
+        root.display()
+    );
     format!("mni152={}", root.display())
 }
 
 fn grid(exp: &str, out: &Path, data: &[String], extra: &[&str]) -> Output {
-    let mut args = vec!["grid".to_string(), format!("experiments/{exp}.toml"), "--profile".into(), "quick".into(), "--out".into(), out.display().to_string(), "--device".into(), "cpu".into()];
+    let mut args = vec![
+        "grid".to_string(),
+        format!("experiments/{exp}.toml"),
+        "--profile".into(),
+        "quick".into(),
+        "--out".into(),
+        out.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+    ];
     for d in data {
         args.extend(["--data".to_string(), d.clone()]);
     }
@@ -42,8 +78,16 @@ fn runs(out: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut m = BTreeMap::new();
     for rec in r.records() {
         let rec = rec.unwrap();
-        let row: BTreeMap<String, String> = h.iter().zip(rec.iter()).map(|(a, b)| (a.to_string(), b.to_string())).collect();
-        assert!(m.insert(rec[0].to_string(), row).is_none(), "duplicate row {}", &rec[0]);
+        let row: BTreeMap<String, String> = h
+            .iter()
+            .zip(rec.iter())
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert!(
+            m.insert(rec[0].to_string(), row).is_none(),
+            "duplicate row {}",
+            &rec[0]
+        );
     }
     m
 }
@@ -54,14 +98,24 @@ fn every_experiment_runs_its_quick_profile_end_to_end() {
     let data = vec![synth(&tmp.path().join("synth")), mni()];
     let mut names: Vec<String> = std::fs::read_dir(repo().join("experiments"))
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".toml").map(String::from))
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".toml")
+                .map(String::from)
+        })
         .collect();
     names.sort();
     assert!(names.len() >= 11, "{names:?}");
     for name in &names {
         let out = tmp.path().join(name);
         let run = grid(name, &out, &data, &[]);
-        assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         for f in ["runs.csv", "table.csv", "table.md", "experiment.json"] {
             assert!(out.join(f).is_file(), "{name}: {f} missing");
         }
@@ -72,7 +126,14 @@ fn every_experiment_runs_its_quick_profile_end_to_end() {
         assert!(!rows.is_empty(), "{name}: no runs");
         for (id, row) in &rows {
             let dir = out.join("runs").join(id);
-            for f in ["config.json", "spec.json", "manifest.json", "metrics.csv", "log.txt", "adapter/method.json"] {
+            for f in [
+                "config.json",
+                "spec.json",
+                "manifest.json",
+                "metrics.csv",
+                "log.txt",
+                "adapter/method.json",
+            ] {
                 assert!(dir.join(f).is_file(), "{name}/{id}: {f} missing");
             }
             let p: f64 = row["primary"].parse().unwrap();
@@ -81,7 +142,10 @@ fn every_experiment_runs_its_quick_profile_end_to_end() {
     }
     // Real training: full fine-tuning on the learnable synthetic task beats chance (1/3).
     let t2 = runs(&tmp.path().join("table2_classification"));
-    let full = t2.values().find(|r| r["method"] == "full" && r["fraction"] == "100%").unwrap();
+    let full = t2
+        .values()
+        .find(|r| r["method"] == "full" && r["fraction"] == "100%")
+        .unwrap();
     let acc: f64 = full["accuracy"].parse().unwrap();
     assert!(acc > 0.6, "full fine-tuning reached only {acc}");
 }
@@ -92,18 +156,39 @@ fn a_killed_grid_resumes_without_redoing_or_duplicating_runs() {
     let data = synth(&tmp.path().join("synth"));
     let out = tmp.path().join("out");
     let args = [
-        "grid", "experiments/fig1_data_size.toml", "--profile", "quick", "--out", out.to_str().unwrap(), "--device", "cpu", "--data", &data,
+        "grid",
+        "experiments/fig1_data_size.toml",
+        "--profile",
+        "quick",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--data",
+        &data,
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dka")).args(args).current_dir(repo()).env("RUST_LOG", "warn").spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dka"))
+        .args(args)
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
     // Wait until at least two runs are recorded and a later run has started, then SIGKILL.
     let started = std::time::Instant::now();
     loop {
-        let n = std::fs::read_to_string(out.join("runs.csv")).map(|s| s.lines().count().saturating_sub(1)).unwrap_or(0);
-        let dirs = std::fs::read_dir(out.join("runs")).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_to_string(out.join("runs.csv"))
+            .map(|s| s.lines().count().saturating_sub(1))
+            .unwrap_or(0);
+        let dirs = std::fs::read_dir(out.join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0);
         if n >= 2 && dirs > n {
             break;
         }
-        assert!(started.elapsed().as_secs() < 120, "the grid did not progress");
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the grid did not progress"
+        );
         if child.try_wait().unwrap().is_some() {
             break; // finished before we could kill it: the checks below still hold
         }
@@ -114,17 +199,35 @@ fn a_killed_grid_resumes_without_redoing_or_duplicating_runs() {
     let before = runs(&out);
     let before_mtimes: BTreeMap<String, std::time::SystemTime> = before
         .keys()
-        .map(|id| (id.clone(), std::fs::metadata(out.join("runs").join(id).join("metrics.csv")).unwrap().modified().unwrap()))
+        .map(|id| {
+            (
+                id.clone(),
+                std::fs::metadata(out.join("runs").join(id).join("metrics.csv"))
+                    .unwrap()
+                    .modified()
+                    .unwrap(),
+            )
+        })
         .collect();
 
     let again = dka(&args);
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     let stdout = String::from_utf8_lossy(&again.stdout);
-    assert!(stdout.contains(&format!("{} already done", before.len())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{} already done", before.len())),
+        "{stdout}"
+    );
     let after = runs(&out);
     assert_eq!(after.len(), 6, "every run exactly once"); // 2 methods x 3 fractions
     for (id, t) in before_mtimes {
-        let now = std::fs::metadata(out.join("runs").join(&id).join("metrics.csv")).unwrap().modified().unwrap();
+        let now = std::fs::metadata(out.join("runs").join(&id).join("metrics.csv"))
+            .unwrap()
+            .modified()
+            .unwrap();
         assert_eq!(now, t, "finished run {id} was redone");
     }
 }
@@ -134,14 +237,24 @@ fn two_shards_cover_the_grid_once_and_the_same_seed_gives_the_same_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let data = vec![synth(&tmp.path().join("synth"))];
     let whole = tmp.path().join("whole");
-    assert!(grid("fig8_kernel_sizes", &whole, &data, &[]).status.success());
+    assert!(grid("fig8_kernel_sizes", &whole, &data, &[])
+        .status
+        .success());
     let sharded = tmp.path().join("sharded");
     for s in ["0/2", "1/2"] {
         let run = grid("fig8_kernel_sizes", &sharded, &data, &["--shard", s]);
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
     }
     let (a, b) = (runs(&whole), runs(&sharded));
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "the shards together ran the grid once");
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "the shards together ran the grid once"
+    );
     for (id, row) in &a {
         for m in ["accuracy", "macro_f1", "auc"] {
             assert_eq!(row[m], b[id][m], "{id} {m}: same seed, same metrics on CPU");
@@ -154,11 +267,24 @@ fn slurm_arrays_and_dry_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
     let run = grid("table2_classification", &out, &[], &["--emit-slurm", "3"]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let s = std::fs::read_to_string(out.join("grid.sbatch")).unwrap();
-    assert!(s.contains("#SBATCH --array=0-2") && s.contains("/3\" --profile quick"), "{s}");
+    assert!(
+        s.contains("#SBATCH --array=0-2") && s.contains("/3\" --profile quick"),
+        "{s}"
+    );
     let dry = grid("table2_classification", &out, &[], &["--dry-run"]);
-    assert_eq!(String::from_utf8_lossy(&dry.stdout).lines().filter(|l| l.contains("\"method\"")).count(), 22);
+    assert_eq!(
+        String::from_utf8_lossy(&dry.stdout)
+            .lines()
+            .filter(|l| l.contains("\"method\""))
+            .count(),
+        22
+    );
 }
 
 #[test]
@@ -181,10 +307,27 @@ optimizer = { kind = "sgd", adapter_lr = 1e30, head_lr = 1e30, momentum = 0.0 }
     )
     .unwrap();
     let out = tmp.path().join("run");
-    let run = dka(&["train", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu", "--data", &data]);
+    let run = dka(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--data",
+        &data,
+    ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success(), "a learning rate of 1e30 must diverge");
-    assert!(stderr.contains("the loss is") && stderr.contains("stopping") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !run.status.success(),
+        "a learning rate of 1e30 must diverge"
+    );
+    assert!(
+        stderr.contains("the loss is")
+            && stderr.contains("stopping")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
     assert!(out.join("metrics.csv").is_file() && out.join("log.txt").is_file());
 }
 
@@ -193,8 +336,18 @@ fn a_run_config_with_an_unknown_field_is_refused_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("run.toml");
     std::fs::write(&cfg, "backbone = \"vit_tiny_patch16_224\"\nepoch = 3\n").unwrap();
-    let run = dka(&["train", cfg.to_str().unwrap(), "--out", tmp.path().join("o").to_str().unwrap(), "--data", "busi-cls=/nowhere"]);
+    let run = dka(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        tmp.path().join("o").to_str().unwrap(),
+        "--data",
+        "busi-cls=/nowhere",
+    ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success() && stderr.contains("unknown field `epoch`"), "{stderr}");
+    assert!(
+        !run.status.success() && stderr.contains("unknown field `epoch`"),
+        "{stderr}"
+    );
     assert!(!tmp.path().join("o").exists(), "nothing may be written");
 }

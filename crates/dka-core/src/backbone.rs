@@ -56,10 +56,19 @@ impl BackboneConfig {
         let path = Path::new(spec);
         if !path.exists() {
             let known = PRESETS.join(", ");
-            return Err(CoreError::UnknownPreset { name: spec.into(), known: format!("{known}; or a JSON config file") });
+            return Err(CoreError::UnknownPreset {
+                name: spec.into(),
+                known: format!("{known}; or a JSON config file"),
+            });
         }
-        let text = std::fs::read_to_string(path).map_err(|err| CoreError::Io { path: path.into(), err })?;
-        Self::from_json_str(&text).map_err(|message| CoreError::Config { path: path.into(), message })
+        let text = std::fs::read_to_string(path).map_err(|err| CoreError::Io {
+            path: path.into(),
+            err,
+        })?;
+        Self::from_json_str(&text).map_err(|message| CoreError::Config {
+            path: path.into(),
+            message,
+        })
     }
 
     pub fn num_classes(&self) -> i64 {
@@ -124,10 +133,19 @@ impl Backbone {
         match self {
             Self::Vit(m) => {
                 let (x, layout) = m.forward_tokens(x, train);
-                Features { x, layout: Some(layout) }
+                Features {
+                    x,
+                    layout: Some(layout),
+                }
             }
-            Self::ResNet(m) => Features { x: m.forward_features(x, train), layout: None },
-            Self::SamVit(m) => Features { x: m.forward_features(x, train), layout: None },
+            Self::ResNet(m) => Features {
+                x: m.forward_features(x, train),
+                layout: None,
+            },
+            Self::SamVit(m) => Features {
+                x: m.forward_features(x, train),
+                layout: None,
+            },
         }
     }
 

@@ -27,7 +27,10 @@ impl std::fmt::Display for SourceFormat {
 pub fn detect(names: &[&str]) -> SourceFormat {
     if names.iter().any(|n| n.starts_with("image_encoder.")) {
         SourceFormat::Sam
-    } else if names.iter().any(|n| n.starts_with("encoder.layers.encoder_layer_") || *n == "conv_proj.weight") {
+    } else if names
+        .iter()
+        .any(|n| n.starts_with("encoder.layers.encoder_layer_") || *n == "conv_proj.weight")
+    {
         SourceFormat::TorchvisionVit
     } else {
         SourceFormat::Timm
@@ -81,7 +84,9 @@ pub fn to_timm<T>(tensors: Vec<(String, T)>) -> (Vec<(String, T)>, SourceFormat)
             let renamed = match format {
                 SourceFormat::Timm => n.to_string(),
                 SourceFormat::TorchvisionVit => torchvision_vit(n),
-                SourceFormat::Sam => n.strip_prefix("image_encoder.")?.replacen("mlp.lin", "mlp.fc", 1),
+                SourceFormat::Sam => n
+                    .strip_prefix("image_encoder.")?
+                    .replacen("mlp.lin", "mlp.fc", 1),
             };
             Some((renamed, t))
         })
@@ -146,6 +151,9 @@ mod tests {
 
     #[test]
     fn ddp_prefixes_are_stripped_and_timm_names_kept() {
-        assert_eq!(renamed(&["module.blocks.0.attn.qkv.weight", "module.head.bias"]), ["blocks.0.attn.qkv.weight", "head.bias"]);
+        assert_eq!(
+            renamed(&["module.blocks.0.attn.qkv.weight", "module.head.bias"]),
+            ["blocks.0.attn.qkv.weight", "head.bias"]
+        );
     }
 }

@@ -16,9 +16,17 @@ pub enum CoreError {
     #[error("{path}: weights do not fit the model: {summary}")]
     WeightsMismatch { path: PathBuf, summary: String },
     #[error("input tensor '{name}' has shape {shape:?}; expected {expected}")]
-    InputShape { name: String, shape: Vec<i64>, expected: String },
+    InputShape {
+        name: String,
+        shape: Vec<i64>,
+        expected: String,
+    },
     #[error("method '{method}' does not apply to a {arch} backbone ({why})")]
-    Unsupported { method: String, arch: String, why: String },
+    Unsupported {
+        method: String,
+        arch: String,
+        why: String,
+    },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

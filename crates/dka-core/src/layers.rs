@@ -1,15 +1,31 @@
 //! Small building blocks shared by the backbones.
+use crate::error::{CoreError, Result};
 use crate::sites::{linear_with, LinearDelta};
 use std::sync::Arc;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
 pub fn linear(p: nn::Path, din: i64, dout: i64, bias: bool) -> nn::Linear {
-    nn::linear(p, din, dout, nn::LinearConfig { bias, ..Default::default() })
+    nn::linear(
+        p,
+        din,
+        dout,
+        nn::LinearConfig {
+            bias,
+            ..Default::default()
+        },
+    )
 }
 
 pub fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(p, vec![dim], nn::LayerNormConfig { eps, ..Default::default() })
+    nn::layer_norm(
+        p,
+        vec![dim],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
 }
 
 /// timm's `Mlp`: `fc2(GELU(fc1 x))` (exact erf GELU), with delta sites on both Linears.
@@ -21,7 +37,10 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(p: nn::Path, dim: i64, hidden: i64) -> Self {
-        Self { fc1: linear(&p / "fc1", dim, hidden, true), fc2: linear(&p / "fc2", hidden, dim, true) }
+        Self {
+            fc1: linear(&p / "fc1", dim, hidden, true),
+            fc2: linear(&p / "fc2", hidden, dim, true),
+        }
     }
 
     pub fn forward_t(
@@ -48,7 +67,9 @@ impl LayerNorm2d {
 
 impl Module for LayerNorm2d {
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.0.forward(&x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
+        self.0
+            .forward(&x.permute([0, 2, 3, 1]))
+            .permute([0, 3, 1, 2])
     }
 }
 
@@ -62,4 +83,18 @@ pub fn resample_grid_nhwc(grid: &Tensor, h: i64, w: i64) -> Tensor {
     grid.permute([0, 3, 1, 2])
         .internal_upsample_bicubic2d_aa([h, w], false, None, None)
         .permute([0, 2, 3, 1])
+}
+
+/// Checks an image batch `[batch, in_chans, H, W]` for a patch-embedding model.
+pub fn check_patch_input(shape: &[i64], in_chans: i64, patch: i64) -> Result<()> {
+    match shape {
+        [_, c, h, w] if *c == in_chans && h % patch == 0 && w % patch == 0 && *h > 0 && *w > 0 => {
+            Ok(())
+        }
+        _ => Err(CoreError::InputShape {
+            name: "input".into(),
+            shape: shape.to_vec(),
+            expected: format!("[batch, {in_chans}, H, W] with H and W multiples of {patch}"),
+        }),
+    }
 }

@@ -37,7 +37,13 @@ pub struct ResNetConfig {
 
 impl Default for ResNetConfig {
     fn default() -> Self {
-        Self { block: BlockKind::Bottleneck, layers: vec![3, 4, 6, 3], channels: vec![64, 128, 256, 512], in_chans: 3, num_classes: 1000 }
+        Self {
+            block: BlockKind::Bottleneck,
+            layers: vec![3, 4, 6, 3],
+            channels: vec![64, 128, 256, 512],
+            in_chans: 3,
+            num_classes: 1000,
+        }
     }
 }
 
@@ -50,7 +56,11 @@ impl ResNetConfig {
             "resnet101" => (BlockKind::Bottleneck, vec![3, 4, 23, 3]),
             _ => return None,
         };
-        Some(Self { block, layers, ..Self::default() })
+        Some(Self {
+            block,
+            layers,
+            ..Self::default()
+        })
     }
 
     pub fn num_features(&self) -> i64 {
@@ -59,20 +69,39 @@ impl ResNetConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.layers.is_empty() || self.layers.len() > 4 || self.layers.iter().any(|&n| n < 1) {
-            return Err(CoreError::Invalid(format!("resnet layers {:?}: 1 to 4 stages of at least one block", self.layers)));
+            return Err(CoreError::Invalid(format!(
+                "resnet layers {:?}: 1 to 4 stages of at least one block",
+                self.layers
+            )));
         }
         if self.channels.len() != self.layers.len() || self.channels.iter().any(|&c| c < 1) {
-            return Err(CoreError::Invalid(format!("resnet channels {:?} must give one positive width per stage of {:?}", self.channels, self.layers)));
+            return Err(CoreError::Invalid(format!(
+                "resnet channels {:?} must give one positive width per stage of {:?}",
+                self.channels, self.layers
+            )));
         }
         if self.in_chans < 1 || self.num_classes < 0 {
-            return Err(CoreError::Invalid("in_chans must be positive and num_classes >= 0".into()));
+            return Err(CoreError::Invalid(
+                "in_chans must be positive and num_classes >= 0".into(),
+            ));
         }
         Ok(())
     }
 }
 
 fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
-    nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding, bias: false, ..Default::default() })
+    nn::conv2d(
+        p,
+        cin,
+        cout,
+        k,
+        nn::ConvConfig {
+            stride,
+            padding,
+            bias: false,
+            ..Default::default()
+        },
+    )
 }
 
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
@@ -95,18 +124,44 @@ impl ResBlock {
         let cout = planes * kind.expansion();
         let convs = match kind {
             BlockKind::Basic => vec![
-                (conv(&p / "conv1", cin, planes, 3, stride, 1), bn(&p / "bn1", planes)),
-                (conv(&p / "conv2", planes, planes, 3, 1, 1), bn(&p / "bn2", planes)),
+                (
+                    conv(&p / "conv1", cin, planes, 3, stride, 1),
+                    bn(&p / "bn1", planes),
+                ),
+                (
+                    conv(&p / "conv2", planes, planes, 3, 1, 1),
+                    bn(&p / "bn2", planes),
+                ),
             ],
             BlockKind::Bottleneck => vec![
-                (conv(&p / "conv1", cin, planes, 1, 1, 0), bn(&p / "bn1", planes)),
-                (conv(&p / "conv2", planes, planes, 3, stride, 1), bn(&p / "bn2", planes)),
-                (conv(&p / "conv3", planes, cout, 1, 1, 0), bn(&p / "bn3", cout)),
+                (
+                    conv(&p / "conv1", cin, planes, 1, 1, 0),
+                    bn(&p / "bn1", planes),
+                ),
+                (
+                    conv(&p / "conv2", planes, planes, 3, stride, 1),
+                    bn(&p / "bn2", planes),
+                ),
+                (
+                    conv(&p / "conv3", planes, cout, 1, 1, 0),
+                    bn(&p / "bn3", cout),
+                ),
             ],
         };
-        let downsample = (stride != 1 || cin != cout)
-            .then(|| (conv(&p / "downsample" / "0", cin, cout, 1, stride, 0), bn(&p / "downsample" / "1", cout)));
-        Self { convs, downsample, in_channels: cin, out_channels: cout, stride, sites: MapSites::default() }
+        let downsample = (stride != 1 || cin != cout).then(|| {
+            (
+                conv(&p / "downsample" / "0", cin, cout, 1, stride, 0),
+                bn(&p / "downsample" / "1", cout),
+            )
+        });
+        Self {
+            convs,
+            downsample,
+            in_channels: cin,
+            out_channels: cout,
+            stride,
+            sites: MapSites::default(),
+        }
     }
 
     fn forward_t(&self, x: &Tensor, bn_train: bool, train: bool) -> Tensor {
@@ -158,15 +213,29 @@ impl ResNet {
             let stride = if k == 0 { 1 } else { 2 };
             let blocks = (0..n)
                 .map(|i| {
-                    let b = ResBlock::new(p / format!("layer{}", k + 1) / i, cfg.block, cin, planes, if i == 0 { stride } else { 1 });
+                    let b = ResBlock::new(
+                        p / format!("layer{}", k + 1) / i,
+                        cfg.block,
+                        cin,
+                        planes,
+                        if i == 0 { stride } else { 1 },
+                    );
                     cin = b.out_channels;
                     b
                 })
                 .collect();
             stages.push(blocks);
         }
-        let fc = (cfg.num_classes > 0).then(|| crate::layers::linear(p / "fc", cin, cfg.num_classes, true));
-        Ok(Self { cfg, conv1, bn1, stages, fc, freeze_bn: true })
+        let fc = (cfg.num_classes > 0)
+            .then(|| crate::layers::linear(p / "fc", cin, cfg.num_classes, true));
+        Ok(Self {
+            cfg,
+            conv1,
+            bn1,
+            stages,
+            fc,
+            freeze_bn: true,
+        })
     }
 
     pub fn check_input(&self, shape: &[i64]) -> Result<()> {

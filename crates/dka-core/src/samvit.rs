@@ -57,7 +57,10 @@ impl SamVitConfig {
         match name {
             "samvit_base_patch16" => Some(Self::default()),
             // MedSAM (Ma et al. 2024) fine-tunes SAM ViT-B; its encoder uses SAM's eps 1e-6.
-            "medsam_vit_b" => Some(Self { norm_eps: 1e-6, ..Self::default() }),
+            "medsam_vit_b" => Some(Self {
+                norm_eps: 1e-6,
+                ..Self::default()
+            }),
             _ => None,
         }
     }
@@ -68,16 +71,31 @@ impl SamVitConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.patch_size <= 0 || self.img_size % self.patch_size != 0 {
-            return Err(CoreError::Invalid(format!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size)));
+            return Err(CoreError::Invalid(format!(
+                "img_size {} is not a multiple of patch_size {}",
+                self.img_size, self.patch_size
+            )));
         }
         if self.num_heads <= 0 || self.embed_dim % self.num_heads != 0 {
-            return Err(CoreError::Invalid(format!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads)));
+            return Err(CoreError::Invalid(format!(
+                "embed_dim {} is not divisible by num_heads {}",
+                self.embed_dim, self.num_heads
+            )));
         }
         if self.window_size < 0 || self.neck_chans <= 0 || self.depth <= 0 || self.num_classes < 0 {
-            return Err(CoreError::Invalid("window_size >= 0, neck_chans > 0, depth > 0, num_classes >= 0".into()));
+            return Err(CoreError::Invalid(
+                "window_size >= 0, neck_chans > 0, depth > 0, num_classes >= 0".into(),
+            ));
         }
-        if let Some(i) = self.global_attn_indexes.iter().find(|&&i| i < 0 || i >= self.depth) {
-            return Err(CoreError::Invalid(format!("global_attn_indexes: block {i} does not exist (depth {})", self.depth)));
+        if let Some(i) = self
+            .global_attn_indexes
+            .iter()
+            .find(|&&i| i < 0 || i >= self.depth)
+        {
+            return Err(CoreError::Invalid(format!(
+                "global_attn_indexes: block {i} does not exist (depth {})",
+                self.depth
+            )));
         }
         Ok(())
     }
@@ -87,7 +105,12 @@ impl SamVitConfig {
 fn rel_pos_table(s: i64, rel_pos: &Tensor) -> Tensor {
     let len = 2 * s - 1;
     let table = if rel_pos.size()[0] != len {
-        rel_pos.transpose(0, 1).unsqueeze(0).upsample_linear1d([len], false, None).squeeze_dim(0).transpose(0, 1)
+        rel_pos
+            .transpose(0, 1)
+            .unsqueeze(0)
+            .upsample_linear1d([len], false, None)
+            .squeeze_dim(0)
+            .transpose(0, 1)
     } else {
         rel_pos.shallow_clone()
     };
@@ -110,7 +133,9 @@ struct Attention {
 impl Attention {
     /// `x: [batch, h, w, dim]` (a window or the whole grid).
     fn forward_t(&self, x: &Tensor, sites: &BlockSites, train: bool) -> Tensor {
-        let (b, h, w, d) = x.size4().expect("SAM attention input is [batch, h, w, dim]");
+        let (b, h, w, d) = x
+            .size4()
+            .expect("SAM attention input is [batch, h, w, dim]");
         let (n, nh) = (h * w, self.num_heads);
         let hd = d / nh;
         let qkv = linear_with(&self.qkv, &sites.qkv, &x.reshape([b, n, d]), train)
@@ -124,7 +149,8 @@ impl Attention {
         let rel_h = Tensor::einsum("bhwc,hkc->bhwk", &[&rq, &rh], None::<i64>);
         let rel_w = Tensor::einsum("bhwc,wkc->bhwk", &[&rq, &rw], None::<i64>);
         let bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape([b * nh, n, n]);
-        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, false);
+        let o =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, false);
         let o = o.view([b, nh, n, hd]).transpose(1, 2).reshape([b, n, d]);
         linear_with(&self.proj, &sites.proj, &o, train).view([b, h, w, d])
     }
@@ -145,7 +171,11 @@ impl SamBlock {
     fn new(p: nn::Path, c: &SamVitConfig, window_size: i64) -> Self {
         let d = c.embed_dim;
         let hd = d / c.num_heads;
-        let rel = if window_size > 0 { window_size } else { c.grid() };
+        let rel = if window_size > 0 {
+            window_size
+        } else {
+            c.grid()
+        };
         let a = &p / "attn";
         Self {
             norm1: layer_norm(&p / "norm1", d, c.norm_eps),
@@ -198,7 +228,12 @@ impl SamBlock {
         let x = add_parallel(&s.attn_parallel, &x + a, &x, &normed, layout, train);
         let x = apply_token(&s.after_attn, x, layout, train);
         let normed = self.norm2.forward(&x);
-        let m = apply_token(&s.mlp_branch, self.mlp.forward_t(&normed, &s.fc1, &s.fc2, train), layout, train);
+        let m = apply_token(
+            &s.mlp_branch,
+            self.mlp.forward_t(&normed, &s.fc1, &s.fc2, train),
+            layout,
+            train,
+        );
         let x = add_parallel(&s.mlp_parallel, &x + m, &x, &normed, layout, train);
         apply_token(&s.after_mlp, x, layout, train).view([b, h, w, d])
     }
@@ -218,35 +253,57 @@ impl SamVit {
     pub fn new(p: &nn::Path, cfg: SamVitConfig) -> Result<Self> {
         cfg.validate()?;
         let (d, g, nc) = (cfg.embed_dim, cfg.grid(), cfg.neck_chans);
-        let conv = nn::ConvConfig { stride: cfg.patch_size, ..Default::default() };
-        let patch_embed = nn::conv2d(p / "patch_embed" / "proj", cfg.in_chans, d, cfg.patch_size, conv);
+        let conv = nn::ConvConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        let patch_embed = nn::conv2d(
+            p / "patch_embed" / "proj",
+            cfg.in_chans,
+            d,
+            cfg.patch_size,
+            conv,
+        );
         let pos_embed = p.zeros("pos_embed", &[1, g, g, d]);
         let blocks = (0..cfg.depth)
             .map(|i| {
-                let ws = if cfg.global_attn_indexes.contains(&i) { 0 } else { cfg.window_size };
+                let ws = if cfg.global_attn_indexes.contains(&i) {
+                    0
+                } else {
+                    cfg.window_size
+                };
                 SamBlock::new(p / "blocks" / i, &cfg, ws)
             })
             .collect();
-        let nb = nn::ConvConfig { bias: false, ..Default::default() };
+        let nb = nn::ConvConfig {
+            bias: false,
+            ..Default::default()
+        };
         let neck = nn::seq()
             .add(nn::conv2d(p / "neck" / "0", d, nc, 1, nb))
             .add(LayerNorm2d::new(p / "neck" / "1", nc, 1e-6))
-            .add(nn::conv2d(p / "neck" / "2", nc, nc, 3, nn::ConvConfig { padding: 1, ..nb }))
+            .add(nn::conv2d(
+                p / "neck" / "2",
+                nc,
+                nc,
+                3,
+                nn::ConvConfig { padding: 1, ..nb },
+            ))
             .add(LayerNorm2d::new(p / "neck" / "3", nc, 1e-6));
-        let head = (cfg.num_classes > 0).then(|| linear(p / "head" / "fc", nc, cfg.num_classes, true));
-        Ok(Self { cfg, patch_embed, pos_embed, blocks, neck, head })
+        let head =
+            (cfg.num_classes > 0).then(|| linear(p / "head" / "fc", nc, cfg.num_classes, true));
+        Ok(Self {
+            cfg,
+            patch_embed,
+            pos_embed,
+            blocks,
+            neck,
+            head,
+        })
     }
 
     pub fn check_input(&self, shape: &[i64]) -> Result<()> {
-        let p = self.cfg.patch_size;
-        match shape {
-            [_, c, h, w] if *c == self.cfg.in_chans && h % p == 0 && w % p == 0 && *h > 0 && *w > 0 => Ok(()),
-            _ => Err(CoreError::InputShape {
-                name: "input".into(),
-                shape: shape.to_vec(),
-                expected: format!("[batch, {}, H, W] with H and W multiples of {p}", self.cfg.in_chans),
-            }),
-        }
+        crate::layers::check_patch_input(shape, self.cfg.in_chans, self.cfg.patch_size)
     }
 
     /// Token grid after the blocks, `[batch, h, w, dim]` (before the neck).
@@ -262,7 +319,8 @@ impl SamVit {
 
     /// timm's `forward_features`: the neck's map `[batch, neck_chans, h, w]`.
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Tensor {
-        self.neck.forward(&self.forward_grid(x, train).permute([0, 3, 1, 2]))
+        self.neck
+            .forward(&self.forward_grid(x, train).permute([0, 3, 1, 2]))
     }
 
     pub fn pool(&self, features: &Tensor) -> Tensor {

@@ -106,7 +106,12 @@ pub struct MapSites {
     pub after_block: Option<Arc<dyn MapModule>>,
 }
 
-pub(crate) fn apply_token(site: &Option<Arc<dyn TokenModule>>, x: Tensor, l: TokenLayout, train: bool) -> Tensor {
+pub(crate) fn apply_token(
+    site: &Option<Arc<dyn TokenModule>>,
+    x: Tensor,
+    l: TokenLayout,
+    train: bool,
+) -> Tensor {
     match site {
         Some(m) => m.forward_t(&x, l, train),
         None => x,

@@ -91,7 +91,11 @@ impl VitConfig {
             "vit_base_patch16_224" => (768, 12),
             _ => return None,
         };
-        Some(Self { embed_dim, num_heads, ..Self::default() })
+        Some(Self {
+            embed_dim,
+            num_heads,
+            ..Self::default()
+        })
     }
 
     pub fn grid(&self) -> (i64, i64) {
@@ -111,10 +115,16 @@ impl VitConfig {
         let bad = |m: String| Err(CoreError::Invalid(m));
         let (h, w) = self.img_size.hw();
         if self.patch_size <= 0 || h % self.patch_size != 0 || w % self.patch_size != 0 {
-            return bad(format!("img_size {h}x{w} is not a multiple of patch_size {}", self.patch_size));
+            return bad(format!(
+                "img_size {h}x{w} is not a multiple of patch_size {}",
+                self.patch_size
+            ));
         }
         if self.num_heads <= 0 || self.embed_dim % self.num_heads != 0 {
-            return bad(format!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads));
+            return bad(format!(
+                "embed_dim {} is not divisible by num_heads {}",
+                self.embed_dim, self.num_heads
+            ));
         }
         if self.depth <= 0 || self.in_chans <= 0 || self.mlp_ratio <= 0.0 || self.num_classes < 0 {
             return bad("depth, in_chans and mlp_ratio must be positive, num_classes >= 0".into());
@@ -140,7 +150,16 @@ impl Attention {
             .reshape([b, n, 3, self.num_heads, d / self.num_heads])
             .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let o = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
         let o = o.transpose(1, 2).reshape([b, n, d]);
         linear_with(&self.proj, &sites.proj, &o, train)
     }
@@ -161,7 +180,10 @@ pub struct VitBlock {
 impl VitBlock {
     pub fn new(p: nn::Path, c: &VitConfig) -> Self {
         let d = c.embed_dim;
-        let ls = |name: &str| c.init_values.map(|v| (&p / name).var("gamma", &[d], nn::Init::Const(v)));
+        let ls = |name: &str| {
+            c.init_values
+                .map(|v| (&p / name).var("gamma", &[d], nn::Init::Const(v)))
+        };
         Self {
             norm1: layer_norm(&p / "norm1", d, 1e-6),
             attn: Attention {
@@ -219,30 +241,59 @@ impl Vit {
     pub fn new(p: &nn::Path, cfg: VitConfig) -> Result<Self> {
         cfg.validate()?;
         let d = cfg.embed_dim;
-        let conv = nn::ConvConfig { stride: cfg.patch_size, ..Default::default() };
-        let patch_embed = nn::conv2d(p / "patch_embed" / "proj", cfg.in_chans, d, cfg.patch_size, conv);
-        let cls_token = cfg.class_token.then(|| p.var("cls_token", &[1, 1, d], nn::Init::Randn { mean: 0., stdev: 1e-6 }));
+        let conv = nn::ConvConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        let patch_embed = nn::conv2d(
+            p / "patch_embed" / "proj",
+            cfg.in_chans,
+            d,
+            cfg.patch_size,
+            conv,
+        );
+        let cls_token = cfg.class_token.then(|| {
+            p.var(
+                "cls_token",
+                &[1, 1, d],
+                nn::Init::Randn {
+                    mean: 0.,
+                    stdev: 1e-6,
+                },
+            )
+        });
         let (gh, gw) = cfg.grid();
-        let pos_embed = p.var("pos_embed", &[1, cfg.num_prefix_tokens() + gh * gw, d], nn::Init::Randn { mean: 0., stdev: 0.02 });
-        let blocks = (0..cfg.depth).map(|i| VitBlock::new(p / "blocks" / i, &cfg)).collect();
+        let pos_embed = p.var(
+            "pos_embed",
+            &[1, cfg.num_prefix_tokens() + gh * gw, d],
+            nn::Init::Randn {
+                mean: 0.,
+                stdev: 0.02,
+            },
+        );
+        let blocks = (0..cfg.depth)
+            .map(|i| VitBlock::new(p / "blocks" / i, &cfg))
+            .collect();
         let fc = cfg.use_fc_norm();
         let norm = (!fc).then(|| layer_norm(p / "norm", d, 1e-6));
         let fc_norm = fc.then(|| layer_norm(p / "fc_norm", d, 1e-6));
         let head = (cfg.num_classes > 0).then(|| linear(p / "head", d, cfg.num_classes, true));
-        Ok(Self { cfg, patch_embed, cls_token, pos_embed, blocks, norm, fc_norm, head, prompts: None })
+        Ok(Self {
+            cfg,
+            patch_embed,
+            cls_token,
+            pos_embed,
+            blocks,
+            norm,
+            fc_norm,
+            head,
+            prompts: None,
+        })
     }
 
     /// Checks an input batch `[batch, in_chans, H, W]` (H, W multiples of the patch size).
     pub fn check_input(&self, shape: &[i64]) -> Result<()> {
-        let p = self.cfg.patch_size;
-        match shape {
-            [_, c, h, w] if *c == self.cfg.in_chans && h % p == 0 && w % p == 0 && *h > 0 && *w > 0 => Ok(()),
-            _ => Err(CoreError::InputShape {
-                name: "input".into(),
-                shape: shape.to_vec(),
-                expected: format!("[batch, {}, H, W] with H and W multiples of {p}", self.cfg.in_chans),
-            }),
-        }
+        crate::layers::check_patch_input(shape, self.cfg.in_chans, self.cfg.patch_size)
     }
 
     /// Position embedding for an `h x w` grid: `[1, prefix + h*w, dim]`.
@@ -253,7 +304,10 @@ impl Vit {
         }
         let np = self.cfg.num_prefix_tokens();
         let d = self.cfg.embed_dim;
-        let grid = self.pos_embed.narrow(1, np, gh * gw).reshape([1, gh, gw, d]);
+        let grid = self
+            .pos_embed
+            .narrow(1, np, gh * gw)
+            .reshape([1, gh, gw, d]);
         let grid = resample_grid_nhwc(&grid, h, w).reshape([1, h * w, d]);
         Tensor::cat(&[self.pos_embed.narrow(1, 0, np), grid], 1)
     }
@@ -295,7 +349,9 @@ impl Vit {
     pub fn pool(&self, tokens: &Tensor, layout: TokenLayout) -> Tensor {
         let x = match self.cfg.global_pool {
             GlobalPool::Token => tokens.select(1, 0),
-            GlobalPool::Avg => tokens.narrow(1, layout.prefix, layout.h * layout.w).mean_dim(1, false, None),
+            GlobalPool::Avg => tokens
+                .narrow(1, layout.prefix, layout.h * layout.w)
+                .mean_dim(1, false, None),
             GlobalPool::None => tokens.shallow_clone(),
         };
         match &self.fc_norm {
@@ -311,6 +367,9 @@ impl Vit {
     /// Patch tokens as a feature map `[batch, dim, h, w]` (for dense heads and the ERF).
     pub fn feature_map(tokens: &Tensor, layout: TokenLayout) -> Tensor {
         let (b, _, d) = tokens.size3().expect("tokens are 3-D");
-        tokens.narrow(1, layout.prefix, layout.h * layout.w).transpose(1, 2).reshape([b, d, layout.h, layout.w])
+        tokens
+            .narrow(1, layout.prefix, layout.h * layout.w)
+            .transpose(1, 2)
+            .reshape([b, d, layout.h, layout.w])
     }
 }

@@ -27,7 +27,11 @@ impl LoadReport {
         let not_head = |n: &&String| !n.starts_with(head_prefix);
         let list = |what: &str, names: Vec<String>| -> Option<String> {
             let shown = names.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
-            let more = if names.len() > 4 { format!(", ... {} more", names.len() - 4) } else { String::new() };
+            let more = if names.len() > 4 {
+                format!(", ... {} more", names.len() - 4)
+            } else {
+                String::new()
+            };
             (!names.is_empty()).then(|| format!("{} {what} ({shown}{more})", names.len()))
         };
         let missing = self.missing.iter().filter(not_head).cloned().collect();
@@ -38,10 +42,14 @@ impl LoadReport {
             .filter(|(n, _, _)| !n.starts_with(head_prefix))
             .map(|(n, m, f)| format!("{n}: model {m:?}, file {f:?}"))
             .collect();
-        [list("missing from the file", missing), list("unused by the model", unused), list("of another shape", shapes)]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            list("missing from the file", missing),
+            list("unused by the model", unused),
+            list("of another shape", shapes),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     pub fn summary(&self) -> String {
@@ -59,9 +67,15 @@ impl LoadReport {
 /// Reads every tensor of a safetensors file.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.is_file() {
-        return Err(CoreError::Io { path: path.into(), err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file") });
+        return Err(CoreError::Io {
+            path: path.into(),
+            err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
     }
-    Tensor::read_safetensors(path).map_err(|e| CoreError::Safetensors { path: path.into(), message: e.to_string() })
+    Tensor::read_safetensors(path).map_err(|e| CoreError::Safetensors {
+        path: path.into(),
+        message: e.to_string(),
+    })
 }
 
 /// A checkpoint read from disk, its names already timm's.
@@ -76,12 +90,18 @@ impl Checkpoint {
     /// Reads `path` and renames its keys with [`convert::to_timm`].
     pub fn read(path: &Path) -> Result<Self> {
         let (tensors, format) = convert::to_timm(read_safetensors(path)?);
-        Ok(Self { path: path.into(), format, tensors: tensors.into_iter().collect() })
+        Ok(Self {
+            path: path.into(),
+            format,
+            tensors: tensors.into_iter().collect(),
+        })
     }
 
     /// Number of classes of the head stored under `head_prefix`, if the checkpoint has one.
     pub fn head_classes(&self, head_prefix: &str) -> Option<i64> {
-        self.tensors.get(&format!("{head_prefix}weight")).map(|w| w.size()[0])
+        self.tensors
+            .get(&format!("{head_prefix}weight"))
+            .map(|w| w.size()[0])
     }
 }
 
@@ -92,21 +112,37 @@ pub fn load_into(vs: &mut VarStore, path: &Path, head_prefix: &str) -> Result<Lo
 
 /// Copies a checkpoint's tensors into `vs`. Differences under `head_prefix` are reported but
 /// allowed; anything else is an error that names the keys, and then nothing is copied.
-pub fn load_checkpoint(vs: &mut VarStore, ckpt: &Checkpoint, head_prefix: &str) -> Result<LoadReport> {
+pub fn load_checkpoint(
+    vs: &mut VarStore,
+    ckpt: &Checkpoint,
+    head_prefix: &str,
+) -> Result<LoadReport> {
     let (path, format, file) = (ckpt.path.as_path(), ckpt.format, &ckpt.tensors);
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let mut report = LoadReport { source_format: format.to_string(), ..Default::default() };
+    let mut report = LoadReport {
+        source_format: format.to_string(),
+        ..Default::default()
+    };
     for (name, var) in &vars {
         match file.get(name) {
             None => report.missing.push(name.clone()),
-            Some(t) if t.size() != var.size() => report.mismatched.push((name.clone(), var.size(), t.size())),
+            Some(t) if t.size() != var.size() => {
+                report.mismatched.push((name.clone(), var.size(), t.size()))
+            }
             Some(_) => report.loaded.push(name.clone()),
         }
     }
-    report.unused = file.keys().filter(|k| !vars.contains_key(*k)).cloned().collect();
+    report.unused = file
+        .keys()
+        .filter(|k| !vars.contains_key(*k))
+        .cloned()
+        .collect();
     let problems = report.problems(head_prefix);
     if !problems.is_empty() {
-        return Err(CoreError::WeightsMismatch { path: path.into(), summary: problems.join("; ") });
+        return Err(CoreError::WeightsMismatch {
+            path: path.into(),
+            summary: problems.join("; "),
+        });
     }
     tch::no_grad(|| {
         for name in &report.loaded {
@@ -115,7 +151,11 @@ pub fn load_checkpoint(vs: &mut VarStore, ckpt: &Checkpoint, head_prefix: &str) 
         }
     });
     if format != SourceFormat::Timm {
-        tracing::info!("{}: renamed {} checkpoint keys to timm's", path.display(), format);
+        tracing::info!(
+            "{}: renamed {} checkpoint keys to timm's",
+            path.display(),
+            format
+        );
     }
     Ok(report)
 }

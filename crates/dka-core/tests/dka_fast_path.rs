@@ -9,7 +9,10 @@ const TOL: f64 = 1e-5;
 /// and `manual_seed` is process-wide).
 fn param(shape: &[i64], seed: i64) -> Tensor {
     let n: i64 = shape.iter().product();
-    let t = (Tensor::arange(n, (Kind::Float, Device::Cpu)) * (0.7919 + seed as f64 * 0.1307) + seed as f64).sin() * 0.1;
+    let t = (Tensor::arange(n, (Kind::Float, Device::Cpu)) * (0.7919 + seed as f64 * 0.1307)
+        + seed as f64)
+        .sin()
+        * 0.1;
     t.view(shape).set_requires_grad(true)
 }
 
@@ -19,14 +22,31 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// Builds fresh leaf tensors, runs `path`, returns output and gradients (input, kernels).
-fn run(path: ConvPath, large: Option<i64>, small: Option<i64>, bias: bool, grid: (i64, i64)) -> Vec<Tensor> {
+fn run(
+    path: ConvPath,
+    large: Option<i64>,
+    small: Option<i64>,
+    bias: bool,
+    grid: (i64, i64),
+) -> Vec<Tensor> {
     let c = 6;
     let z = param(&[2, c, grid.0, grid.1], 1);
-    let mk = |k: Option<i64>, seed| k.map(|k| (param(&[c, 1, k, k], seed), bias.then(|| param(&[c], seed + 10))));
-    let kernels = Kernels::Fixed { large: mk(large, 2), small: mk(small, 3) };
+    let mk = |k: Option<i64>, seed| {
+        k.map(|k| {
+            (
+                param(&[c, 1, k, k], seed),
+                bias.then(|| param(&[c], seed + 10)),
+            )
+        })
+    };
+    let kernels = Kernels::Fixed {
+        large: mk(large, 2),
+        small: mk(small, 3),
+    };
     let out = kernels.forward(&z, path);
     // A loss that weights every output differently, so gradients are not symmetric.
-    let w = Tensor::linspace(-1.0, 1.0, out.numel() as i64, (Kind::Float, Device::Cpu)).view(out.size().as_slice());
+    let w = Tensor::linspace(-1.0, 1.0, out.numel() as i64, (Kind::Float, Device::Cpu))
+        .view(out.size().as_slice());
     (&out * &w).sum(Kind::Float).backward();
     let mut res = vec![out.detach(), z.grad()];
     if let Kernels::Fixed { large, small } = &kernels {
@@ -45,9 +65,19 @@ fn check(large: Option<i64>, small: Option<i64>, bias: bool, grid: (i64, i64)) {
     for path in [ConvPath::Direct, ConvPath::Fft, ConvPath::Auto] {
         let fast = run(path, large, small, bias, grid);
         for (i, (f, r)) in fast.iter().zip(&reference).enumerate() {
-            let what = ["output", "grad input", "grad kernel 1", "grad kernel 2/bias", "grad", "grad"][i];
+            let what = [
+                "output",
+                "grad input",
+                "grad kernel 1",
+                "grad kernel 2/bias",
+                "grad",
+                "grad",
+            ][i];
             let e = rel_err(f, r);
-            assert!(e <= TOL, "{path:?} {what}: kernels {large:?}+{small:?} on {grid:?}: rel err {e:e}");
+            assert!(
+                e <= TOL,
+                "{path:?} {what}: kernels {large:?}+{small:?} on {grid:?}: rel err {e:e}"
+            );
         }
     }
 }
@@ -95,4 +125,3 @@ fn the_fft_and_direct_paths_agree_on_learnable_kernels() {
         assert!(e <= TOL, "{path:?}: {e:e}");
     }
 }
-

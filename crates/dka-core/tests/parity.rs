@@ -10,8 +10,14 @@ use std::path::PathBuf;
 use tch::{nn, Device, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(name);
-    assert!(dir.join("io.safetensors").is_file(), "fixture {} is missing: run `just fixtures` (or `just test`)", dir.display());
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name);
+    assert!(
+        dir.join("io.safetensors").is_file(),
+        "fixture {} is missing: run `just fixtures` (or `just test`)",
+        dir.display()
+    );
     dir
 }
 
@@ -19,7 +25,10 @@ fn assert_close(ours: &Tensor, theirs: &Tensor, what: &str) {
     assert_eq!(ours.size(), theirs.size(), "{what}: shape");
     let scale = theirs.abs().max().double_value(&[]).max(1.0);
     let err = (ours - theirs).abs().max().double_value(&[]);
-    assert!(err <= 1e-4 * scale, "{what}: max abs error {err:e} (output scale {scale:.3})");
+    assert!(
+        err <= 1e-4 * scale,
+        "{what}: max abs error {err:e} (output scale {scale:.3})"
+    );
 }
 
 fn check(name: &str) {
@@ -28,16 +37,30 @@ fn check(name: &str) {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Backbone::new(&vs.root(), &cfg).unwrap();
     let report = load_into(&mut vs, &dir.join("model.safetensors"), cfg.head_prefix()).unwrap();
-    assert!(report.missing.is_empty() && report.unused.is_empty() && report.mismatched.is_empty(), "{name}: {report:?}");
-    let io: HashMap<String, Tensor> = read_safetensors(&dir.join("io.safetensors")).unwrap().into_iter().collect();
+    assert!(
+        report.missing.is_empty() && report.unused.is_empty() && report.mismatched.is_empty(),
+        "{name}: {report:?}"
+    );
+    let io: HashMap<String, Tensor> = read_safetensors(&dir.join("io.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
     let mut checked = 0;
     for (key, input) in io.iter().filter(|(k, _)| k.starts_with("input")) {
         let suffix = &key["input".len()..];
         model.check_input(&input.size()).unwrap();
         let f = tch::no_grad(|| model.forward_features(input, false));
-        assert_close(&f.x, &io[&format!("features{suffix}")], &format!("{name} features{suffix}"));
+        assert_close(
+            &f.x,
+            &io[&format!("features{suffix}")],
+            &format!("{name} features{suffix}"),
+        );
         let logits = tch::no_grad(|| model.forward_head(&f)).expect("fixture models have a head");
-        assert_close(&logits, &io[&format!("logits{suffix}")], &format!("{name} logits{suffix}"));
+        assert_close(
+            &logits,
+            &io[&format!("logits{suffix}")],
+            &format!("{name} logits{suffix}"),
+        );
         checked += 1;
     }
     assert!(checked > 0, "{name}: no inputs in the fixture");
@@ -70,9 +93,19 @@ fn a_frozen_resnet_keeps_its_batchnorm_statistics_in_training_mode() {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Backbone::new(&vs.root(), &cfg).unwrap();
     load_into(&mut vs, &dir.join("model.safetensors"), cfg.head_prefix()).unwrap();
-    let io: HashMap<String, Tensor> = read_safetensors(&dir.join("io.safetensors")).unwrap().into_iter().collect();
+    let io: HashMap<String, Tensor> = read_safetensors(&dir.join("io.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
     let before = vs.variables()["bn1.running_mean"].copy();
     let f = tch::no_grad(|| model.forward_features(&io["input"], true));
-    assert_close(&f.x, &io["features"], "train-mode features of a frozen ResNet");
-    assert!(vs.variables()["bn1.running_mean"].equal(&before), "running statistics changed");
+    assert_close(
+        &f.x,
+        &io["features"],
+        "train-mode features of a frozen ResNet",
+    );
+    assert!(
+        vs.variables()["bn1.running_mean"].equal(&before),
+        "running statistics changed"
+    );
 }

@@ -73,11 +73,20 @@ pub fn fft_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let s = k.size();
     let (kh, kw) = (s[2], s[3]);
     let (fh, fw) = (h + kh - 1, w + kw - 1);
-    let zf = z.to_kind(Kind::Float).fft_rfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
+    let zf = z
+        .to_kind(Kind::Float)
+        .fft_rfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
     // conv2d is a cross-correlation: convolve with the flipped kernel, then take the centre.
-    let kf = k.reshape([c, kh, kw]).flip([-2i64, -1]).fft_rfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
+    let kf = k.reshape([c, kh, kw]).flip([-2i64, -1]).fft_rfft2(
+        [fh, fw].as_slice(),
+        [-2i64, -1],
+        "backward",
+    );
     let y = (zf * kf).fft_irfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
-    let y = y.narrow(2, kh / 2, h).narrow(3, kw / 2, w).to_kind(z.kind());
+    let y = y
+        .narrow(2, kh / 2, h)
+        .narrow(3, kw / 2, w)
+        .to_kind(z.kind());
     match bias {
         Some(b) => y + b.view([1, c, 1, 1]),
         None => y,
@@ -108,24 +117,52 @@ pub fn radial_mask(rho: &Tensor, k: i64, tau: f64) -> Tensor {
 #[derive(Debug)]
 pub enum Kernels {
     /// Fixed-size branches; `None` = branch absent. Kernels are `[c, 1, k, k]`.
-    Fixed { large: Option<(Tensor, Option<Tensor>)>, small: Option<(Tensor, Option<Tensor>)> },
+    Fixed {
+        large: Option<(Tensor, Option<Tensor>)>,
+        small: Option<(Tensor, Option<Tensor>)>,
+    },
     /// One `k_max` kernel times a learnable radial mask (radius per channel).
-    Learnable { kernel: Tensor, bias: Option<Tensor>, radius: Tensor, tau: f64 },
+    Learnable {
+        kernel: Tensor,
+        bias: Option<Tensor>,
+        radius: Tensor,
+        tau: f64,
+    },
 }
 
 impl Kernels {
     /// The whole effective kernel (uncropped) and summed bias.
     fn merged(&self) -> (Tensor, Option<Tensor>) {
         match self {
-            Kernels::Learnable { kernel, bias, radius, tau } => {
+            Kernels::Learnable {
+                kernel,
+                bias,
+                radius,
+                tau,
+            } => {
                 let k = kernel.size()[2];
-                (kernel * radial_mask(radius, k, *tau), bias.as_ref().map(|b| b.shallow_clone()))
+                (
+                    kernel * radial_mask(radius, k, *tau),
+                    bias.as_ref().map(|b| b.shallow_clone()),
+                )
             }
             Kernels::Fixed { large, small } => {
-                let parts: Vec<&(Tensor, Option<Tensor>)> = [large, small].into_iter().flatten().collect();
-                let k = parts.iter().map(|(w, _)| w.size()[2]).max().expect("at least one branch");
-                let w = parts.iter().map(|(w, _)| fit_kernel(w, k, k)).reduce(|a, b| a + b).unwrap();
-                let b = parts.iter().filter_map(|(_, b)| b.as_ref().map(|b| b.shallow_clone())).reduce(|a, b| a + b);
+                let parts: Vec<&(Tensor, Option<Tensor>)> =
+                    [large, small].into_iter().flatten().collect();
+                let k = parts
+                    .iter()
+                    .map(|(w, _)| w.size()[2])
+                    .max()
+                    .expect("at least one branch");
+                let w = parts
+                    .iter()
+                    .map(|(w, _)| fit_kernel(w, k, k))
+                    .reduce(|a, b| a + b)
+                    .unwrap();
+                let b = parts
+                    .iter()
+                    .filter_map(|(_, b)| b.as_ref().map(|b| b.shallow_clone()))
+                    .reduce(|a, b| a + b);
                 (w, b)
             }
         }

@@ -124,13 +124,22 @@ impl DkaConfig {
 
     /// The paper's equation: one GELU, no dropout, biases, after each block.
     pub fn paper() -> Self {
-        Self { activation: Activation::Paper, dropout: 0.0, bias: true, placement: Placement::Block, ..Self::authors() }
+        Self {
+            activation: Activation::Paper,
+            dropout: 0.0,
+            bias: true,
+            placement: Placement::Block,
+            ..Self::authors()
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
         let odd = |k: i64| k >= 1 && k % 2 == 1;
         if self.d_hat < 1 {
-            return Err(CoreError::Invalid(format!("dka.d_hat = {} must be at least 1", self.d_hat)));
+            return Err(CoreError::Invalid(format!(
+                "dka.d_hat = {} must be at least 1",
+                self.d_hat
+            )));
         }
         if !odd(self.large_kernel) || !odd(self.small_kernel) {
             return Err(CoreError::Invalid(format!(
@@ -140,11 +149,17 @@ impl DkaConfig {
         }
         if let Some(l) = &self.learnable_kernel {
             if !odd(l.k_max) || l.tau <= 0.0 {
-                return Err(CoreError::Invalid(format!("dka.learnable_kernel: k_max {} must be odd, tau {} positive", l.k_max, l.tau)));
+                return Err(CoreError::Invalid(format!(
+                    "dka.learnable_kernel: k_max {} must be odd, tau {} positive",
+                    l.k_max, l.tau
+                )));
             }
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(CoreError::Invalid(format!("dka.dropout = {} must be in [0, 1)", self.dropout)));
+            return Err(CoreError::Invalid(format!(
+                "dka.dropout = {} must be in [0, 1)",
+                self.dropout
+            )));
         }
         Ok(())
     }
@@ -156,7 +171,9 @@ impl DkaConfig {
         let proj = 2 * dim * d + b * (d + dim);
         let convs = match (&self.learnable_kernel, self.branches) {
             (Some(l), _) => d * l.k_max * l.k_max + d + b * d,
-            (None, Branches::Both) => d * (self.large_kernel.pow(2) + self.small_kernel.pow(2)) + 2 * b * d,
+            (None, Branches::Both) => {
+                d * (self.large_kernel.pow(2) + self.small_kernel.pow(2)) + 2 * b * d
+            }
             (None, Branches::Large) => d * self.large_kernel.pow(2) + b * d,
             (None, Branches::Small) => d * self.small_kernel.pow(2) + b * d,
         };
@@ -180,14 +197,20 @@ impl Dka {
         c.validate()?;
         let d = c.d_hat;
         let lin = nn::LinearConfig {
-            ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.01 },
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.01,
+            },
             bs_init: c.bias.then_some(nn::Init::Const(0.0)),
             bias: c.bias,
         };
         let down = nn::linear(p / "down", dim, d, lin);
         let up_init = match c.init {
             Init::Authors => lin,
-            Init::ZeroUp => nn::LinearConfig { ws_init: nn::Init::Const(0.0), ..lin },
+            Init::ZeroUp => nn::LinearConfig {
+                ws_init: nn::Init::Const(0.0),
+                ..lin
+            },
         };
         let up = nn::linear(p / "up", d, dim, up_init);
         let kaiming = nn::Init::Kaiming {
@@ -197,20 +220,35 @@ impl Dka {
         };
         let conv = |name: &str, k: i64| {
             let q = p / name;
-            (q.var("weight", &[d, 1, k, k], kaiming), c.bias.then(|| q.zeros("bias", &[d])))
+            (
+                q.var("weight", &[d, 1, k, k], kaiming),
+                c.bias.then(|| q.zeros("bias", &[d])),
+            )
         };
         let kernels = match &c.learnable_kernel {
             Some(l) => {
                 let (kernel, bias) = conv("conv", l.k_max);
                 let radius = p.var("radius", &[d], nn::Init::Const(l.init_radius));
-                Kernels::Learnable { kernel, bias, radius, tau: l.tau }
+                Kernels::Learnable {
+                    kernel,
+                    bias,
+                    radius,
+                    tau: l.tau,
+                }
             }
             None => Kernels::Fixed {
                 large: (c.branches != Branches::Small).then(|| conv("conv_large", c.large_kernel)),
                 small: (c.branches != Branches::Large).then(|| conv("conv_small", c.small_kernel)),
             },
         };
-        Ok(Self { down, up, kernels, activation: c.activation, dropout: c.dropout, path: c.conv_path })
+        Ok(Self {
+            down,
+            up,
+            kernels,
+            activation: c.activation,
+            dropout: c.dropout,
+            path: c.conv_path,
+        })
     }
 
     pub fn kernels(&self) -> &Kernels {
@@ -231,10 +269,23 @@ impl TokenModule for Dka {
         let z = self.act_in(self.down.forward(x));
         let d = z.size()[2];
         // [b, h*w, d] -> [b, d, h, w] with channels-last strides: a view, no copy.
-        let grid = z.narrow(1, l.prefix, l.h * l.w).reshape([b, l.h, l.w, d]).permute([0, 3, 1, 2]);
-        let conv = self.kernels.forward(&grid, self.path).permute([0, 2, 3, 1]).reshape([b, l.h * l.w, d]);
-        let y = if l.prefix > 0 { Tensor::cat(&[z.narrow(1, 0, l.prefix), conv], 1) } else { conv };
-        x + self.up.forward(&y.gelu("none").dropout(self.dropout, train))
+        let grid = z
+            .narrow(1, l.prefix, l.h * l.w)
+            .reshape([b, l.h, l.w, d])
+            .permute([0, 3, 1, 2]);
+        let conv = self
+            .kernels
+            .forward(&grid, self.path)
+            .permute([0, 2, 3, 1])
+            .reshape([b, l.h * l.w, d]);
+        let y = if l.prefix > 0 {
+            Tensor::cat(&[z.narrow(1, 0, l.prefix), conv], 1)
+        } else {
+            conv
+        };
+        x + self
+            .up
+            .forward(&y.gelu("none").dropout(self.dropout, train))
     }
 }
 
@@ -242,10 +293,21 @@ impl MapModule for Dka {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let conv1x1 = |lin: &nn::Linear, t: &Tensor| {
             let s = lin.ws.size();
-            t.conv2d(&lin.ws.view([s[0], s[1], 1, 1]), lin.bs.as_ref(), [1, 1], [0, 0], [1, 1], 1)
+            t.conv2d(
+                &lin.ws.view([s[0], s[1], 1, 1]),
+                lin.bs.as_ref(),
+                [1, 1],
+                [0, 0],
+                [1, 1],
+                1,
+            )
         };
         let z = self.act_in(conv1x1(&self.down, x));
-        let y = self.kernels.forward(&z, self.path).gelu("none").dropout(self.dropout, train);
+        let y = self
+            .kernels
+            .forward(&z, self.path)
+            .gelu("none")
+            .dropout(self.dropout, train);
         x + conv1x1(&self.up, &y)
     }
 }
@@ -258,7 +320,12 @@ impl Method for DkaConfig {
     fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
         self.validate()?;
         if let Backbone::ResNet(m) = backbone {
-            for (k, stage) in m.stages.iter_mut().enumerate().filter(|(k, _)| selected(&self.layers, *k)) {
+            for (k, stage) in m
+                .stages
+                .iter_mut()
+                .enumerate()
+                .filter(|(k, _)| selected(&self.layers, *k))
+            {
                 for (i, blk) in stage.iter_mut().enumerate() {
                     let q = p / format!("layer{}", k + 1) / i / "dka";
                     blk.sites.after_block = Some(Arc::new(Dka::new(&q, blk.out_channels, self)?));
@@ -267,7 +334,11 @@ impl Method for DkaConfig {
             return Ok(());
         }
         let token_blocks = backbone.token_blocks_mut();
-        for (i, (dim, sites)) in token_blocks.into_iter().enumerate().filter(|(i, _)| selected(&self.layers, *i)) {
+        for (i, (dim, sites)) in token_blocks
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| selected(&self.layers, *i))
+        {
             let q = p / "blocks" / i;
             match self.placement {
                 Placement::Mona => {
@@ -279,7 +350,9 @@ impl Method for DkaConfig {
                     sites.attn_branch = Some(Arc::new(Dka::new(&(&q / "dka_attn"), dim, self)?));
                     sites.mlp_branch = Some(Arc::new(Dka::new(&(&q / "dka_mlp"), dim, self)?));
                 }
-                Placement::Block => sites.after_mlp = Some(Arc::new(Dka::new(&(&q / "dka"), dim, self)?)),
+                Placement::Block => {
+                    sites.after_mlp = Some(Arc::new(Dka::new(&(&q / "dka"), dim, self)?))
+                }
             }
         }
         Ok(())
