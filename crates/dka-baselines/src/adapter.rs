@@ -5,7 +5,7 @@ use crate::bottleneck::{Act, Bottleneck, DownInit, Feed};
 use dka_core::method::{selected, Method};
 use dka_core::{Backbone, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::nn;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,7 +53,7 @@ impl Method for AdapterConfig {
             {
                 for (i, blk) in stage.iter_mut().enumerate() {
                     let q = p / format!("layer{}", k + 1) / i / "adapter";
-                    blk.sites.after_block = Some(Arc::new(self.module(&q, blk.out_channels)));
+                    blk.sites.after_block = Some(Rc::new(self.module(&q, blk.out_channels)));
                 }
             }
             return Ok(());
@@ -65,8 +65,8 @@ impl Method for AdapterConfig {
             .filter(|(i, _)| selected(&self.layers, *i))
         {
             let q = p / "blocks" / i;
-            sites.attn_branch = Some(Arc::new(self.module(&(&q / "adapter_attn"), dim)));
-            sites.mlp_branch = Some(Arc::new(self.module(&(&q / "adapter_mlp"), dim)));
+            sites.attn_branch = Some(Rc::new(self.module(&(&q / "adapter_attn"), dim)));
+            sites.mlp_branch = Some(Rc::new(self.module(&(&q / "adapter_mlp"), dim)));
         }
         Ok(())
     }

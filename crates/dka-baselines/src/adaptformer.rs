@@ -6,7 +6,7 @@ use crate::bottleneck::{Act, Bottleneck, DownInit, Feed};
 use dka_core::method::{selected, Method};
 use dka_core::{Backbone, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::nn;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,7 +62,7 @@ impl Method for AdaptFormerConfig {
                 DownInit::KaimingUniform,
             )
             .with(self.act, self.scale, self.dropout, false, Feed::Residual);
-            sites.mlp_parallel = Some(Arc::new(m));
+            sites.mlp_parallel = Some(Rc::new(m));
         }
         Ok(())
     }

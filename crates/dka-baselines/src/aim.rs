@@ -7,7 +7,7 @@ use crate::bottleneck::{Act, Bottleneck, DownInit, Feed};
 use dka_core::method::{selected, Method};
 use dka_core::{Backbone, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::nn;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,8 +48,8 @@ impl Method for AimConfig {
                 .with(Act::Gelu, 1.0, 0.0, true, Feed::Normed);
             let m = Bottleneck::new(&(&q / "mlp_adapter"), dim, hidden, DownInit::KaimingUniform)
                 .with(Act::Gelu, self.mlp_scale, 0.0, false, Feed::Normed);
-            sites.attn_branch = Some(Arc::new(s));
-            sites.mlp_parallel = Some(Arc::new(m));
+            sites.attn_branch = Some(Rc::new(s));
+            sites.mlp_parallel = Some(Rc::new(m));
         }
         Ok(())
     }

@@ -4,7 +4,7 @@ use crate::bottleneck::{Act, Bottleneck, DownInit, Feed};
 use dka_core::method::{selected, Method};
 use dka_core::{Backbone, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::nn;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ impl Method for CiatConfig {
             let q = p / "blocks" / i;
             let make =
                 |name: &str| {
-                    Arc::new(
+                    Rc::new(
                         Bottleneck::new(&(&q / name), dim, self.dim, DownInit::KaimingUniform)
                             .with(Act::Gelu, 1.0, 0.0, false, Feed::Normed),
                     )

@@ -10,7 +10,7 @@ use dka_core::method::{selected, Method};
 use dka_core::sites::{MapModule, ParallelModule, TokenLayout};
 use dka_core::{Backbone, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -152,7 +152,7 @@ impl Method for ConvpassConfig {
             {
                 for (i, blk) in stage.iter_mut().enumerate() {
                     let q = p / format!("layer{}", k + 1) / i / "convpass";
-                    blk.sites.parallel = Some(Arc::new(Bypass::new(
+                    blk.sites.parallel = Some(Rc::new(Bypass::new(
                         &q,
                         blk.in_channels,
                         blk.out_channels,
@@ -170,14 +170,14 @@ impl Method for ConvpassConfig {
             .filter(|(i, _)| selected(&self.layers, *i))
         {
             let q = p / "blocks" / i;
-            sites.attn_parallel = Some(Arc::new(Bypass::new(
+            sites.attn_parallel = Some(Rc::new(Bypass::new(
                 &(&q / "convpass_attn"),
                 dim,
                 dim,
                 self,
                 1,
             )));
-            sites.mlp_parallel = Some(Arc::new(Bypass::new(
+            sites.mlp_parallel = Some(Rc::new(Bypass::new(
                 &(&q / "convpass_mlp"),
                 dim,
                 dim,

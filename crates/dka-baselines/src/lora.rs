@@ -7,7 +7,7 @@ use dka_core::method::{selected, Method};
 use dka_core::sites::{LinearDelta, LINEAR_SITES};
 use dka_core::{Backbone, CoreError, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::{nn, Tensor};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,7 +181,7 @@ impl Method for LoraConfig {
                     scale: self.scale(),
                     dropout: self.dropout,
                 };
-                *sites.linear_mut(target).expect("validated target") = Some(Arc::new(delta));
+                *sites.linear_mut(target).expect("validated target") = Some(Rc::new(delta));
             }
         }
         Ok(())

@@ -6,7 +6,7 @@ use dka_core::method::Method;
 use dka_core::sites::PromptModule;
 use dka_core::{Backbone, CoreError, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::{nn, Tensor};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,7 +75,7 @@ impl Method for VptConfig {
             &[layers, self.tokens, d],
             nn::Init::Uniform { lo: -v, up: v },
         );
-        m.prompts = Some(Arc::new(Prompts {
+        m.prompts = Some(Rc::new(Prompts {
             prompts,
             dropout: self.dropout,
         }));

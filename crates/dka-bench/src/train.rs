@@ -276,7 +276,7 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
         seed: cfg.seed,
     };
     let eval_loader = |idx: &[usize]| {
-        BatchLoader::new(ds.clone(), idx.to_vec(), pre.clone(), None, &lcfg(false), 0)
+        BatchLoader::new(ds.clone(), idx.to_vec(), pre, None, &lcfg(false), 0)
     };
 
     // Frozen features are computed once (without augmentation) and the head trains on them.
@@ -350,8 +350,8 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
                 for b in BatchLoader::new(
                     ds.clone(),
                     order,
-                    pre.clone(),
-                    augment.clone(),
+                    pre,
+                    augment,
                     &lcfg(drop_last),
                     epoch as u64,
                 )? {

@@ -1,7 +1,7 @@
 //! Small building blocks shared by the backbones.
 use crate::error::{CoreError, Result};
 use crate::sites::{linear_with, LinearDelta};
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -46,8 +46,8 @@ impl Mlp {
     pub fn forward_t(
         &self,
         x: &Tensor,
-        fc1: &Option<Arc<dyn LinearDelta>>,
-        fc2: &Option<Arc<dyn LinearDelta>>,
+        fc1: &Option<Rc<dyn LinearDelta>>,
+        fc2: &Option<Rc<dyn LinearDelta>>,
         train: bool,
     ) -> Tensor {
         let h = linear_with(&self.fc1, fc1, x, train).gelu("none");

@@ -3,14 +3,14 @@
 //! A backbone block never knows which method adapts it: it calls whatever module sits in each
 //! of its sites, and with every site empty it computes exactly the reference (timm) block.
 //! A method builds its modules (their tensors live in the method's own `VarStore`) and puts
-//! them into the sites it needs; the same `Arc` may fill several sites (DKA's "mona"
+//! them into the sites it needs; the same `Rc` may fill several sites (DKA's "mona"
 //! placement shares one instance between the two positions of a block).
 //!
 //! Token form (ViT and SAM ViT blocks): `x: [batch, prefix + h*w, dim]`, the `prefix` tokens
 //! (CLS, prompts) first, then the patch grid row-major. SAM's `[batch, h, w, dim]` maps are
 //! flattened to this form (prefix 0) before a site sees them.
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::Tensor;
 
 /// Layout of a token sequence: how many prefix tokens precede an `h x w` patch grid.
@@ -70,16 +70,16 @@ pub trait PromptModule: Debug {
 /// the block has one, applies to the branch output before `*_branch`.
 #[derive(Debug, Default, Clone)]
 pub struct BlockSites {
-    pub attn_branch: Option<Arc<dyn TokenModule>>,
-    pub attn_parallel: Option<Arc<dyn ParallelModule>>,
-    pub after_attn: Option<Arc<dyn TokenModule>>,
-    pub mlp_branch: Option<Arc<dyn TokenModule>>,
-    pub mlp_parallel: Option<Arc<dyn ParallelModule>>,
-    pub after_mlp: Option<Arc<dyn TokenModule>>,
-    pub qkv: Option<Arc<dyn LinearDelta>>,
-    pub proj: Option<Arc<dyn LinearDelta>>,
-    pub fc1: Option<Arc<dyn LinearDelta>>,
-    pub fc2: Option<Arc<dyn LinearDelta>>,
+    pub attn_branch: Option<Rc<dyn TokenModule>>,
+    pub attn_parallel: Option<Rc<dyn ParallelModule>>,
+    pub after_attn: Option<Rc<dyn TokenModule>>,
+    pub mlp_branch: Option<Rc<dyn TokenModule>>,
+    pub mlp_parallel: Option<Rc<dyn ParallelModule>>,
+    pub after_mlp: Option<Rc<dyn TokenModule>>,
+    pub qkv: Option<Rc<dyn LinearDelta>>,
+    pub proj: Option<Rc<dyn LinearDelta>>,
+    pub fc1: Option<Rc<dyn LinearDelta>>,
+    pub fc2: Option<Rc<dyn LinearDelta>>,
 }
 
 /// Names of the Linear layers of a transformer block that accept a [`LinearDelta`].
@@ -88,7 +88,7 @@ pub const LINEAR_SITES: [&str; 4] = ["qkv", "proj", "fc1", "fc2"];
 impl BlockSites {
     /// The delta slot of the Linear layer called `name` (timm's name: `qkv`, `proj`, `fc1`,
     /// `fc2`).
-    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Option<Arc<dyn LinearDelta>>> {
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Option<Rc<dyn LinearDelta>>> {
         match name {
             "qkv" => Some(&mut self.qkv),
             "proj" => Some(&mut self.proj),
@@ -102,12 +102,12 @@ impl BlockSites {
 /// The sites of a CNN residual block: `y = after_block(block(x) + parallel(x))`.
 #[derive(Debug, Default, Clone)]
 pub struct MapSites {
-    pub parallel: Option<Arc<dyn MapModule>>,
-    pub after_block: Option<Arc<dyn MapModule>>,
+    pub parallel: Option<Rc<dyn MapModule>>,
+    pub after_block: Option<Rc<dyn MapModule>>,
 }
 
 pub(crate) fn apply_token(
-    site: &Option<Arc<dyn TokenModule>>,
+    site: &Option<Rc<dyn TokenModule>>,
     x: Tensor,
     l: TokenLayout,
     train: bool,
@@ -119,7 +119,7 @@ pub(crate) fn apply_token(
 }
 
 pub(crate) fn add_parallel(
-    site: &Option<Arc<dyn ParallelModule>>,
+    site: &Option<Rc<dyn ParallelModule>>,
     sum: Tensor,
     x: &Tensor,
     normed: &Tensor,
@@ -135,7 +135,7 @@ pub(crate) fn add_parallel(
 /// `linear(x) + delta(x)` for a frozen Linear with an optional delta site.
 pub(crate) fn linear_with(
     layer: &tch::nn::Linear,
-    site: &Option<Arc<dyn LinearDelta>>,
+    site: &Option<Rc<dyn LinearDelta>>,
     x: &Tensor,
     train: bool,
 ) -> Tensor {

@@ -10,7 +10,7 @@ use crate::error::{CoreError, Result};
 use crate::layers::{layer_norm, linear, resample_grid_nhwc, Mlp};
 use crate::sites::{add_parallel, apply_token, linear_with, BlockSites, PromptModule, TokenLayout};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -234,7 +234,7 @@ pub struct Vit {
     fc_norm: Option<nn::LayerNorm>,
     head: Option<nn::Linear>,
     /// Prompt-token site (visual prompt tuning).
-    pub prompts: Option<Arc<dyn PromptModule>>,
+    pub prompts: Option<Rc<dyn PromptModule>>,
 }
 
 impl Vit {

@@ -16,7 +16,7 @@ use crate::error::{CoreError, Result};
 use crate::method::{selected, Method};
 use crate::sites::{MapModule, TokenLayout, TokenModule};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -328,7 +328,7 @@ impl Method for DkaConfig {
             {
                 for (i, blk) in stage.iter_mut().enumerate() {
                     let q = p / format!("layer{}", k + 1) / i / "dka";
-                    blk.sites.after_block = Some(Arc::new(Dka::new(&q, blk.out_channels, self)?));
+                    blk.sites.after_block = Some(Rc::new(Dka::new(&q, blk.out_channels, self)?));
                 }
             }
             return Ok(());
@@ -342,16 +342,16 @@ impl Method for DkaConfig {
             let q = p / "blocks" / i;
             match self.placement {
                 Placement::Mona => {
-                    let m: Arc<Dka> = Arc::new(Dka::new(&(&q / "dka"), dim, self)?);
+                    let m: Rc<Dka> = Rc::new(Dka::new(&(&q / "dka"), dim, self)?);
                     sites.after_attn = Some(m.clone());
                     sites.after_mlp = Some(m);
                 }
                 Placement::Branch => {
-                    sites.attn_branch = Some(Arc::new(Dka::new(&(&q / "dka_attn"), dim, self)?));
-                    sites.mlp_branch = Some(Arc::new(Dka::new(&(&q / "dka_mlp"), dim, self)?));
+                    sites.attn_branch = Some(Rc::new(Dka::new(&(&q / "dka_attn"), dim, self)?));
+                    sites.mlp_branch = Some(Rc::new(Dka::new(&(&q / "dka_mlp"), dim, self)?));
                 }
                 Placement::Block => {
-                    sites.after_mlp = Some(Arc::new(Dka::new(&(&q / "dka"), dim, self)?))
+                    sites.after_mlp = Some(Rc::new(Dka::new(&(&q / "dka"), dim, self)?))
                 }
             }
         }
