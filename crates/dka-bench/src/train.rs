@@ -275,9 +275,8 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
         drop_last,
         seed: cfg.seed,
     };
-    let eval_loader = |idx: &[usize]| {
-        BatchLoader::new(ds.clone(), idx.to_vec(), pre, None, &lcfg(false), 0)
-    };
+    let eval_loader =
+        |idx: &[usize]| BatchLoader::new(ds.clone(), idx.to_vec(), pre, None, &lcfg(false), 0);
 
     // Frozen features are computed once (without augmentation) and the head trains on them.
     let cache = if method.frozen_features() {
@@ -407,6 +406,7 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
         primary_metric(segmentation),
         test.primary(segmentation)
     ));
+    write_radii(&model.adapter_vs, &dir.join("radii.csv"))?;
     let head: Vec<(String, Tensor)> = model.head_vs.variables().into_iter().collect();
     dka_baselines::io::save(
         &dir.join("adapter"),
@@ -438,4 +438,32 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
     info.insert("test_samples".into(), split.test.len().to_string());
     info.insert("device".into(), format!("{device:?}"));
     Ok(Outcome { metrics, info })
+}
+
+/// DKA's learnable kernel sizes (Table 3b): the learned radius of every channel of every
+/// module, as `radii.csv` (module, channel, radius); nothing for other methods.
+fn write_radii(adapters: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
+    let mut radii: Vec<(String, Tensor)> = adapters
+        .variables()
+        .into_iter()
+        .filter(|(n, _)| n.ends_with(".radius"))
+        .collect();
+    if radii.is_empty() {
+        return Ok(());
+    }
+    radii.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut w = csv::Writer::from_path(path).with_context(|| path.display().to_string())?;
+    w.write_record(["module", "channel", "radius"])?;
+    for (name, t) in radii {
+        let values = Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu))?;
+        for (c, r) in values.iter().enumerate() {
+            w.write_record([
+                name.trim_end_matches(".radius"),
+                &c.to_string(),
+                &format!("{r:.4}"),
+            ])?;
+        }
+    }
+    w.flush()?;
+    Ok(())
 }

@@ -140,6 +140,19 @@ fn every_experiment_runs_its_quick_profile_end_to_end() {
             assert!((0.0..=1.0).contains(&p), "{name}/{id}: primary {p}");
         }
     }
+    // Learnable kernel sizes report their learned radii.
+    let t3b = tmp.path().join("table3b_learnable_kernel");
+    let learn = runs(&t3b)
+        .into_iter()
+        .find(|(_, r)| r["method"] == "learnable kernel sizes")
+        .unwrap()
+        .0;
+    let radii = std::fs::read_to_string(t3b.join("runs").join(learn).join("radii.csv")).unwrap();
+    assert!(
+        radii.starts_with("module,channel,radius\nblocks.0.dka,0,"),
+        "{radii}"
+    );
+
     // Real training: full fine-tuning on the learnable synthetic task beats chance (1/3).
     let t2 = runs(&tmp.path().join("table2_classification"));
     let full = t2
