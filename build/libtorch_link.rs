@@ -5,6 +5,7 @@
 //! bite a user (see `shared/LIBTORCH.md`):
 //! - no rpath, so binaries would need `LD_LIBRARY_PATH` to start;
 //! - `--as-needed` drops `libtorch_cuda.so`, so a CUDA build would silently run on CPU.
+//!
 //! Link arguments from a build script apply to this package's binaries, tests and benches.
 use std::path::Path;
 
@@ -18,8 +19,14 @@ fn main() {
     // The wheel's `version.py` says which PyTorch this is (e.g. `2.11.0+cu130`); `dka info`
     // prints it next to the library it actually loaded.
     let version = std::fs::read_to_string(Path::new(&root).join("version.py")).unwrap_or_default();
-    if let Some(v) = version.lines().find_map(|l| l.strip_prefix("__version__ = ")) {
-        println!("cargo:rustc-env=DKA_LIBTORCH_VERSION={}", v.trim().trim_matches('\''));
+    if let Some(v) = version
+        .lines()
+        .find_map(|l| l.strip_prefix("__version__ = "))
+    {
+        println!(
+            "cargo:rustc-env=DKA_LIBTORCH_VERSION={}",
+            v.trim().trim_matches('\'')
+        );
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
