@@ -88,6 +88,9 @@ pub struct RunConfig {
     pub dataset: String,
     /// Training fraction per class: "0.63%", "1.25%", "100%", or a number.
     pub fraction: String,
+    /// How the dataset is read: `skip_bad`, BraTS modalities / label mapping / empty slices,
+    /// generic-CSV columns (dka-data's `LoaderOptions`).
+    pub data_options: dka_data::LoaderOptions,
     /// Which seeded draw of the training subset.
     pub draw: u32,
     /// Fixes the test split (the same for every draw).
@@ -121,6 +124,7 @@ impl Default for RunConfig {
             method: MethodConfig::by_name("dka").expect("known"),
             dataset: "busi-cls".into(),
             fraction: "100%".into(),
+            data_options: Default::default(),
             draw: 0,
             split_seed: 0,
             test_fraction: 0.2,

@@ -13,8 +13,8 @@ use crate::run_config::{RunConfig, SegLoss, Selection};
 use anyhow::{bail, Context};
 use dka_core::{Backbone, BackboneConfig, Features};
 use dka_data::{
-    epoch_order, open_dataset, BatchLoader, BatchTarget, Dataset, LoaderConfig, LoaderOptions,
-    Preprocess, SplitSpec,
+    epoch_order, open_dataset, BatchLoader, BatchTarget, Dataset, LoaderConfig, Preprocess,
+    SplitSpec,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -225,7 +225,7 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
         root.display()
     ));
 
-    let opts = LoaderOptions::default();
+    let opts = cfg.data_options.clone();
     let ds: Arc<dyn Dataset> = Arc::from(open_dataset(&cfg.dataset, root, &opts)?);
     let spec = SplitSpec {
         test_fraction: cfg.test_fraction,
@@ -250,6 +250,12 @@ pub fn train(cfg: &RunConfig, root: &Path, dir: &Path, device: Device) -> anyhow
         split.val.len(),
         split.test.len()
     ));
+    if opts.skip_bad {
+        log.note(&format!(
+            "skip_bad: {} unreadable or inconsistent file(s) skipped",
+            ds.skipped().len()
+        ));
+    }
     if split.train.is_empty() || split.test.is_empty() {
         bail!(
             "{}: the split has no training or no test samples",

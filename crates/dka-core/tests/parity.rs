@@ -115,13 +115,28 @@ fn a_frozen_resnet_keeps_its_batchnorm_statistics_in_training_mode() {
 #[test]
 fn real_dinov2_weights_match_hugging_face() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.assets/dinov2");
-    assert!(dir.join("io.safetensors").is_file(), "{} is missing: run `just assets`", dir.display());
+    assert!(
+        dir.join("io.safetensors").is_file(),
+        "{} is missing: run `just assets`",
+        dir.display()
+    );
     let cfg = BackboneConfig::from_spec(dir.join("config.json").to_str().unwrap()).unwrap();
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Backbone::new(&vs.root(), &cfg).unwrap();
     let report = load_into(&mut vs, &dir.join("model.safetensors"), cfg.head_prefix()).unwrap();
-    assert_eq!((report.loaded.len(), report.missing.len(), report.unused.len()), (174, 0, 0), "{report:?}");
-    let io: HashMap<String, Tensor> = read_safetensors(&dir.join("io.safetensors")).unwrap().into_iter().collect();
+    assert_eq!(
+        (
+            report.loaded.len(),
+            report.missing.len(),
+            report.unused.len()
+        ),
+        (174, 0, 0),
+        "{report:?}"
+    );
+    let io: HashMap<String, Tensor> = read_safetensors(&dir.join("io.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
     let f = tch::no_grad(|| model.forward_features(&io["input"], false));
     assert_close(&f.x, &io["features"], "DINOv2-S/14 features");
 }
