@@ -314,6 +314,8 @@ fn cnn_methods_run_on_a_resnet_and_vit_only_methods_are_refused() {
                     ["full", "linear", "bitfit", "adapter", "convpass", "dka"].contains(&name),
                     "{name} should be refused"
                 );
+                // Dropout draws from the process-wide RNG: keep it away from a concurrent build().
+                let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
                 let out = logits(&m, &x, true);
                 out.sum(Kind::Float).backward();
                 assert_eq!(out.size(), [2, 3], "{name}");
