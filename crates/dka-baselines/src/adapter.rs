@@ -45,16 +45,9 @@ impl Method for AdapterConfig {
 
     fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
         if let Backbone::ResNet(m) = backbone {
-            for (k, stage) in m
-                .stages
-                .iter_mut()
-                .enumerate()
-                .filter(|(k, _)| selected(&self.layers, *k))
-            {
-                for (i, blk) in stage.iter_mut().enumerate() {
-                    let q = p / format!("layer{}", k + 1) / i / "adapter";
-                    blk.sites.after_block = Some(Rc::new(self.module(&q, blk.out_channels)));
-                }
+            for (k, i, blk) in m.blocks_mut(&self.layers) {
+                let q = p / format!("layer{}", k + 1) / i / "adapter";
+                blk.sites.after_block = Some(Rc::new(self.module(&q, blk.out_channels)));
             }
             return Ok(());
         }

@@ -144,22 +144,15 @@ impl Method for ConvpassConfig {
 
     fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
         if let Backbone::ResNet(m) = backbone {
-            for (k, stage) in m
-                .stages
-                .iter_mut()
-                .enumerate()
-                .filter(|(k, _)| selected(&self.layers, *k))
-            {
-                for (i, blk) in stage.iter_mut().enumerate() {
-                    let q = p / format!("layer{}", k + 1) / i / "convpass";
-                    blk.sites.parallel = Some(Rc::new(Bypass::new(
-                        &q,
-                        blk.in_channels,
-                        blk.out_channels,
-                        self,
-                        blk.stride,
-                    )));
-                }
+            for (k, i, blk) in m.blocks_mut(&self.layers) {
+                let q = p / format!("layer{}", k + 1) / i / "convpass";
+                blk.sites.parallel = Some(Rc::new(Bypass::new(
+                    &q,
+                    blk.in_channels,
+                    blk.out_channels,
+                    self,
+                    blk.stride,
+                )));
             }
             return Ok(());
         }

@@ -270,4 +270,18 @@ impl ResNet {
     pub fn head(&self) -> Option<&nn::Linear> {
         self.fc.as_ref()
     }
+
+    /// The residual blocks of the selected stages (0-based; `None` = all) as
+    /// `(stage, index, block)`: block `(k, i)` is timm's `layer{k+1}.{i}`.
+    pub fn blocks_mut(
+        &mut self,
+        stages: &Option<Vec<usize>>,
+    ) -> Vec<(usize, usize, &mut ResBlock)> {
+        self.stages
+            .iter_mut()
+            .enumerate()
+            .filter(|(k, _)| crate::method::selected(stages, *k))
+            .flat_map(|(k, stage)| stage.iter_mut().enumerate().map(move |(i, b)| (k, i, b)))
+            .collect()
+    }
 }

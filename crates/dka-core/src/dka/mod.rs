@@ -320,16 +320,9 @@ impl Method for DkaConfig {
     fn attach(&self, backbone: &mut Backbone, p: &nn::Path) -> Result<()> {
         self.validate()?;
         if let Backbone::ResNet(m) = backbone {
-            for (k, stage) in m
-                .stages
-                .iter_mut()
-                .enumerate()
-                .filter(|(k, _)| selected(&self.layers, *k))
-            {
-                for (i, blk) in stage.iter_mut().enumerate() {
-                    let q = p / format!("layer{}", k + 1) / i / "dka";
-                    blk.sites.after_block = Some(Rc::new(Dka::new(&q, blk.out_channels, self)?));
-                }
+            for (k, i, blk) in m.blocks_mut(&self.layers) {
+                let q = p / format!("layer{}", k + 1) / i / "dka";
+                blk.sites.after_block = Some(Rc::new(Dka::new(&q, blk.out_channels, self)?));
             }
             return Ok(());
         }
