@@ -187,7 +187,16 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
     let paper = exp
         .paper
         .as_ref()
-        .map(|f| PaperTable::load(&PathBuf::from("experiments/paper").join(f), &exp.paper_rows))
+        .map(|f| {
+            PaperTable::load(
+                &a.experiment
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("paper")
+                    .join(f),
+                &exp.paper_rows,
+            )
+        })
         .transpose()?;
     let col_orders: Vec<Vec<String>> = exp.columns.iter().map(|c| order(c)).collect();
     aggregate(
