@@ -29,44 +29,88 @@ pub struct Args {
     no_step: bool,
 }
 
-/// Median time of one training step of ViT-B/16 (random weights, frozen, 224x224, batch
-/// `batch`) adapted by `method`: forward, cross-entropy on a 3-class head, backward, Adam.
-fn train_step_ms(
-    method: &dka_baselines::MethodConfig,
-    batch: i64,
-    reps: usize,
-) -> anyhow::Result<f64> {
-    use tch::nn::{Module, OptimizerConfig};
-    tch::manual_seed(0);
-    let mut cfg = dka_core::BackboneConfig::preset("vit_base_patch16_224").expect("preset");
-    cfg.set_num_classes(0);
-    let mut vs = tch::nn::VarStore::new(Device::Cpu);
-    let mut backbone = dka_core::Backbone::new(&vs.root(), &cfg)?;
-    vs.freeze();
-    let avs = tch::nn::VarStore::new(Device::Cpu);
-    method.method().attach(&mut backbone, &avs.root())?;
-    let head = tch::nn::linear(
-        avs.root() / "task_head",
-        backbone.num_features(),
-        3,
-        Default::default(),
-    );
-    let mut opt = tch::nn::Adam::default().build(&avs, 1e-3)?;
-    let x = Tensor::randn([batch, 3, 224, 224], (Kind::Float, Device::Cpu));
-    let y = Tensor::from_slice(&(0..batch).map(|i| i % 3).collect::<Vec<i64>>());
-    let mut step = || {
+/// One training step of ViT-B/16 (random weights, frozen, 224x224) adapted by a method:
+/// forward, cross-entropy on a 3-class head, backward, Adam.
+struct StepBench {
+    backbone: dka_core::Backbone,
+    head: tch::nn::Linear,
+    opt: tch::nn::Optimizer,
+    x: Tensor,
+    y: Tensor,
+    _stores: (tch::nn::VarStore, tch::nn::VarStore),
+}
+
+impl StepBench {
+    fn new(method: &dka_baselines::MethodConfig, batch: i64) -> anyhow::Result<Self> {
+        use tch::nn::OptimizerConfig;
+        tch::manual_seed(0);
+        let mut cfg = dka_core::BackboneConfig::preset("vit_base_patch16_224").expect("preset");
+        cfg.set_num_classes(0);
+        let mut vs = tch::nn::VarStore::new(Device::Cpu);
+        let mut backbone = dka_core::Backbone::new(&vs.root(), &cfg)?;
+        vs.freeze();
+        let avs = tch::nn::VarStore::new(Device::Cpu);
+        method.method().attach(&mut backbone, &avs.root())?;
+        let head = tch::nn::linear(
+            avs.root() / "task_head",
+            backbone.num_features(),
+            3,
+            Default::default(),
+        );
+        let opt = tch::nn::Adam::default().build(&avs, 1e-3)?;
+        let x = Tensor::randn([batch, 3, 224, 224], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&(0..batch).map(|i| i % 3).collect::<Vec<i64>>());
+        Ok(Self {
+            backbone,
+            head,
+            opt,
+            x,
+            y,
+            _stores: (vs, avs),
+        })
+    }
+
+    fn step_ms(&mut self) -> f64 {
+        use tch::nn::Module;
         let t = Instant::now();
-        let f = backbone.forward_features(&x, true);
-        let loss = head
-            .forward(&backbone.pool(&f))
-            .cross_entropy_for_logits(&y);
-        opt.backward_step(&loss);
+        let f = self.backbone.forward_features(&self.x, true);
+        let loss = self
+            .head
+            .forward(&self.backbone.pool(&f))
+            .cross_entropy_for_logits(&self.y);
+        self.opt.backward_step(&loss);
         t.elapsed().as_secs_f64() * 1e3
-    };
-    step();
-    let mut ms: Vec<f64> = (0..reps).map(|_| step()).collect();
-    ms.sort_by(f64::total_cmp);
-    Ok(ms[ms.len() / 2])
+    }
+}
+
+/// Median step times of several methods, measured in interleaved rounds (one step of each
+/// method per round, after one warm-up step each) so that drifts of the machine's speed hit
+/// every method alike.
+fn interleaved_steps(
+    methods: &[dka_baselines::MethodConfig],
+    batch: i64,
+    rounds: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut benches = methods
+        .iter()
+        .map(|m| StepBench::new(m, batch))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for b in benches.iter_mut() {
+        b.step_ms();
+    }
+    let mut times = vec![Vec::new(); benches.len()];
+    for _ in 0..rounds {
+        for (b, t) in benches.iter_mut().zip(times.iter_mut()) {
+            t.push(b.step_ms());
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
 }
 
 /// (label, channels, h, w)
@@ -140,19 +184,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         use dka_baselines::MethodConfig;
         use dka_core::dka::DkaConfig;
         let shape = format!("vit_base_patch16_224 train step b{} 224 frozen", a.batch);
-        let adapter = train_step_ms(
-            &MethodConfig::by_name("adapter").expect("known"),
-            a.batch,
-            3,
-        )?;
+        let methods = [
+            MethodConfig::by_name("adapter").expect("known"),
+            MethodConfig::Dka(DkaConfig {
+                d_hat: 16,
+                ..DkaConfig::authors()
+            }),
+            MethodConfig::Dka(DkaConfig {
+                d_hat: 192,
+                ..DkaConfig::authors()
+            }),
+        ];
+        let t = interleaved_steps(&methods, a.batch, 5)?;
+        let adapter = t[0];
         tracing::info!("{shape}: adapter d64 {adapter:.0} ms");
         rows.push((shape.clone(), "adapter d64".into(), adapter, 1.0, f64::NAN));
-        for d_hat in [16, 192] {
-            let dka = MethodConfig::Dka(DkaConfig {
-                d_hat,
-                ..DkaConfig::authors()
-            });
-            let t = train_step_ms(&dka, a.batch, 3)?;
+        for (d_hat, t) in [(16, t[1]), (192, t[2])] {
             tracing::info!(
                 "{shape}: dka d{d_hat} mona {t:.0} ms = {:.2} x adapter",
                 t / adapter
@@ -190,7 +237,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let meta = serde_json::json!({
         "what": "DKA depthwise convolutions, forward + backward, plain two-conv reference vs exact fast path (merge, crop, channels-last / FFT)",
         "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "batch": a.batch, "kernels": [a.large, a.small], "reps": a.reps, "note": "median of reps after one warm-up; 2 reps when one pass takes over 2 s; the fast path used by default is marked (auto). Train-step rows: median of 3 steps after one warm-up, ViT-B/16 with random weights (speed does not depend on them), speedup = adapter time / this time (below 1: slower than the Adapter baseline), max_rel_diff empty",
+        "batch": a.batch, "kernels": [a.large, a.small], "reps": a.reps, "note": "median of reps after one warm-up; 2 reps when one pass takes over 2 s; the fast path used by default is marked (auto). Train-step rows: median of 5 interleaved rounds (one step of each method per round) after one warm-up step each, ViT-B/16 with random weights (speed does not depend on them), speedup = adapter time / this time (below 1: slower than the Adapter baseline), max_rel_diff empty",
         "machine": crate::info::machine(),
     });
     let meta_path = a.output.with_extension("meta.json");
