@@ -1,10 +1,12 @@
 //! Core of dka: backbones with adapter insertion sites over libtorch, weight loading.
 //!
 //! Backbones (one file each, timm's state-dict names): [`vit`], [`resnet`], [`samvit`];
-//! [`backbone`] puts them behind one handle. [`sites`] defines where adapters attach.
+//! [`backbone`] puts them behind one handle. [`sites`] defines where adapters attach; [`erf`]
+//! measures effective receptive fields.
 pub mod backbone;
 pub mod convert;
 pub mod dka;
+pub mod erf;
 pub mod error;
 pub mod layers;
 pub mod method;
