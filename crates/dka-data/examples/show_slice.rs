@@ -35,8 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let mut img = RgbImage::new(w * 2, h);
     for (x, y, p) in raw.image.enumerate_pixels() {
-        let g = |c: f32| (c.clamp(0.0, 1.0) * 255.0) as u8;
-        img.put_pixel(x, y, Rgb([g(p.0[0]), g(p.0[1]), g(p.0[2])]));
+        img.put_pixel(x, y, *p);
         let m = raw
             .mask
             .as_ref()

@@ -68,6 +68,8 @@ pub enum DataError {
     },
     #[error("unknown dataset `{name}` (known: {})", known.join(", "))]
     UnknownDataset { name: String, known: Vec<String> },
+    #[error("{path}: decoded cache: {problem}")]
+    Cache { path: PathBuf, problem: String },
     #[error("invalid configuration: {problem}")]
     Config { problem: String },
 }
@@ -89,6 +91,13 @@ impl DataError {
 
     pub(crate) fn nifti(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         DataError::Nifti {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+
+    pub(crate) fn cache(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        DataError::Cache {
             path: path.into(),
             problem: problem.into(),
         }

@@ -1,8 +1,10 @@
-//! Decoding 2D images and masks through `image`, with errors naming the file.
+//! Decoding 2D images and masks to 8 bits through `image` (never through full-resolution
+//! f32), with errors naming the file. Large JPEGs can be decoded at a reduced DCT scale
+//! ([`read_rgb_scaled`]) when the network input is much smaller.
 
 use std::path::Path;
 
-use image::{DynamicImage, GrayImage, ImageReader, Rgb32FImage};
+use image::{DynamicImage, GrayImage, ImageReader, RgbImage};
 
 use crate::error::{DataError, Result};
 
@@ -37,9 +39,75 @@ pub fn dimensions(path: &Path) -> Result<(u32, u32)> {
         })
 }
 
-/// RGB in [0, 1]; grey images are replicated to three channels, 16-bit ones scaled.
-pub fn read_rgb(path: &Path) -> Result<Rgb32FImage> {
-    Ok(decode(path)?.to_rgb32f())
+/// 8-bit RGB; grey images are replicated to three channels, 16-bit ones scaled to 8 bits
+/// (alpha is dropped).
+pub fn read_rgb(path: &Path) -> Result<RgbImage> {
+    Ok(decode(path)?.into_rgb8())
+}
+
+fn is_jpeg(path: &Path) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| e == "jpg" || e == "jpeg")
+}
+
+/// Output length of `len` pixels under an IDCT of `k`/8 (what `jpeg-decoder` produces).
+fn dct_len(len: u32, k: u32) -> u32 {
+    (len * k - 1) / 8 + 1
+}
+
+/// Decodes a JPEG at the smallest DCT scale (1/8, 1/4, 1/2) whose output still has at least
+/// `scale(width, height)` of the full resolution on both axes; `None` when no reduced scale
+/// fits, or the file is anything `jpeg-decoder` does not turn into 8-bit grey or RGB (the
+/// caller then decodes it fully).
+fn read_jpeg_reduced(path: &Path, scale: &dyn Fn(u32, u32) -> f64) -> Result<Option<RgbImage>> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let mut dec = jpeg_decoder::Decoder::new(&bytes[..]);
+    if dec.read_info().is_err() {
+        return Ok(None);
+    }
+    let Some(info) = dec.info() else {
+        return Ok(None);
+    };
+    let (w, h) = (info.width as u32, info.height as u32);
+    if w < 64 || h < 64 {
+        return Ok(None);
+    }
+    let need = scale(w, h).clamp(0.0, 1.0);
+    let fits = |k: u32| {
+        dct_len(w, k) as f64 >= (w as f64 * need).ceil()
+            && dct_len(h, k) as f64 >= (h as f64 * need).ceil()
+    };
+    let Some(k) = [1u32, 2, 4].into_iter().find(|&k| fits(k)) else {
+        return Ok(None);
+    };
+    let (tw, th) = (dct_len(w, k), dct_len(h, k));
+    match dec.scale(tw as u16, th as u16) {
+        Ok(got) if (got.0 as u32, got.1 as u32) == (tw, th) => {}
+        _ => return Ok(None),
+    }
+    let Ok(pixels) = dec.decode() else {
+        return Ok(None);
+    };
+    let rgb = match dec.info().map(|i| i.pixel_format) {
+        Some(jpeg_decoder::PixelFormat::RGB24) => pixels,
+        Some(jpeg_decoder::PixelFormat::L8) => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
+        _ => return Ok(None),
+    };
+    Ok(RgbImage::from_raw(tw, th, rgb))
+}
+
+/// Like [`read_rgb`], but a JPEG may come out smaller: at the smallest DCT scale that keeps at
+/// least `scale(width, height)` of its resolution (see
+/// [`Preprocess::decode_scale`](crate::Preprocess::decode_scale)). Other formats, small
+/// images and JPEGs the reduced decoder cannot read are decoded fully.
+pub fn read_rgb_scaled(path: &Path, scale: &dyn Fn(u32, u32) -> f64) -> Result<RgbImage> {
+    if is_jpeg(path) {
+        if let Some(img) = read_jpeg_reduced(path, scale)? {
+            return Ok(img);
+        }
+    }
+    read_rgb(path)
 }
 
 /// How mask pixel values become classes.

@@ -7,8 +7,11 @@ use image::GrayImage;
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
-use crate::image_io::{check_decodes, dimensions, read_mask, read_rgb, MaskValues};
+use crate::image_io::{
+    check_decodes, dimensions, read_mask, read_rgb, read_rgb_scaled, MaskValues,
+};
 use crate::options::{CheckLevel, LoaderOptions};
+use crate::preprocess::Preprocess;
 use crate::sample::{Dataset, RawSample, Record, Skipped, SplitName, Task};
 
 /// One image found by a scanner, paths relative to the root.
@@ -101,7 +104,8 @@ pub(crate) fn error_path(e: &DataError) -> PathBuf {
         | DataError::Csv { path, .. }
         | DataError::Nifti { path, .. }
         | DataError::Manifest { path, .. }
-        | DataError::HashMismatch { path, .. } => path.clone(),
+        | DataError::HashMismatch { path, .. }
+        | DataError::Cache { path, .. } => path.clone(),
         DataError::MaskSizeMismatch { mask, .. } => mask.clone(),
         DataError::MissingMask { image, .. } => image.clone(),
         DataError::UnknownDataset { .. } | DataError::Config { .. } => PathBuf::new(),
@@ -212,6 +216,23 @@ impl Dataset for ImageDataset {
 
     fn skipped(&self) -> &[Skipped] {
         &self.skipped
+    }
+
+    /// Images without masks may come out of a reduced JPEG decode (masks must match their
+    /// image's size, so segmentation samples are decoded fully).
+    fn read_for(&self, index: usize, pre: &Preprocess) -> Result<RawSample> {
+        let rec = &self.records[index];
+        if rec.files.len() != 1 {
+            return self.read(index);
+        }
+        let image = read_rgb_scaled(&self.root.join(&rec.files[0]), &|w, h| {
+            pre.decode_scale(w, h)
+        })?;
+        Ok(RawSample {
+            image,
+            mask: None,
+            class: rec.class,
+        })
     }
 
     fn read(&self, index: usize) -> Result<RawSample> {

@@ -37,7 +37,8 @@ use crate::sample::{Dataset, Sample, Target};
 #[serde(deny_unknown_fields, default)]
 pub struct LoaderConfig {
     pub batch_size: usize,
-    /// Decoding threads (libtorch wants cores too; keep this below the core count).
+    /// Decoding threads (libtorch wants cores too; keep this below the core count). The
+    /// default is [`default_threads`].
     pub threads: usize,
     /// Batches prepared ahead of the consumer.
     pub prefetch: usize,
@@ -51,12 +52,20 @@ impl Default for LoaderConfig {
     fn default() -> Self {
         LoaderConfig {
             batch_size: 32,
-            threads: 2,
+            threads: default_threads(),
             prefetch: 2,
             drop_last: false,
             seed: 0,
         }
     }
+}
+
+/// The available cores minus one (left to the consumer, e.g. libtorch), at least 1.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1))
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Labels of a batch.

@@ -1,5 +1,7 @@
 //! Split manifests: which files are in which split, with a SHA-256 per file, written
-//! atomically (temp file + rename) as JSON, and re-loadable into the same split.
+//! atomically (temp file + rename) as JSON, and re-loadable into the same split. File hashes
+//! can come from a per-machine table ([`Manifest::build_cached`]); [`Manifest::content_hash`]
+//! names a manifest's content in one string.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -10,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
+use crate::file_hashes::{HashCache, HashStats};
 use crate::image_set::rel_id;
 use crate::options::LoaderOptions;
 use crate::sample::{Dataset, Skipped, SplitName, Task};
@@ -60,15 +63,26 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()))
 }
 
-/// Hashes files (relative to `root`) in parallel.
-fn hash_all(root: &Path, files: &BTreeSet<String>) -> Result<BTreeMap<String, String>> {
-    files
-        .par_iter()
-        .map(|f| Ok((f.clone(), sha256_file(&root.join(f))?)))
-        .collect()
+/// Hex of a digest.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What [`Manifest::content_hash`] hashes: everything that decides which pixels and labels a
+/// run sees, and nothing about where the release lies on disk.
+#[derive(Serialize)]
+struct Canonical<'a> {
+    version: u32,
+    dataset: &'a str,
+    task: &'a Task,
+    options: &'a LoaderOptions,
+    sha256: &'a BTreeMap<String, String>,
+    train: &'a [ManifestEntry],
+    val: &'a [ManifestEntry],
+    test: &'a [ManifestEntry],
 }
 
 impl Manifest {
@@ -79,6 +93,19 @@ impl Manifest {
         options: &LoaderOptions,
         split: &Split,
     ) -> Result<Manifest> {
+        Ok(Self::build_cached(ds, spec, options, split, None)?.0)
+    }
+
+    /// Like [`Manifest::build`], with file hashes remembered in `<hash_cache>/file-hashes.tsv`
+    /// by (absolute path, size, mtime) so that unchanged files are not read again (see
+    /// [`crate::file_hashes`]). `None` hashes every file.
+    pub fn build_cached(
+        ds: &dyn Dataset,
+        spec: &SplitSpec,
+        options: &LoaderOptions,
+        split: &Split,
+        hash_cache: Option<&Path>,
+    ) -> Result<(Manifest, HashStats)> {
         let classes = ds.task().classes();
         let entries = |idx: &[usize]| -> Vec<ManifestEntry> {
             idx.iter()
@@ -101,7 +128,12 @@ impl Manifest {
             .iter()
             .flat_map(|v| v.iter().flat_map(|e| e.files.iter().cloned()))
             .collect();
-        Ok(Manifest {
+        let cache = match hash_cache {
+            Some(dir) => HashCache::open(dir)?,
+            None => HashCache::none(),
+        };
+        let (sha256, stats) = cache.hash_files(ds.root(), &files)?;
+        let m = Manifest {
             version: MANIFEST_VERSION,
             dataset: ds.name().to_string(),
             root: ds.root().to_path_buf(),
@@ -109,11 +141,30 @@ impl Manifest {
             spec: *spec,
             options: options.clone(),
             skipped: ds.skipped().to_vec(),
-            sha256: hash_all(ds.root(), &files)?,
+            sha256,
             train,
             val,
             test,
-        })
+        };
+        Ok((m, stats))
+    }
+
+    /// SHA-256 (hex) of the manifest's content: format version, dataset, task, loader
+    /// options, every split's entries and every file's hash (not the root, the spec that drew
+    /// the split, nor the skip list). Equal content, equal hash, wherever the data lies.
+    pub fn content_hash(&self) -> String {
+        let c = Canonical {
+            version: self.version,
+            dataset: &self.dataset,
+            task: &self.task,
+            options: &self.options,
+            sha256: &self.sha256,
+            train: &self.train,
+            val: &self.val,
+            test: &self.test,
+        };
+        let bytes = serde_json::to_vec(&c).expect("manifest content serialises");
+        hex(&Sha256::digest(&bytes))
     }
 
     pub fn entries(&self, name: SplitName) -> &[ManifestEntry] {

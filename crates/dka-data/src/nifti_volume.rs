@@ -18,7 +18,9 @@ use ndarray::{Array3, Ix3};
 use nifti::{Endianness, InMemNiftiVolume, IntoNdArray, NiftiHeader, NiftiType};
 
 use crate::error::{DataError, Result};
-pub use crate::volume_ops::{axcodes, axial_axis, axial_slice, normalize_percentile};
+pub use crate::volume_ops::{
+    axcodes, axial_axis, axial_slice, normalize_percentile, normalize_percentile_u8,
+};
 
 /// A voxel-to-world affine (3 rows of 4).
 pub type Affine = [[f64; 4]; 3];

@@ -1,15 +1,20 @@
 //! Resizing and normalisation from a backbone's preset, with optional augmentation.
 //!
-//! Images are resized with the preset's interpolation (`Bilinear` is image's `Triangle`
-//! filter, `Bicubic` its Catmull-Rom filter; both antialias when downscaling, like PIL);
-//! masks always with nearest neighbour so they stay class maps.
+//! Everything geometric happens on 8-bit images ([`prepare_u8`]): decoded u8 RGB is cropped,
+//! resized with the preset's interpolation (`Bilinear` is a triangle filter, `Bicubic`
+//! Catmull-Rom; both antialias when downscaling, like PIL), flipped and padded; masks always
+//! with nearest neighbour so they stay class maps. Normalisation to f32 happens once, at the
+//! end ([`crate::normalize`]), on the CPU ([`prepare`]) or on the device (the trainer, from a
+//! [`crate::cache::U8Batch`]).
 
-use image::imageops::{self, FilterType};
-use image::{GrayImage, Rgb32FImage};
+use image::{GrayImage, RgbImage};
 use ndarray::{Array2, Array3};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{Augment, CropBox};
+use crate::error::{DataError, Result};
+use crate::normalize::{normalize_image, to_chw};
+use crate::resize::{algorithm, content_size, fit};
 use crate::rng::Rng;
 use crate::sample::{RawSample, Sample, Target};
 
@@ -17,8 +22,10 @@ use crate::sample::{RawSample, Sample, Target};
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet standard deviation.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// Mask value of pixels that are not part of the image (padding): metrics and losses skip it.
+pub const IGNORE_INDEX: u8 = 255;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Interpolation {
     Nearest,
@@ -26,14 +33,28 @@ pub enum Interpolation {
     Bicubic,
 }
 
-impl Interpolation {
-    fn filter(self) -> FilterType {
-        match self {
-            Interpolation::Nearest => FilterType::Nearest,
-            Interpolation::Bilinear => FilterType::Triangle,
-            Interpolation::Bicubic => FilterType::CatmullRom,
-        }
-    }
+/// How an image (or its crop) becomes the network's input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// Both sides to the input size (aspect not kept).
+    #[default]
+    Stretch,
+    /// SAM / MedSAM: the longest side to the input size, aspect kept, zero padding at the
+    /// bottom and right (mask padding is [`IGNORE_INDEX`]). `crop_pct` is not used.
+    LongestSidePad,
+}
+
+/// How 8-bit pixels become network input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelScale {
+    /// `(x / 255 - mean[c]) / std[c]`.
+    #[default]
+    MeanStd,
+    /// MedSAM: per image `(x - min) / (max - min)` over all channels, to [0, 1] (0 for a
+    /// constant image); `mean` and `std` are not used.
+    MinMax,
 }
 
 /// What the backbone expects: input size, normalisation and interpolation.
@@ -48,6 +69,10 @@ pub struct Preprocess {
     /// Evaluation resize: `None` stretches the whole image to `size` (the default, so masks
     /// cover the whole image); `Some(p)` resizes to `size / p` and centre-crops, like timm.
     pub crop_pct: Option<f32>,
+    #[serde(default)]
+    pub resize: ResizeMode,
+    #[serde(default)]
+    pub scale: PixelScale,
 }
 
 impl Default for Preprocess {
@@ -58,20 +83,39 @@ impl Default for Preprocess {
             std: IMAGENET_STD,
             interpolation: Interpolation::Bicubic,
             crop_pct: None,
+            resize: ResizeMode::Stretch,
+            scale: PixelScale::MeanStd,
         }
     }
 }
 
-fn crop_rgb(img: &Rgb32FImage, (x, y, w, h): CropBox) -> Rgb32FImage {
-    imageops::crop_imm(img, x, y, w, h).to_image()
-}
+impl Preprocess {
+    /// The evaluation crop of a `width` x `height` image, if any (timm's centre crop; only
+    /// with `Stretch`).
+    pub fn eval_crop(&self, width: u32, height: u32) -> Option<CropBox> {
+        match (self.resize, self.crop_pct) {
+            (ResizeMode::Stretch, Some(p)) => Some(center_crop_box(width, height, self.size, p)),
+            _ => None,
+        }
+    }
 
-fn crop_gray(img: &GrayImage, (x, y, w, h): CropBox) -> GrayImage {
-    imageops::crop_imm(img, x, y, w, h).to_image()
+    /// The fraction of a `width` x `height` image's resolution that evaluation preprocessing
+    /// needs (at most 1): a decoder may decode at any scale at least this large (JPEG DCT
+    /// scaling) without the output losing detail beyond what the resize discards anyway.
+    pub fn decode_scale(&self, width: u32, height: u32) -> f64 {
+        let (oh, ow) = (self.size.0 as f64, self.size.1 as f64);
+        let (w, h) = (width.max(1) as f64, height.max(1) as f64);
+        let s = match (self.resize, self.crop_pct) {
+            (ResizeMode::Stretch, None) => (ow / w).max(oh / h),
+            (ResizeMode::Stretch, Some(p)) => (ow / w).max(oh / h) / (p as f64).clamp(1e-3, 1.0),
+            (ResizeMode::LongestSidePad, _) => (ow / w).min(oh / h),
+        };
+        s.min(1.0)
+    }
 }
 
 /// The centre crop box that timm's eval transform keeps (in source pixels).
-fn center_crop_box(width: u32, height: u32, size: (u32, u32), crop_pct: f32) -> CropBox {
+pub(crate) fn center_crop_box(width: u32, height: u32, size: (u32, u32), crop_pct: f32) -> CropBox {
     // Resize so that the output covers size / crop_pct, then keep the central `size`.
     let scale_h = size.0 as f64 / crop_pct as f64 / height as f64;
     let scale_w = size.1 as f64 / crop_pct as f64 / width as f64;
@@ -81,11 +125,44 @@ fn center_crop_box(width: u32, height: u32, size: (u32, u32), crop_pct: f32) -> 
     ((width - cw) / 2, (height - ch) / 2, cw, ch)
 }
 
-/// Turns a decoded sample into network input: crop (random when training, centre when
-/// `crop_pct` is set), flip (training), resize, normalise to (3, H, W).
-pub fn prepare(raw: RawSample, pre: &Preprocess, augment: Option<(&Augment, &mut Rng)>) -> Sample {
+/// A sample resized to the network's input size, still 8-bit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct U8Sample {
+    /// RGB, `size` (height, width); padding (longest side) is 0.
+    pub image: RgbImage,
+    /// Class map, same size; padding is [`IGNORE_INDEX`].
+    pub mask: Option<GrayImage>,
+    pub class: Option<usize>,
+    /// (height, width) of the content at the top-left; the rest is padding.
+    pub extent: (u32, u32),
+}
+
+/// Crops (random when training, centre when `crop_pct` is set), resizes, flips (training)
+/// and pads a decoded sample, all in 8 bits.
+pub fn prepare_u8(
+    raw: RawSample,
+    pre: &Preprocess,
+    augment: Option<(&Augment, &mut Rng)>,
+) -> Result<U8Sample> {
     let (w, h) = raw.image.dimensions();
-    let (mut image, mut mask) = (raw.image, raw.mask);
+    if w == 0 || h == 0 {
+        return Err(DataError::config(
+            "cannot preprocess an empty (0-pixel) image",
+        ));
+    }
+    if let Some(m) = &raw.mask {
+        if m.dimensions() != (w, h) {
+            return Err(DataError::config(format!(
+                "mask is {:?} but its image is {:?}",
+                m.dimensions(),
+                (w, h)
+            )));
+        }
+    }
+    let (oh, ow) = pre.size;
+    if oh == 0 || ow == 0 {
+        return Err(DataError::config("the preprocessing size must be positive"));
+    }
     let mut flip = false;
     let crop = match augment {
         Some((aug, rng)) => {
@@ -93,56 +170,70 @@ pub fn prepare(raw: RawSample, pre: &Preprocess, augment: Option<(&Augment, &mut
             flip = drawn.flip;
             drawn.crop
         }
-        None => pre.crop_pct.map(|p| center_crop_box(w, h, pre.size, p)),
+        None => pre.eval_crop(w, h),
+    }
+    .unwrap_or((0, 0, w, h));
+    let (cw, ch) = content_size(crop.2, crop.3, pre.size, pre.resize);
+    let image = fit(
+        raw.image.as_raw(),
+        (w, h),
+        3,
+        crop,
+        pre.size,
+        pre.resize,
+        algorithm(pre.interpolation),
+        flip,
+        0,
+    )?;
+    let mask = match &raw.mask {
+        Some(m) => Some(fit(
+            m.as_raw(),
+            (w, h),
+            1,
+            crop,
+            pre.size,
+            pre.resize,
+            algorithm(Interpolation::Nearest),
+            flip,
+            IGNORE_INDEX,
+        )?),
+        None => None,
     };
-    if let Some(b) = crop {
-        if b != (0, 0, w, h) {
-            image = crop_rgb(&image, b);
-            mask = mask.map(|m| crop_gray(&m, b));
-        }
-    }
-    let (oh, ow) = pre.size;
-    if image.dimensions() != (ow, oh) {
-        image = imageops::resize(&image, ow, oh, pre.interpolation.filter());
-    }
-    let mask = mask.map(|m| {
-        if m.dimensions() != (ow, oh) {
-            imageops::resize(&m, ow, oh, FilterType::Nearest)
-        } else {
-            m
-        }
-    });
-    if flip {
-        imageops::flip_horizontal_in_place(&mut image);
-    }
-    let image_chw = to_chw(&image, pre);
-    let target = match (mask, raw.class) {
-        (Some(mut m), _) => {
-            if flip {
-                imageops::flip_horizontal_in_place(&mut m);
-            }
-            Target::Mask(
-                Array2::from_shape_vec((oh as usize, ow as usize), m.into_raw())
-                    .expect("mask buffer matches its dimensions"),
-            )
-        }
+    Ok(U8Sample {
+        image: RgbImage::from_raw(ow, oh, image).expect("fit returns size.0 * size.1 pixels"),
+        mask: mask.map(|m| GrayImage::from_raw(ow, oh, m).expect("fit returns a full mask")),
+        class: raw.class,
+        extent: (ch, cw),
+    })
+}
+
+/// Normalises an 8-bit sample into network input: (3, H, W) f32 and its target.
+pub fn finish(s: U8Sample, pre: &Preprocess) -> Sample {
+    let (ow, oh) = s.image.dimensions();
+    let image = normalize_image(to_chw(&s.image).view(), pre);
+    let target = match (s.mask, s.class) {
+        (Some(m), _) => Target::Mask(
+            Array2::from_shape_vec((oh as usize, ow as usize), m.into_raw())
+                .expect("mask buffer matches its dimensions"),
+        ),
         (None, Some(c)) => Target::Class(c),
         (None, None) => Target::Class(0),
     };
-    Sample {
-        image: image_chw,
-        target,
-    }
+    Sample { image, target }
 }
 
-/// (3, H, W) normalised with the preset's mean and std.
-fn to_chw(image: &Rgb32FImage, pre: &Preprocess) -> Array3<f32> {
-    let (w, h) = image.dimensions();
-    let (w, h) = (w as usize, h as usize);
-    let raw = image.as_raw();
-    Array3::from_shape_fn((3, h, w), |(c, y, x)| {
-        (raw[(y * w + x) * 3 + c].clamp(0.0, 1.0) - pre.mean[c]) / pre.std[c]
-    })
+/// Turns a decoded sample into network input: [`prepare_u8`], then [`finish`].
+pub fn prepare(
+    raw: RawSample,
+    pre: &Preprocess,
+    augment: Option<(&Augment, &mut Rng)>,
+) -> Result<Sample> {
+    Ok(finish(prepare_u8(raw, pre, augment)?, pre))
+}
+
+/// (3, H, W) f32 of an image without any resizing, normalised by `pre`.
+pub fn normalized_chw(image: &RgbImage, pre: &Preprocess) -> Array3<f32> {
+    normalize_image(to_chw(image).view(), pre)
 }
 
 #[cfg(test)]
@@ -151,7 +242,7 @@ mod tests {
     use image::{Luma, Rgb};
 
     fn raw(w: u32, h: u32) -> RawSample {
-        let image = Rgb32FImage::from_fn(w, h, |x, _| Rgb([x as f32 / w as f32; 3]));
+        let image = RgbImage::from_fn(w, h, |x, _| Rgb([(x * 255 / w) as u8; 3]));
         let mask = GrayImage::from_fn(w, h, |x, y| Luma([((x + y) % 3) as u8]));
         RawSample {
             image,
@@ -166,7 +257,7 @@ mod tests {
             size: (32, 48),
             ..Preprocess::default()
         };
-        let s = prepare(raw(100, 70), &pre, None);
+        let s = prepare(raw(100, 70), &pre, None).unwrap();
         assert_eq!(s.image.shape(), &[3, 32, 48]);
         let Target::Mask(m) = s.target else {
             panic!("expected a mask")
@@ -185,8 +276,8 @@ mod tests {
             ..Preprocess::default()
         };
         let aug = Augment::default();
-        let a = prepare(raw(64, 64), &pre, Some((&aug, &mut Rng::new(3))));
-        let b = prepare(raw(64, 64), &pre, Some((&aug, &mut Rng::new(3))));
+        let a = prepare(raw(64, 64), &pre, Some((&aug, &mut Rng::new(3)))).unwrap();
+        let b = prepare(raw(64, 64), &pre, Some((&aug, &mut Rng::new(3)))).unwrap();
         assert_eq!(a.image, b.image);
         assert_eq!(a.target, b.target);
     }
@@ -202,8 +293,8 @@ mod tests {
             random_resized_crop: None,
             hflip: 1.0,
         };
-        let plain = prepare(raw(8, 8), &pre, None);
-        let flipped = prepare(raw(8, 8), &pre, Some((&aug, &mut Rng::new(0))));
+        let plain = prepare(raw(8, 8), &pre, None).unwrap();
+        let flipped = prepare(raw(8, 8), &pre, Some((&aug, &mut Rng::new(0)))).unwrap();
         assert_eq!(flipped.image[[0, 0, 0]], plain.image[[0, 0, 7]]);
         let (Target::Mask(a), Target::Mask(b)) = (plain.target, flipped.target) else {
             panic!("expected masks")
@@ -215,5 +306,53 @@ mod tests {
     fn center_crop_keeps_the_middle() {
         let b = center_crop_box(256, 256, (224, 224), 0.875);
         assert_eq!(b, (16, 16, 224, 224));
+    }
+
+    #[test]
+    fn longest_side_pad_keeps_the_aspect_and_pads_image_zero_and_mask_ignore() {
+        let pre = Preprocess {
+            size: (32, 32),
+            resize: ResizeMode::LongestSidePad,
+            crop_pct: Some(0.875),
+            ..Preprocess::default()
+        };
+        let mut r = raw(64, 32);
+        r.image = RgbImage::from_pixel(64, 32, Rgb([200, 100, 50]));
+        r.mask = Some(GrayImage::from_pixel(64, 32, Luma([1])));
+        let s = prepare_u8(r, &pre, None).unwrap();
+        assert_eq!(
+            s.extent,
+            (16, 32),
+            "64x32 fits 32x16: aspect kept, crop_pct unused"
+        );
+        for (x, y, p) in s.image.enumerate_pixels() {
+            let want = if y < 16 { [200, 100, 50] } else { [0, 0, 0] };
+            assert_eq!(p.0, want, "pixel ({x}, {y})");
+        }
+        let m = s.mask.unwrap();
+        assert!(m
+            .enumerate_pixels()
+            .all(|(_, y, p)| p.0[0] == if y < 16 { 1 } else { 255 }));
+    }
+
+    #[test]
+    fn decode_scale_covers_the_output() {
+        let pre = Preprocess::default();
+        assert_eq!(pre.decode_scale(1024, 768), 224.0 / 768.0);
+        assert_eq!(pre.decode_scale(100, 100), 1.0);
+        let sam = Preprocess {
+            resize: ResizeMode::LongestSidePad,
+            ..pre
+        };
+        assert_eq!(sam.decode_scale(1024, 768), 224.0 / 1024.0);
+    }
+
+    #[test]
+    fn old_preset_json_still_parses() {
+        let json = r#"{"size":[224,224],"mean":[0.5,0.5,0.5],"std":[0.5,0.5,0.5],
+            "interpolation":"bilinear","crop_pct":null}"#;
+        let p: Preprocess = serde_json::from_str(json).unwrap();
+        assert_eq!(p.resize, ResizeMode::Stretch);
+        assert_eq!(p.scale, PixelScale::MeanStd);
     }
 }

@@ -2,13 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{GrayImage, Rgb32FImage};
+use image::{GrayImage, RgbImage};
 use ndarray::{Array2, Array3};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::Augment;
 use crate::error::Result;
-use crate::preprocess::{prepare, Preprocess};
+use crate::preprocess::{finish, prepare_u8, Preprocess, U8Sample};
 use crate::rng::Rng;
 
 /// What the labels are.
@@ -79,11 +79,12 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// A decoded sample at its native resolution.
-#[derive(Debug, Clone)]
+/// A decoded sample at its native resolution (or a reduced JPEG scale, see
+/// [`Dataset::read_for`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct RawSample {
-    /// RGB in [0, 1] (grey inputs replicated).
-    pub image: Rgb32FImage,
+    /// 8-bit RGB (grey inputs replicated, 16-bit inputs scaled, volumes normalised per case).
+    pub image: RgbImage,
     /// Class map for segmentation, same size as `image`.
     pub mask: Option<GrayImage>,
     /// Class index for classification.
@@ -124,6 +125,35 @@ pub trait Dataset: Send + Sync + std::fmt::Debug {
     /// Decodes record `index` at native resolution.
     fn read(&self, index: usize) -> Result<RawSample>;
 
+    /// Decodes record `index` for evaluation preprocessing by `pre`: loaders may decode at a
+    /// reduced scale that still covers `pre`'s output ([`Preprocess::decode_scale`]; JPEG DCT
+    /// scaling). The default decodes at native resolution.
+    fn read_for(&self, index: usize, pre: &Preprocess) -> Result<RawSample> {
+        let _ = pre;
+        self.read(index)
+    }
+
+    /// Decodes several records at native resolution; volume datasets decode each volume once
+    /// for all of its slices here (and do not touch their small LRU of cases).
+    fn read_many(&self, indices: &[usize]) -> Vec<Result<RawSample>> {
+        indices.iter().map(|&i| self.read(i)).collect()
+    }
+
+    /// Decodes, resizes (and, only when `augment` is given, augments) record `index`, in 8
+    /// bits. Without augmentation the decode goes through [`Dataset::read_for`].
+    fn sample_u8(
+        &self,
+        index: usize,
+        pre: &Preprocess,
+        augment: Option<(&Augment, &mut Rng)>,
+    ) -> Result<U8Sample> {
+        let raw = match augment {
+            None => self.read_for(index, pre)?,
+            Some(_) => self.read(index)?,
+        };
+        prepare_u8(raw, pre, augment)
+    }
+
     /// Decodes, resizes and normalises record `index`; augments only when `augment` is given
     /// (training). Evaluation data must be read with `None`.
     fn sample(
@@ -132,7 +162,6 @@ pub trait Dataset: Send + Sync + std::fmt::Debug {
         pre: &Preprocess,
         augment: Option<(&Augment, &mut Rng)>,
     ) -> Result<Sample> {
-        let raw = self.read(index)?;
-        Ok(prepare(raw, pre, augment))
+        Ok(finish(self.sample_u8(index, pre, augment)?, pre))
     }
 }

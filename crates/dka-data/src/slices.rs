@@ -1,19 +1,20 @@
 //! The dataset type behind every volume loader (BraTS, MNI152, Colin27): 3D cases cut into
 //! 2D axial slices, with the empty-slice policy applied at scan time and a small LRU cache
-//! of decoded cases so that slices of one case share one decode.
+//! of decoded cases so that slices of one case share one decode. Intensities are normalised
+//! per volume (percentile clip) straight to 8 bits.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use image::{GrayImage, Rgb, Rgb32FImage};
+use image::{GrayImage, RgbImage};
 use ndarray::Array3;
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
 use crate::image_set::skip_or_fail;
 use crate::nifti_volume::{
-    axial_axis, axial_slice, normalize_percentile, read_header, read_volume, Affine,
+    axial_axis, axial_slice, normalize_percentile_u8, read_header, read_volume, Affine,
 };
 use crate::options::{EmptySlices, LoaderOptions};
 use crate::rng::{hash_str, Rng};
@@ -51,10 +52,10 @@ impl Case {
     }
 }
 
-/// A decoded case: normalised channels and the class map, all `[i, j, k]`.
+/// A decoded case: channels normalised to 8 bits and the class map, all `[i, j, k]`.
 #[derive(Debug)]
 pub struct CaseVolumes {
-    pub channels: Vec<Array3<f32>>,
+    pub channels: Vec<Array3<u8>>,
     pub labels: Array3<u8>,
     pub affine: Affine,
     pub axis: usize,
@@ -120,7 +121,7 @@ fn load_case(case: &Case, percentiles: (f64, f64)) -> Result<CaseVolumes> {
     let (labels, affine) = load_labels(case)?;
     let mut channels = Vec::new();
     for p in &case.channels {
-        let mut v = read_volume(p)?;
+        let v = read_volume(p)?;
         if v.data.shape() != labels.shape() {
             return Err(DataError::nifti(
                 p,
@@ -131,8 +132,11 @@ fn load_case(case: &Case, percentiles: (f64, f64)) -> Result<CaseVolumes> {
                 ),
             ));
         }
-        normalize_percentile(&mut v.data, percentiles.0, percentiles.1);
-        channels.push(v.data);
+        channels.push(normalize_percentile_u8(
+            &v.data,
+            percentiles.0,
+            percentiles.1,
+        ));
     }
     Ok(CaseVolumes {
         axis: axial_axis(&affine),
@@ -326,28 +330,63 @@ impl Dataset for SliceDataset {
     fn read(&self, index: usize) -> Result<RawSample> {
         let (ci, z) = self.index[index];
         let vols = self.case(ci)?;
-        let planes: Vec<_> = vols
-            .channels
-            .iter()
-            .map(|c| axial_slice(c.view(), &vols.affine, vols.axis, z))
-            .collect();
-        let (h, w) = (planes[0].shape()[0], planes[0].shape()[1]);
-        let pick = |k: usize| if planes.len() >= 3 { k } else { 0 };
-        let image = Rgb32FImage::from_fn(w as u32, h as u32, |x, y| {
-            let (x, y) = (x as usize, y as usize);
-            Rgb([
-                planes[pick(0)][[y, x]],
-                planes[pick(1)][[y, x]],
-                planes[pick(2)][[y, x]],
-            ])
-        });
-        let lab = axial_slice(vols.labels.view(), &vols.affine, vols.axis, z);
-        let mask = GrayImage::from_raw(w as u32, h as u32, lab.iter().copied().collect())
-            .expect("slice buffer matches its size");
-        Ok(RawSample {
-            image,
-            mask: Some(mask),
-            class: None,
-        })
+        Ok(slice_sample(&vols, z))
+    }
+
+    /// Decodes each case once for all of its requested slices (without the LRU).
+    fn read_many(&self, indices: &[usize]) -> Vec<Result<RawSample>> {
+        let mut out: Vec<Option<Result<RawSample>>> = (0..indices.len()).map(|_| None).collect();
+        let mut by_case: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (k, &i) in indices.iter().enumerate() {
+            by_case.entry(self.index[i].0).or_default().push(k);
+        }
+        for (ci, ks) in by_case {
+            match load_case(&self.cases[ci], self.percentiles) {
+                Ok(vols) => {
+                    for k in ks {
+                        out[k] = Some(Ok(slice_sample(&vols, self.index[indices[k]].1)));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let mut first = Some(e);
+                    for k in ks {
+                        let err = first.take().unwrap_or_else(|| {
+                            DataError::nifti(&self.cases[ci].channels[0], msg.clone())
+                        });
+                        out[k] = Some(Err(err));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|o| o.expect("every index belongs to one case"))
+            .collect()
+    }
+}
+
+/// Axial slice `z` of a decoded case as an RGB image (one channel replicated, or three
+/// stacked) and its class map.
+fn slice_sample(vols: &CaseVolumes, z: usize) -> RawSample {
+    let planes: Vec<_> = vols
+        .channels
+        .iter()
+        .map(|c| axial_slice(c.view(), &vols.affine, vols.axis, z))
+        .collect();
+    let (h, w) = (planes[0].shape()[0], planes[0].shape()[1]);
+    let pick = |k: usize| if planes.len() >= 3 { k } else { 0 };
+    let (r, g, b) = (&planes[pick(0)], &planes[pick(1)], &planes[pick(2)]);
+    let mut rgb = Vec::with_capacity(h * w * 3);
+    for ((r, g), b) in r.iter().zip(g.iter()).zip(b.iter()) {
+        rgb.extend_from_slice(&[*r, *g, *b]);
+    }
+    let image = RgbImage::from_raw(w as u32, h as u32, rgb).expect("slice buffer matches its size");
+    let lab = axial_slice(vols.labels.view(), &vols.affine, vols.axis, z);
+    let mask = GrayImage::from_raw(w as u32, h as u32, lab.iter().copied().collect())
+        .expect("slice buffer matches its size");
+    RawSample {
+        image,
+        mask: Some(mask),
+        class: None,
     }
 }

@@ -76,9 +76,10 @@ pub fn axial_slice<T: Copy>(
     })
 }
 
-/// Maps the [lo, hi] percentiles of the non-zero voxels (all voxels if none is non-zero) to
-/// [0, 1] and clips. Skull-stripped MRI has a zero background, hence the non-zero rule.
-pub fn normalize_percentile(data: &mut Array3<f32>, lo: f64, hi: f64) {
+/// The values at the [lo, hi] percentiles of the non-zero finite voxels (all finite voxels
+/// if none is non-zero), and the span between them (1 when they coincide); `None` when no
+/// voxel is finite. Skull-stripped MRI has a zero background, hence the non-zero rule.
+fn percentile_range(data: &Array3<f32>, lo: f64, hi: f64) -> Option<(f32, f32)> {
     let mut v: Vec<f32> = data
         .iter()
         .copied()
@@ -88,8 +89,7 @@ pub fn normalize_percentile(data: &mut Array3<f32>, lo: f64, hi: f64) {
         v = data.iter().copied().filter(|x| x.is_finite()).collect();
     }
     if v.is_empty() {
-        data.fill(0.0);
-        return;
+        return None;
     }
     let pick = |v: &mut Vec<f32>, q: f64| {
         let last = v.len() - 1;
@@ -97,7 +97,16 @@ pub fn normalize_percentile(data: &mut Array3<f32>, lo: f64, hi: f64) {
         *v.select_nth_unstable_by(k.min(last), f32::total_cmp).1
     };
     let (a, b) = (pick(&mut v, lo), pick(&mut v, hi));
-    let span = if b > a { b - a } else { 1.0 };
+    Some((a, if b > a { b - a } else { 1.0 }))
+}
+
+/// Maps the [lo, hi] percentiles of the non-zero voxels (all voxels if none is non-zero) to
+/// [0, 1] and clips.
+pub fn normalize_percentile(data: &mut Array3<f32>, lo: f64, hi: f64) {
+    let Some((a, span)) = percentile_range(data, lo, hi) else {
+        data.fill(0.0);
+        return;
+    };
     data.mapv_inplace(|x| {
         if x.is_finite() {
             ((x - a) / span).clamp(0.0, 1.0)
@@ -105,6 +114,20 @@ pub fn normalize_percentile(data: &mut Array3<f32>, lo: f64, hi: f64) {
             0.0
         }
     });
+}
+
+/// [`normalize_percentile`] to 8 bits: `round(255 * clip((x - p_lo) / (p_hi - p_lo), 0, 1))`.
+pub fn normalize_percentile_u8(data: &Array3<f32>, lo: f64, hi: f64) -> Array3<u8> {
+    let Some((a, span)) = percentile_range(data, lo, hi) else {
+        return Array3::zeros(data.raw_dim());
+    };
+    data.mapv(|x| {
+        if x.is_finite() {
+            (((x - a) / span).clamp(0.0, 1.0) * 255.0).round() as u8
+        } else {
+            0
+        }
+    })
 }
 
 #[cfg(test)]
@@ -130,5 +153,17 @@ mod tests {
         normalize_percentile(&mut a, 0.5, 99.5);
         assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
         assert_eq!(a[[9, 9, 0]], 1.0);
+    }
+
+    #[test]
+    fn percentile_normalisation_to_u8_rounds_the_unit_range() {
+        let a = Array3::from_shape_fn((10, 10, 1), |(x, y, _)| (x * 10 + y) as f32);
+        let mut f = a.clone();
+        normalize_percentile(&mut f, 0.5, 99.5);
+        let u = normalize_percentile_u8(&a, 0.5, 99.5);
+        for (q, v) in u.iter().zip(f.iter()) {
+            assert_eq!(*q, (v * 255.0).round() as u8);
+        }
+        assert_eq!(u[[9, 9, 0]], 255);
     }
 }

@@ -84,8 +84,9 @@ fn mni152_slices_carry_background_grey_and_white_matter() {
         232 - *rows.iter().max().unwrap(),
     );
     assert!(top > 0 && bottom > 0);
-    // Intensities are normalised to [0, 1] and the brain is brighter than the corner.
-    assert!(raw.image.pixels().all(|p| (0.0..=1.0).contains(&p.0[0])));
+    // Intensities are normalised per volume to 8 bits, the full range used, and the brain is
+    // brighter than the corner.
+    assert!(raw.image.pixels().any(|p| p.0[0] == 255));
     assert!(raw.image.get_pixel(98, 116).0[0] > raw.image.get_pixel(0, 0).0[0]);
 
     // Dropping empty slices keeps the brain's slices only; splits are per slice.
@@ -135,7 +136,7 @@ fn retina_photo_decodes_and_preprocesses() {
         mask: None,
         class: Some(0),
     };
-    let s = prepare(raw, &Preprocess::default(), None);
+    let s = prepare(raw, &Preprocess::default(), None).unwrap();
     assert_eq!(s.image.shape(), &[3, 224, 224]);
     // A fundus photo is red-dominated.
     assert!(
