@@ -1,6 +1,6 @@
 //! The fast depthwise paths equal the plain two-conv reference, outputs and gradients (of the
 //! input and of both kernels): relative error max|fast - ref| / max|ref| <= 1e-5.
-use dka_core::dka::{ConvPath, Kernels};
+use dka_core::dka::{ConvPath, Kernels, LearnableRadius};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-5;
@@ -116,7 +116,11 @@ fn the_fft_and_direct_paths_agree_on_learnable_kernels() {
     let learnable = |seed| Kernels::Learnable {
         kernel: param(&[c, 1, 31, 31], seed),
         bias: None,
-        radius: Tensor::from_slice(&[2.0f32, 5.0, 9.0, 15.0]).set_requires_grad(true),
+        radius: LearnableRadius {
+            theta: Tensor::from_slice(&[-0.5f32, 0.0, 0.5, 1.0]).set_requires_grad(true),
+            init_radius: 6.0,
+            scale: 9.0,
+        },
         tau: 1.0,
     };
     let reference = learnable(7).forward(&z, ConvPath::Reference);

@@ -73,15 +73,21 @@ pub fn fft_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let s = k.size();
     let (kh, kw) = (s[2], s[3]);
     let (fh, fw) = (h + kh - 1, w + kw - 1);
+    // Half precision has no FFT of arbitrary sizes: work in f32, or f64 for f64 input.
+    let work = if z.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
     let zf = z
-        .to_kind(Kind::Float)
+        .to_kind(work)
         .fft_rfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
     // conv2d is a cross-correlation: convolve with the flipped kernel, then take the centre.
-    let kf = k.reshape([c, kh, kw]).flip([-2i64, -1]).fft_rfft2(
-        [fh, fw].as_slice(),
-        [-2i64, -1],
-        "backward",
-    );
+    let kf = k
+        .to_kind(work)
+        .reshape([c, kh, kw])
+        .flip([-2i64, -1])
+        .fft_rfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
     let y = (zf * kf).fft_irfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
     let y = y
         .narrow(2, kh / 2, h)
@@ -105,9 +111,10 @@ pub fn channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
-/// Radial mask `sigmoid((rho_c - r) / tau)` over a `k x k` kernel: `[c, 1, k, k]`.
+/// Radial mask `sigmoid((rho_c - r) / tau)` over a `k x k` kernel: `[c, 1, k, k]`, `r` the
+/// tap's Euclidean distance from the centre (in `rho`'s dtype).
 pub fn radial_mask(rho: &Tensor, k: i64, tau: f64) -> Tensor {
-    let opts = (Kind::Float, rho.device());
+    let opts = (rho.kind(), rho.device());
     let a = Tensor::arange(k, opts) - (k / 2) as f64;
     let r = (a.unsqueeze(1).square() + a.unsqueeze(0).square()).sqrt();
     ((rho.view([-1, 1, 1, 1]) - r.view([1, 1, k, k])) / tau).sigmoid()
@@ -121,13 +128,33 @@ pub enum Kernels {
         large: Option<(Tensor, Option<Tensor>)>,
         small: Option<(Tensor, Option<Tensor>)>,
     },
-    /// One `k_max` kernel times a learnable radial mask (radius per channel).
+    /// One `k_max` kernel times a learnable radial mask, radius per channel
+    /// `ρ_c = init_radius + scale · θ_c` (see [`LearnableRadius`]).
     Learnable {
         kernel: Tensor,
         bias: Option<Tensor>,
-        radius: Tensor,
+        radius: LearnableRadius,
         tau: f64,
     },
+}
+
+/// A per-channel radius in a normalised parametrisation: the trained tensor is the unitless
+/// `θ` (`[c]`, starts at 0) and `ρ = init_radius + scale · θ`, with `scale = k_max / 2` in
+/// DKA. Adam moves every parameter by about its learning rate per step whatever the gradient's
+/// magnitude, so a radius stored in pixels would move ~1e-3 px per step at DKA's lr 1e-3 and
+/// never learn; in units of half a kernel, 1000 steps can cross the whole kernel.
+#[derive(Debug)]
+pub struct LearnableRadius {
+    pub theta: Tensor,
+    pub init_radius: f64,
+    pub scale: f64,
+}
+
+impl LearnableRadius {
+    /// `ρ = init_radius + scale · θ`, in the graph (gradients reach `θ`).
+    pub fn radius(&self) -> Tensor {
+        &self.theta * self.scale + self.init_radius
+    }
 }
 
 impl Kernels {
@@ -142,7 +169,7 @@ impl Kernels {
             } => {
                 let k = kernel.size()[2];
                 (
-                    kernel * radial_mask(radius, k, *tau),
+                    kernel * radial_mask(&radius.radius(), k, *tau),
                     bias.as_ref().map(|b| b.shallow_clone()),
                 )
             }
@@ -201,10 +228,10 @@ impl Kernels {
         }
     }
 
-    /// Learned radii per channel (learnable kernels only).
+    /// Learned radii per channel in pixels (learnable kernels only).
     pub fn radii(&self) -> Option<Tensor> {
         match self {
-            Kernels::Learnable { radius, .. } => Some(radius.detach()),
+            Kernels::Learnable { radius, .. } => Some(radius.radius().detach()),
             Kernels::Fixed { .. } => None,
         }
     }

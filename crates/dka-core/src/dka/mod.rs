@@ -9,7 +9,9 @@
 //! `DkaConfig::paper()` follows the paper's equation.
 mod dwconv;
 
-pub use dwconv::{channels_last, fft_depthwise, fit_kernel, radial_mask, ConvPath, Kernels};
+pub use dwconv::{
+    channels_last, fft_depthwise, fit_kernel, radial_mask, ConvPath, Kernels, LearnableRadius,
+};
 
 use crate::backbone::Backbone;
 use crate::error::{CoreError, Result};
@@ -67,12 +69,55 @@ pub enum Init {
 /// The learnable-kernel-size variant (Table 3b; the paper gives no recipe, this is ours):
 /// one `k_max x k_max` kernel per channel times `sigmoid((ρ_c − r)/τ)`, `r` the tap's
 /// distance from the centre, `ρ_c` learned per channel.
+///
+/// The radius is trained in half-kernel units: the stored tensor is `radius_theta` (`θ_c`,
+/// zero at start) and `ρ_c = init_radius + (k_max/2) · θ_c` ([`LearnableKernel::radius_scale`]),
+/// so that Adam's steps of about one learning rate move `ρ` by `k_max/2 · lr` pixels (0.0255
+/// px per step for 51 at 1e-3) rather than `lr` pixels. Adapters saved with the earlier
+/// pixel-valued `radius` tensor fail to load (missing `radius_theta`, unused `radius`)
+/// instead of being misread.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LearnableKernel {
     pub k_max: i64,
     pub tau: f64,
     pub init_radius: f64,
+}
+
+impl LearnableKernel {
+    /// Pixels of radius per unit of `radius_theta`: `k_max / 2`.
+    pub fn radius_scale(&self) -> f64 {
+        self.k_max as f64 / 2.0
+    }
+}
+
+/// Name of the stored radius parameter of a learnable kernel (`<module>.radius_theta`).
+pub const RADIUS_THETA: &str = "radius_theta";
+
+/// The learned radii (pixels) of every DKA module in an adapter store, sorted by module name:
+/// `(module, radius per channel)`, e.g. `("blocks.0.dka", [12.3, 11.8, …])`. Empty unless
+/// `cfg` has learnable kernels. Their starting value is `cfg.learnable_kernel.init_radius`.
+pub fn learned_radii(vs: &nn::VarStore, cfg: &DkaConfig) -> Vec<(String, Vec<f64>)> {
+    let Some(l) = &cfg.learnable_kernel else {
+        return Vec::new();
+    };
+    let suffix = format!(".{RADIUS_THETA}");
+    let mut out: Vec<(String, Vec<f64>)> = vs
+        .variables()
+        .into_iter()
+        .filter_map(|(name, theta)| {
+            let module = name.strip_suffix(&suffix)?.to_string();
+            let rho = (theta.detach().to_kind(tch::Kind::Double) * l.radius_scale()
+                + l.init_radius)
+                .to_device(tch::Device::Cpu);
+            Some((
+                module,
+                Vec::<f64>::try_from(&rho).expect("a 1-D radius tensor"),
+            ))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,7 +273,11 @@ impl Dka {
         let kernels = match &c.learnable_kernel {
             Some(l) => {
                 let (kernel, bias) = conv("conv", l.k_max);
-                let radius = p.var("radius", &[d], nn::Init::Const(l.init_radius));
+                let radius = LearnableRadius {
+                    theta: p.var(RADIUS_THETA, &[d], nn::Init::Const(0.0)),
+                    init_radius: l.init_radius,
+                    scale: l.radius_scale(),
+                };
                 Kernels::Learnable {
                     kernel,
                     bias,
