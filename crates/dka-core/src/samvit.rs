@@ -4,10 +4,20 @@
 //! (`attn.rel_pos_h/w`), an absolute position grid `pos_embed [1, gh, gw, dim]`, and the
 //! convolutional neck (`neck.0..3`). SAM / MedSAM checkpoints (`image_encoder.*`,
 //! `mlp.lin1/2`) are renamed by [`crate::convert`].
+//!
+//! Visual prompt tokens (`prompts`) enter only the global-attention blocks (2, 5, 8, 11 in
+//! ViT-B): a windowed block's tokens see only their own window, so a prompt there would reach
+//! one window at most. In a global block the `p` prompts are put in front of the flattened
+//! `h*w` map (a [`TokenLayout`] with prefix `p`), take part in attention without a relative
+//! position bias (the decomposed bias is defined between grid positions only), go through the
+//! MLP, and are dropped after the block; deep prompting gives each global block its own.
 use crate::error::{CoreError, Result};
 use crate::layers::{layer_norm, linear, resample_grid_nhwc, LayerNorm2d, Mlp};
-use crate::sites::{add_parallel, apply_token, linear_with, BlockSites, TokenLayout};
+use crate::sites::{
+    add_parallel, apply_token, linear_with, BlockSites, MapModule, PromptModule, TokenLayout,
+};
 use serde::{Deserialize, Serialize};
+use std::rc::Rc;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -131,28 +141,40 @@ struct Attention {
 }
 
 impl Attention {
-    /// `x: [batch, h, w, dim]` (a window or the whole grid).
-    fn forward_t(&self, x: &Tensor, sites: &BlockSites, train: bool) -> Tensor {
-        let (b, h, w, d) = x
-            .size4()
-            .expect("SAM attention input is [batch, h, w, dim]");
+    /// `x: [batch, prefix + h*w, dim]`: `prefix` prompt tokens, then an `h x w` grid (a window
+    /// or the whole map). The relative position bias applies between grid tokens only; prompt
+    /// tokens attend and are attended to without one.
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        layout: TokenLayout,
+        sites: &BlockSites,
+        train: bool,
+    ) -> Tensor {
+        let (b, t, d) = x
+            .size3()
+            .expect("SAM attention input is [batch, tokens, dim]");
+        let (p, h, w) = (layout.prefix, layout.h, layout.w);
         let (n, nh) = (h * w, self.num_heads);
         let hd = d / nh;
-        let qkv = linear_with(&self.qkv, &sites.qkv, &x.reshape([b, n, d]), train)
-            .view([b, n, 3, nh, hd])
+        let qkv = linear_with(&self.qkv, &sites.qkv, x, train)
+            .view([b, t, 3, nh, hd])
             .permute([2, 0, 3, 1, 4])
-            .reshape([3, b * nh, n, hd]);
+            .reshape([3, b * nh, t, hd]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let rh = rel_pos_table(h, &self.rel_pos_h);
         let rw = rel_pos_table(w, &self.rel_pos_w);
-        let rq = q.reshape([b * nh, h, w, hd]);
+        let rq = q.narrow(1, p, n).reshape([b * nh, h, w, hd]);
         let rel_h = Tensor::einsum("bhwc,hkc->bhwk", &[&rq, &rh], None::<i64>);
         let rel_w = Tensor::einsum("bhwc,wkc->bhwk", &[&rq, &rw], None::<i64>);
-        let bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape([b * nh, n, n]);
+        let mut bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape([b * nh, n, n]);
+        if p > 0 {
+            bias = bias.constant_pad_nd([p, 0, p, 0]);
+        }
         let o =
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, false);
-        let o = o.view([b, nh, n, hd]).transpose(1, 2).reshape([b, n, d]);
-        linear_with(&self.proj, &sites.proj, &o, train).view([b, h, w, d])
+        let o = o.view([b, nh, t, hd]).transpose(1, 2).reshape([b, t, d]);
+        linear_with(&self.proj, &sites.proj, &o, train)
     }
 }
 
@@ -193,38 +215,56 @@ impl SamBlock {
         }
     }
 
-    fn attend(&self, normed: &Tensor, train: bool) -> Tensor {
+    /// Attention over `normed: [batch, prefix + h*w, dim]` (prompt tokens only in a global
+    /// block), windowed unless the block is global.
+    fn attend(&self, normed: &Tensor, layout: TokenLayout, train: bool) -> Tensor {
         let ws = self.window_size;
         if ws == 0 {
-            return self.attn.forward_t(normed, &self.sites, train);
+            return self.attn.forward_t(normed, layout, &self.sites, train);
         }
-        let (b, h, w, d) = normed.size4().expect("4-D");
+        let (b, _, d) = normed.size3().expect("3-D");
+        let (h, w) = (layout.h, layout.w);
         let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
         let (hp, wp) = (h + ph, w + pw);
         let windows = normed
+            .view([b, h, w, d])
             .constant_pad_nd([0, 0, 0, pw, 0, ph])
             .view([b, hp / ws, ws, wp / ws, ws, d])
             .permute([0, 1, 3, 2, 4, 5])
             .contiguous()
-            .view([-1, ws, ws, d]);
-        let o = self.attn.forward_t(&windows, &self.sites, train);
+            .view([-1, ws * ws, d]);
+        let win = TokenLayout {
+            prefix: 0,
+            h: ws,
+            w: ws,
+        };
+        let o = self.attn.forward_t(&windows, win, &self.sites, train);
         o.view([b, hp / ws, wp / ws, ws, ws, d])
             .permute([0, 1, 3, 2, 4, 5])
             .contiguous()
             .view([b, hp, wp, d])
             .narrow(1, 0, h)
             .narrow(2, 0, w)
+            .reshape([b, h * w, d])
     }
 
-    /// `x: [batch, h, w, dim]`.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    /// `x: [batch, h, w, dim]`. `prompts: [batch, p, dim]` (global blocks only) go first in
+    /// the sequence this block sees and are dropped from its output.
+    pub fn forward_t(&self, x: &Tensor, prompts: Option<&Tensor>, train: bool) -> Tensor {
         let (b, h, w, d) = x.size4().expect("SAM block input is [batch, h, w, dim]");
-        let layout = TokenLayout { prefix: 0, h, w };
+        let grid = x.reshape([b, h * w, d]);
+        let (x, prefix) = match prompts {
+            Some(pr) => {
+                assert_eq!(self.window_size, 0, "prompt tokens need a global block");
+                (Tensor::cat(&[pr, &grid], 1), pr.size()[1])
+            }
+            None => (grid, 0),
+        };
+        let layout = TokenLayout { prefix, h, w };
         let s = &self.sites;
-        let normed = self.norm1.forward(x);
-        let a = self.attend(&normed, train).reshape([b, h * w, d]);
+        let normed = self.norm1.forward(&x);
+        let a = self.attend(&normed, layout, train);
         let a = apply_token(&s.attn_branch, a, layout, train);
-        let (x, normed) = (x.reshape([b, h * w, d]), normed.reshape([b, h * w, d]));
         let x = add_parallel(&s.attn_parallel, &x + a, &x, &normed, layout, train);
         let x = apply_token(&s.after_attn, x, layout, train);
         let normed = self.norm2.forward(&x);
@@ -235,7 +275,9 @@ impl SamBlock {
             train,
         );
         let x = add_parallel(&s.mlp_parallel, &x + m, &x, &normed, layout, train);
-        apply_token(&s.after_mlp, x, layout, train).view([b, h, w, d])
+        apply_token(&s.after_mlp, x, layout, train)
+            .narrow(1, prefix, h * w)
+            .reshape([b, h, w, d])
     }
 }
 
@@ -247,6 +289,11 @@ pub struct SamVit {
     pub blocks: Vec<SamBlock>,
     neck: nn::Sequential,
     head: Option<nn::Linear>,
+    /// Prompt-token site of the global-attention blocks (visual prompt tuning; see
+    /// [`PromptModule`]: index `j` is the `j`-th global block).
+    pub prompts: Option<Rc<dyn PromptModule>>,
+    /// Input site: maps the image batch before the patch embedding (visual prompt padding).
+    pub input_prompt: Option<Rc<dyn MapModule>>,
 }
 
 impl SamVit {
@@ -299,6 +346,8 @@ impl SamVit {
             blocks,
             neck,
             head,
+            prompts: None,
+            input_prompt: None,
         })
     }
 
@@ -308,11 +357,25 @@ impl SamVit {
 
     /// Token grid after the blocks, `[batch, h, w, dim]` (before the neck).
     pub fn forward_grid(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut t = self.patch_embed.forward(x).permute([0, 2, 3, 1]);
-        let (_, h, w, _) = t.size4().expect("4-D");
-        t = t + resample_grid_nhwc(&self.pos_embed, h, w);
+        let x = match &self.input_prompt {
+            Some(m) => m.forward_t(x, train),
+            None => x.shallow_clone(),
+        };
+        let t = self.patch_embed.forward(&x).permute([0, 2, 3, 1]);
+        let (b, h, w, _) = t.size4().expect("4-D");
+        let mut t = t + resample_grid_nhwc(&self.pos_embed, h, w);
+        let mut global = 0;
         for blk in &self.blocks {
-            t = blk.forward_t(&t, train);
+            let prompts = if blk.window_size == 0 {
+                global += 1;
+                self.prompts
+                    .as_ref()
+                    .and_then(|m| m.prompts(global - 1, train))
+                    .map(|p| p.unsqueeze(0).expand([b, -1, -1], false))
+            } else {
+                None
+            };
+            t = blk.forward_t(&t, prompts.as_ref(), train);
         }
         t
     }

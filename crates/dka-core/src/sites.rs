@@ -6,9 +6,10 @@
 //! them into the sites it needs; the same `Rc` may fill several sites (DKA's "mona"
 //! placement shares one instance between the two positions of a block).
 //!
-//! Token form (ViT and SAM ViT blocks): `x: [batch, prefix + h*w, dim]`, the `prefix` tokens
-//! (CLS, prompts) first, then the patch grid row-major. SAM's `[batch, h, w, dim]` maps are
-//! flattened to this form (prefix 0) before a site sees them.
+//! Token form (ViT, SAM ViT and TinyViT blocks): `x: [batch, prefix + h*w, dim]`, the `prefix`
+//! tokens (CLS, prompts) first, then the patch grid row-major. SAM's `[batch, h, w, dim]` maps
+//! are flattened to this form (prefix 0, or the prompt count in a prompted global block) before a
+//! site sees them; TinyViT's blocks already work on `[batch, h*w, dim]` (prefix 0).
 use std::fmt::Debug;
 use std::rc::Rc;
 use tch::Tensor;
@@ -39,8 +40,16 @@ pub trait ParallelModule: Debug {
 }
 
 /// A term added to the output of a frozen Linear layer, computed from that layer's input
-/// (LoRA: `(alpha/r) B A x`). Input and output keep every leading dimension.
+/// (LoRA: `(alpha/r) B A x`). Input and output keep every leading dimension; the output is in
+/// the layer's own row order (for a fused `qkv`, see [`QkvLayout`]).
 pub trait LinearDelta: Debug {
+    fn delta(&self, input: &Tensor, train: bool) -> Tensor;
+}
+
+/// A term added to the output of a frozen convolution, computed from that convolution's input
+/// (LoRA on a conv: `(alpha/r) B(A(x))`, A a conv with the layer's kernel and stride, B 1x1).
+/// `input: [batch, c_in, h, w]` -> `[batch, c_out, h', w']`, the layer's own output shape.
+pub trait ConvDelta: Debug {
     fn delta(&self, input: &Tensor, train: bool) -> Tensor;
 }
 
@@ -49,7 +58,9 @@ pub trait MapModule: Debug {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor;
 }
 
-/// Extra tokens inserted after the class token (visual prompt tuning).
+/// Extra tokens inserted after the class token (visual prompt tuning). SAM's encoder has no
+/// class token: there block `layer` means the `layer`-th **global-attention** block, the prompts
+/// come first in that block's sequence and are dropped after it (`None` = no prompts there).
 pub trait PromptModule: Debug {
     /// Number of prompt tokens `p`.
     fn count(&self) -> i64;
@@ -99,11 +110,74 @@ impl BlockSites {
     }
 }
 
-/// The sites of a CNN residual block: `y = after_block(block(x) + parallel(x))`.
+/// How a fused `qkv` Linear orders its `3·dim` output rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QkvLayout {
+    /// `[q | k | v]`, each `dim` rows with the heads inside (timm's ViT and SAM).
+    #[default]
+    Grouped,
+    /// `[q_0 k_0 v_0 | q_1 k_1 v_1 | ...]`, one `3·dim/heads` group per head (TinyViT, LeViT).
+    PerHead { heads: i64 },
+}
+
+impl QkvLayout {
+    /// Reorders a `[..., 3·dim]` tensor from the grouped `[q | k | v]` order into this layout.
+    pub fn from_grouped(&self, t: &Tensor) -> Tensor {
+        match *self {
+            QkvLayout::Grouped => t.shallow_clone(),
+            QkvLayout::PerHead { heads } => {
+                let mut shape = t.size();
+                let n = shape.pop().expect("at least 1-D");
+                let mut split = shape.clone();
+                split.extend([3, heads, n / (3 * heads)]);
+                let d = split.len() as i64;
+                shape.push(n);
+                t.reshape(split.as_slice())
+                    .transpose(d - 3, d - 2)
+                    .reshape(shape.as_slice())
+            }
+        }
+    }
+
+    /// Row permutation `perm` with `native[i] = grouped[perm[i]]` (for rewriting weights).
+    pub fn grouped_rows(&self, dim: i64) -> Vec<i64> {
+        let idx = Tensor::arange(3 * dim, (tch::Kind::Int64, tch::Device::Cpu));
+        Vec::<i64>::try_from(self.from_grouped(&idx)).expect("int64 indices")
+    }
+}
+
+/// What a method may need to know about a transformer block besides its sites.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenBlockInfo {
+    /// State-dict path of the block (`blocks.3`, `layers.1.blocks.0`); its Linear layers are
+    /// `<path>.attn.qkv`, `<path>.attn.proj`, `<path>.mlp.fc1`, `<path>.mlp.fc2`.
+    pub path: String,
+    pub dim: i64,
+    pub mlp_hidden: i64,
+    pub qkv: QkvLayout,
+}
+
+/// Geometry of a square-kernel convolution (what a [`ConvDelta`] must reproduce).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub c_in: i64,
+    pub c_out: i64,
+    pub kernel: i64,
+    pub stride: i64,
+    pub padding: i64,
+}
+
+/// Names of the convolutions of a CNN residual block that accept a [`ConvDelta`] (timm's
+/// names inside `layerK.N`: basic blocks have `conv1`, `conv2`; bottlenecks also `conv3`).
+pub const CONV_SITES: [&str; 3] = ["conv1", "conv2", "conv3"];
+
+/// The sites of a CNN residual block: `y = after_block(block(x) + parallel(x))`, with
+/// `convs[i]` adding a delta to the output of the block's conv `i+1` (before its BatchNorm).
 #[derive(Debug, Default, Clone)]
 pub struct MapSites {
     pub parallel: Option<Rc<dyn MapModule>>,
     pub after_block: Option<Rc<dyn MapModule>>,
+    pub convs: [Option<Rc<dyn ConvDelta>>; 3],
 }
 
 pub(crate) fn apply_token(
@@ -129,6 +203,21 @@ pub(crate) fn add_parallel(
     match site {
         Some(m) => sum + m.forward_t(x, normed, l, train),
         None => sum,
+    }
+}
+
+/// `conv(x) + delta(x)` for a frozen convolution with an optional delta site.
+pub(crate) fn conv_with(
+    layer: &tch::nn::Conv2D,
+    site: &Option<Rc<dyn ConvDelta>>,
+    x: &Tensor,
+    train: bool,
+) -> Tensor {
+    use tch::nn::Module;
+    let y = layer.forward(x);
+    match site {
+        Some(d) => y + d.delta(x, train),
+        None => y,
     }
 }
 
