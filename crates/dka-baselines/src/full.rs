@@ -14,9 +14,7 @@ impl Method for FullFineTune {
     }
 
     fn attach(&self, backbone: &mut Backbone, _p: &nn::Path) -> Result<()> {
-        if let Backbone::ResNet(m) = backbone {
-            m.freeze_bn = false;
-        }
+        backbone.set_freeze_bn(false);
         Ok(())
     }
 
