@@ -2,8 +2,8 @@
 //! `erf/visualize_erf.py` and `erf/analyze_erf.py`), for the paper's Figures 2 and 6.
 //!
 //! For each image: take the last feature map `[batch, C, h, w]` (ViT: the patch tokens after
-//! the final norm, prefix tokens left out, laid on their `h x w` grid; CNN and SAM encoder:
-//! their map), sum `relu(out[:, :, h/2, w/2])` over batch and channels, back-propagate to the
+//! the final norm, prefix tokens left out, laid on their `h x w` grid; ResNet, SAM and
+//! TinyViT encoders: their map), sum `relu(out[:, :, h/2, w/2])` over batch and channels, back-propagate to the
 //! input image, take `relu(grad)` and sum it over the colour channels: an `[H, W]` map of
 //! contribution scores. [`ErfAccumulator`] adds these up over images; RepLKNet averages them
 //! (`AverageMeter`), skipping an image whose scores contain NaN, and so does
@@ -125,7 +125,8 @@ pub fn contribution_scores(
 }
 
 /// The last feature map `[batch, C, h, w]` of any backbone, in eval mode: a ViT's patch tokens
-/// after the final norm (prefix tokens left out) on their grid, a CNN's or SAM encoder's map.
+/// after the final norm (prefix tokens left out) on their grid; otherwise the backbone's own
+/// map (ResNet's last stage, SAM's and TinyViT's neck).
 pub fn backbone_feature_map(b: &Backbone, x: &Tensor) -> Tensor {
     let f = b.forward_features(x, false);
     match f.layout {

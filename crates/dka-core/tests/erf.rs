@@ -2,7 +2,8 @@
 //! - a stack of `n` k x k convolutions with positive weights has an ERF supported exactly on its
 //!   theoretical receptive field, the `n(k−1)+1` square around the centre;
 //! - the high-contribution area ratio of hand-made maps equals the hand computation;
-//! - a ViT's ERF has the input's size and is finite and non-negative.
+//! - a ViT's ERF has the input's size and is finite and non-negative; ResNet, SAM and TinyViT
+//!   encoders give a feature map and an ERF through the same function.
 use dka_core::erf::{
     area_ratio, backbone_feature_map, high_contribution_area_ratios, normalised_log_map, AreaRatio,
     ErfAccumulator,
@@ -177,5 +178,31 @@ fn a_vit_erf_has_the_input_shape_and_is_finite_and_non_negative() {
     // Nothing of the model got a gradient.
     for (name, t) in vs.variables() {
         assert!(!t.grad().defined(), "{name} got a gradient");
+    }
+}
+
+#[test]
+fn every_backbone_family_gives_a_feature_map_and_an_erf() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments/backbones/");
+    let tinyvit = r#"{"arch":"tinyvit","img_size":32,"embed_dims":[8,16,16,24],"depths":[1,1,1,1],"num_heads":[1,2,2,2],"window_sizes":[3,3,3,3],"mlp_ratio":2.0,"mbconv_expand_ratio":2.0,"neck_chans":16}"#;
+    let configs = [
+        BackboneConfig::from_spec(&format!("{root}resnet_quick.json")).unwrap(),
+        BackboneConfig::from_spec(&format!("{root}samvit_quick.json")).unwrap(),
+        BackboneConfig::from_json_str(tinyvit).unwrap(),
+    ];
+    for cfg in configs {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Backbone::new(&vs.root(), &cfg).unwrap();
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let f = |x: &Tensor| backbone_feature_map(&model, x);
+        let map = tch::no_grad(|| f(&x));
+        assert_eq!(map.dim(), 4, "{}: {:?}", model.arch(), map.size());
+        assert_eq!(map.size()[0], 2);
+        let mut acc = ErfAccumulator::new(32, 32);
+        assert_eq!(acc.add(&f, &x).unwrap(), 2, "{}", model.arch());
+        let mean = acc.mean();
+        assert!(bool::try_from(mean.isfinite().all()).unwrap());
+        assert!(mean.min().double_value(&[]) >= 0.0);
+        assert!(mean.max().double_value(&[]) > 0.0, "{}", model.arch());
     }
 }
