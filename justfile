@@ -1,12 +1,15 @@
 # dka: Dual-Kernel Adapter toolkit. `just --list` explains every recipe.
 set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments := true
 
 python := ".venv/bin/python"
-# Arguments of the paper recipes: `just data=~/datasets weights=vit_b16.safetensors reproduce-table2`,
-# `just profile=quick reproduce-table2`.
+# Arguments of the paper recipes, before or after the recipe name:
+# `just reproduce-table2 data=~/datasets weights=vit_b16.safetensors`,
+# `just profile=quick reproduce-table2` (see scripts/grid.sh for every key).
 data := ""
 weights := ""
 profile := ""
+device := ""
 dka := "target/debug/dka"
 
 # List the recipes.
@@ -65,44 +68,45 @@ bench: bench-dka
 params: build
     {{dka}} params --backbone vit_base_patch16_224 --output results/params.csv
 
-# --- Paper tables and figures. Each reads data= (a folder with one sub-folder per dataset, or
-# NAME=PATH,...), weights= (.safetensors) and profile= (`quick`: tiny backbone, synthetic and
-# registry data, minutes on 2 cores). Results: results/<experiment>[-<profile>]/{runs,table}.{csv,md}.
+# --- Paper tables and figures. Each takes data= (a folder with one sub-folder per dataset, or
+# NAME=PATH,...), weights= (.safetensors, or none for the random-init control), profile= (`quick`:
+# tiny backbone, synthetic and registry data, minutes on 2 cores; `paper`: the authors' best-test
+# protocol), device= (auto, cpu, cuda:N), and shard=I/N, retry=1, dry=1, out=DIR, cache=DIR.
+# They run offline: only the quick and demo profiles fetch registry files. Every grid of a recipe
+# runs even when another has failed runs. Results: results/<experiment>[-<profile>]/.
 
-# Table 1: medical-pretrained MedSAM encoder (ISIC-2019 accuracy, BUSI mIoU).
-reproduce-table1: build assets
-    scripts/grid.sh experiments/table1_medical.toml "{{data}}" "{{weights}}" "{{profile}}"
+# Table 1: medical-pretrained MedSAM encoder (ISIC-2019 accuracy, BUSI foreground IoU).
+reproduce-table1 *args: build
+    scripts/grid.sh experiments/table1_classification.toml experiments/table1_segmentation.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"
 
-# Table 2: ImageNet ViT-B/16, classification and segmentation, 11 methods x 3 datasets x 3 fractions x 5 draws.
-reproduce-table2: build assets
-    scripts/grid.sh experiments/table2_classification.toml "{{data}}" "{{weights}}" "{{profile}}"
-    scripts/grid.sh experiments/table2_segmentation.toml "{{data}}" "{{weights}}" "{{profile}}"
+# Table 2: natural-pretrained ViT-B/16, classification and segmentation, 11 methods x 3 datasets x 3 fractions x 5 draws.
+reproduce-table2 *args: build
+    scripts/grid.sh experiments/table2_classification.toml experiments/table2_segmentation.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"
 
 # Table 3: DKA middle dimension (BUSI classification, ISIC-2018 segmentation).
-ablate-middle-dim: build assets
-    scripts/grid.sh experiments/table3_middle_dim_cls.toml "{{data}}" "{{weights}}" "{{profile}}"
-    scripts/grid.sh experiments/table3_middle_dim_seg.toml "{{data}}" "{{weights}}" "{{profile}}"
+ablate-middle-dim *args: build
+    scripts/grid.sh experiments/table3_middle_dim_cls.toml experiments/table3_middle_dim_seg.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"
 
 # Table 3b: learnable kernel sizes vs 51x51 + 5x5 (COVID).
-ablate-learnable-kernel: build assets
-    scripts/grid.sh experiments/table3b_learnable_kernel.toml "{{data}}" "{{weights}}" "{{profile}}"
+ablate-learnable-kernel *args: build
+    scripts/grid.sh experiments/table3b_learnable_kernel.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"
 
 # Figure 8: large x small kernel sizes (BUSI 1.25 %).
-ablate-kernel-sizes: build assets
-    scripts/grid.sh experiments/fig8_kernel_sizes.toml "{{data}}" "{{weights}}" "{{profile}}"
+ablate-kernel-sizes *args: build
+    scripts/grid.sh experiments/fig8_kernel_sizes.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"
 
 # Figure 9: large only, small only, both.
-ablate-single-dual: build assets
-    scripts/grid.sh experiments/fig9_single_dual.toml "{{data}}" "{{weights}}" "{{profile}}"
+ablate-single-dual *args: build
+    scripts/grid.sh experiments/fig9_single_dual.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"
 
 # Figure 7: adapter x head learning rates.
-ablate-lr: build assets
-    scripts/grid.sh experiments/fig7_lr_grid.toml "{{data}}" "{{weights}}" "{{profile}}"
+ablate-lr *args: build
+    scripts/grid.sh experiments/fig7_lr_grid.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"
 
 # Figure 5: methods at equal trainable-parameter budgets (and results/params.csv).
-compare-params: build assets
-    scripts/grid.sh experiments/fig5_equal_params.toml "{{data}}" "{{weights}}" "{{profile}}"
+compare-params *args: build
+    scripts/grid.sh experiments/fig5_equal_params.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"
 
 # Figure 1: accuracy against training-data fraction.
-data-size-curve: build assets
-    scripts/grid.sh experiments/fig1_data_size.toml "{{data}}" "{{weights}}" "{{profile}}"
+data-size-curve *args: build
+    scripts/grid.sh experiments/fig1_data_size.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"

@@ -9,7 +9,7 @@
 //! Link arguments from a build script apply to this package's binaries, tests and benches.
 use std::path::Path;
 
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=../../build/libtorch_link.rs");
     let Ok(root) = std::env::var("LIBTORCH") else {

@@ -67,7 +67,11 @@ def main(src: str, out: str) -> None:
 
     img = side * 14
     cfg = dict(arch="vit", img_size=img, patch_size=14, embed_dim=384, depth=depth, num_heads=6, mlp_ratio=4.0,
-               init_values=1e-5, num_classes=0, global_pool="token")
+               init_values=1e-5, num_classes=0, global_pool="token",
+               # DINOv2's preprocessing (its hubconf/transforms): ImageNet mean/std, bicubic.
+               input=dict(size=224, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+                          scale="mean-std", resize="stretch", interpolation="bicubic",
+                          source="DINOv2 (ImageNet mean/std, bicubic)"))
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     save_file(timm, str(outp / "model.safetensors"))

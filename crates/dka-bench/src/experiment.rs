@@ -17,12 +17,20 @@
 //! dataset = ["covid", "busi-cls"]
 //! "method.d_hat" = [8, 16]       # nested fields work too
 //!
-//! [profiles.quick.base]          # `--profile quick`: overrides of base and grid
+//! [profiles.quick]               # `--profile quick`: flags, and overrides of base and grid
+//! cpu = true                     # small enough for the CPU (other profiles refuse it)
+//! random_weights = true          # may run without --weights
+//! [profiles.quick.base]          # replaces base's keys; a dotted key sets one nested field
 //! epochs = 2
+//! "optimizer.head_lr" = 1e-3
 //! ```
 //! A table value on an axis replaces the field; `label` (removed before use) names it in
-//! tables, else `name`, else the value itself. Every cell is parsed into a `RunConfig`
-//! (unknown fields are errors) before any run starts.
+//! tables, else `name`, else the value itself. Two more keys are removed before use: `value`
+//! (the axis value, when it is not itself a table: `{ value = "busi-seg", with = {...} }`) and
+//! `with`, a table of dotted `RunConfig` paths set for the runs that take this value
+//! (`{ name = "full", with = { "optimizer.backbone_lr" = 1e-5 } }`), applied after every
+//! axis. Every cell is parsed into a `RunConfig` (unknown fields are errors) before any run
+//! starts.
 use crate::grid::RunSpec;
 use crate::run_config::RunConfig;
 use anyhow::{bail, Context};
@@ -31,9 +39,20 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
+    /// Small enough to run on the CPU; a grid of any other profile refuses the CPU unless
+    /// `--device cpu` is given.
+    #[serde(default)]
+    pub cpu: bool,
+    /// May run without `--weights` (random initialisation); other profiles need weights or
+    /// an explicit `--weights none`.
+    #[serde(default)]
+    pub random_weights: bool,
+    /// A note for the table (e.g. what the profile changes).
+    #[serde(default)]
+    pub note: Option<String>,
     #[serde(default)]
     pub base: toml::Table,
     #[serde(default)]
@@ -56,6 +75,12 @@ pub struct Experiment {
     /// Figure drawn from the table (`bars`, `lines`, `heatmap`).
     #[serde(default)]
     pub plot: crate::plot::PlotKind,
+    /// Notes printed under the table: the data choices a reader needs.
+    #[serde(default)]
+    pub notes: Vec<String>,
+    /// The experiment as written is small enough for the CPU (the demo).
+    #[serde(default)]
+    pub cpu: bool,
     #[serde(default)]
     pub base: toml::Table,
     pub grid: toml::Table,
@@ -88,21 +113,52 @@ fn set_path(root: &mut Value, path: &str, v: Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An axis value without its `label`, and the label.
-fn labelled(v: &toml::Value) -> (Value, String) {
+/// One value of an axis: what the field is set to, its label, and the `with` settings.
+#[derive(Debug, Clone)]
+struct AxisValue {
+    value: Value,
+    label: String,
+    with: Vec<(String, Value)>,
+}
+
+fn scalar_label(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An axis value without its `label`, `value` and `with` keys, and those.
+fn labelled(v: &toml::Value) -> AxisValue {
     let mut j = json(v);
-    let label = match j.as_object_mut() {
-        Some(o) => o
-            .remove("label")
-            .and_then(|l| l.as_str().map(str::to_owned))
-            .or_else(|| o.get("name").and_then(|n| n.as_str().map(str::to_owned)))
-            .unwrap_or_else(|| v.to_string()),
-        None => match v {
-            toml::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        },
+    let Some(o) = j.as_object_mut() else {
+        return AxisValue {
+            label: scalar_label(&j),
+            value: j,
+            with: Vec::new(),
+        };
     };
-    (j, label)
+    let label = o
+        .remove("label")
+        .and_then(|l| l.as_str().map(str::to_owned));
+    let with: Vec<(String, Value)> = match o.remove("with") {
+        Some(Value::Object(w)) => w.into_iter().collect(),
+        _ => Vec::new(),
+    };
+    let value = o
+        .remove("value")
+        .unwrap_or_else(|| Value::Object(o.clone()));
+    let label = label
+        .or_else(|| {
+            value
+                .get("name")
+                .and_then(|n| n.as_str().map(str::to_owned))
+        })
+        .unwrap_or_else(|| match &value {
+            Value::Object(_) => v.to_string(),
+            other => scalar_label(other),
+        });
+    AxisValue { value, label, with }
 }
 
 impl Experiment {
@@ -111,21 +167,30 @@ impl Experiment {
         toml::from_str(&text).with_context(|| format!("{}: not a valid experiment", path.display()))
     }
 
+    /// The profile called `name` (`None`: the experiment as written, the default profile).
+    pub fn profile(&self, name: Option<&str>) -> anyhow::Result<Profile> {
+        match name {
+            None => Ok(Profile {
+                cpu: self.cpu,
+                ..Profile::default()
+            }),
+            Some(p) => self.profiles.get(p).cloned().with_context(|| {
+                format!(
+                    "experiment {} has no profile '{p}' (has: {})",
+                    self.name,
+                    self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }),
+        }
+    }
+
     /// Every run of the grid (under `profile`), each already checked as a [`RunConfig`].
     pub fn runs(&self, profile: Option<&str>) -> anyhow::Result<Vec<RunSpec>> {
         let mut base = self.base.clone();
         let mut grid = self.grid.clone();
-        if let Some(p) = profile {
-            let Some(prof) = self.profiles.get(p) else {
-                bail!(
-                    "experiment {} has no profile '{p}' (has: {})",
-                    self.name,
-                    self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
-                );
-            };
-            base.extend(prof.base.clone());
-            grid.extend(prof.grid.clone());
-        }
+        let prof = self.profile(profile)?;
+        base.extend(prof.base.clone());
+        grid.extend(prof.grid.clone());
         for axis in std::iter::once(&self.rows).chain(&self.columns) {
             if !grid.contains_key(axis) {
                 bail!(
@@ -134,7 +199,7 @@ impl Experiment {
                 );
             }
         }
-        let axes: Vec<(String, Vec<(Value, String)>)> = grid
+        let axes: Vec<(String, Vec<AxisValue>)> = grid
             .iter()
             .map(|(k, v)| match v {
                 toml::Value::Array(a) if !a.is_empty() => {
@@ -146,23 +211,36 @@ impl Experiment {
                 ),
             })
             .collect::<anyhow::Result<_>>()?;
-        let base = json(&toml::Value::Table(base));
-        let mut cells: Vec<(Value, BTreeMap<String, String>)> = vec![(base, BTreeMap::new())];
+        // Dotted keys in `base` (`"optimizer.head_lr" = 1e-3`) set one nested field.
+        let (dotted, plain): (toml::Table, toml::Table) =
+            base.into_iter().partition(|(k, _)| k.contains('.'));
+        let mut base = json(&toml::Value::Table(plain));
+        for (k, v) in dotted {
+            set_path(&mut base, &k, json(&v))?;
+        }
+        type Cell = (Value, BTreeMap<String, String>, Vec<(String, Value)>);
+        let mut cells: Vec<Cell> = vec![(base, BTreeMap::new(), Vec::new())];
         for (axis, values) in &axes {
             let mut next = Vec::with_capacity(cells.len() * values.len());
-            for (cfg, labels) in &cells {
-                for (v, label) in values {
-                    let (mut cfg, mut labels) = (cfg.clone(), labels.clone());
-                    set_path(&mut cfg, axis, v.clone())?;
-                    labels.insert(axis.clone(), label.clone());
-                    next.push((cfg, labels));
+            for (cfg, labels, with) in &cells {
+                for v in values {
+                    let (mut cfg, mut labels, mut with) =
+                        (cfg.clone(), labels.clone(), with.clone());
+                    set_path(&mut cfg, axis, v.value.clone())?;
+                    labels.insert(axis.clone(), v.label.clone());
+                    with.extend(v.with.iter().cloned());
+                    next.push((cfg, labels, with));
                 }
             }
             cells = next;
         }
         cells
             .into_iter()
-            .map(|(cfg, labels)| {
+            .map(|(mut cfg, labels, with)| {
+                for (path, v) in with {
+                    set_path(&mut cfg, &path, v)
+                        .with_context(|| format!("experiment {}: `with` {path}", self.name))?;
+                }
                 let rc: RunConfig = serde_json::from_value(cfg.clone())
                     .with_context(|| format!("experiment {}: run {labels:?}", self.name))?;
                 rc.validate()

@@ -28,7 +28,8 @@ pub struct Args {
     /// (`task_head.*`) then gives the logits.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t)]
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value_t)]
     device: DeviceArg,
 }
 

@@ -1,61 +1,127 @@
-//! Running an experiment's grid: resumable (finished runs are skipped), shardable (`i/n`), one
-//! folder per run, and one row per finished run appended to `runs.csv`.
+//! Running an experiment's grid: resumable (ended runs are skipped), shardable (`i/n`), safe
+//! with several processes on one output folder, one folder per run.
 //!
-//! `runs.csv` columns: `id`, the grid axes (sorted), [`METRICS`] (empty when a run has no such
-//! metric), `other_metrics` and `info` (JSON objects), `finished_utc`. A row is appended with
-//! one `write` of the whole line on a file opened for appending, then synced; a crash can leave
-//! at most a torn last line, which the next start removes before anything else, so the file
-//! never holds torn or duplicate rows. A failed run writes no row (a restart retries it); an
-//! interrupted run's folder is cleared and the run redone.
+//! A run's id hashes its identity: the resolved config, the content of its weights file and
+//! of its data split (see `run_cmd`), so a changed setting, other weights or another split is
+//! another run. Each run lives in `out/runs/<id>/` (`spec.json`, then whatever the run writes,
+//! then `result.json` when it ends). `runs.csv` is rebuilt from the result files (see
+//! [`runs_csv`]). A run whose folder has no `result.json` was interrupted: its folder is
+//! cleared and the run redone. A failed run (its error in `result.json` and in `runs.csv`) is
+//! tried again only with `retry_failed`. A run is claimed with a lock on
+//! `.locks/<id>.lock`; a run claimed elsewhere is skipped and reported, never cleared.
+pub mod runs_csv;
+
 use anyhow::{bail, Context};
+use runs_csv::{read_record, write_atomic, FileLock, RunRecord, Status};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
 
-/// Metric columns of runs.csv, in order; other metrics go to `other_metrics`.
-pub const METRICS: [&str; 10] = [
-    "primary",
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "auc",
-    "miou",
-    "miou_foreground",
-    "dice_foreground",
-    "selected_epoch",
-    "trainable_params",
-];
-
-/// One cell of an experiment grid: its stable id and the values of the grid axes.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// One run of a grid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSpec {
     pub id: String,
+    /// Axis name -> the value's label (as tables show it).
     pub axes: BTreeMap<String, String>,
+    /// The run's `RunConfig` as JSON.
     pub config: serde_json::Value,
+    /// What the id hashes: by default the config; `run_cmd` adds the weights' and the
+    /// split's content hashes.
+    pub identity: serde_json::Value,
 }
 
 impl RunSpec {
-    /// The id is the first 12 hex digits of the SHA-256 of the config's canonical JSON (keys
-    /// sorted), so the same run has the same id on every machine.
+    /// A spec whose identity is its config.
     pub fn new(axes: BTreeMap<String, String>, config: serde_json::Value) -> Self {
-        let digest = Sha256::digest(serde_json::to_string(&config).expect("json").as_bytes());
+        let identity = config.clone();
+        Self::with_identity(axes, config, identity)
+    }
+
+    /// The id is the first 12 hex digits of the SHA-256 of the identity's canonical JSON
+    /// (compact, object keys sorted at every level), so the same run has the same id on every
+    /// machine.
+    pub fn with_identity(
+        axes: BTreeMap<String, String>,
+        config: serde_json::Value,
+        identity: serde_json::Value,
+    ) -> Self {
+        let mut canonical = String::new();
+        canonical_json(&identity, &mut canonical);
+        let digest = Sha256::digest(canonical.as_bytes());
         let id = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        Self { id, axes, config }
+        Self {
+            id,
+            axes,
+            config,
+            identity,
+        }
     }
 }
 
+/// Compact JSON with sorted object keys (what `serde_json::to_string` writes without the
+/// `preserve_order` feature).
+fn canonical_json(v: &serde_json::Value, s: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            s.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str(&Value::String(k.clone()).to_string());
+                s.push(':');
+                canonical_json(&m[k], s);
+            }
+            s.push('}');
+        }
+        Value::Array(a) => {
+            s.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                canonical_json(x, s);
+            }
+            s.push(']');
+        }
+        scalar => s.push_str(&scalar.to_string()),
+    }
+}
+
+/// What one finished run reports: metric name -> value, plus free-form info columns.
 pub struct RunResult {
     pub metrics: BTreeMap<String, f64>,
     pub info: BTreeMap<String, String>,
 }
 
-/// Shard `index` of `count` (0-based, written `index/count`): spec k runs in shard k % count.
+/// Shard `index` of `count`, 0-based, written `index/count` (`0/4` .. `3/4`, as slurm's
+/// `--array=0-3` numbers its tasks): spec k of the grid runs in shard k % count, so the
+/// shards, run separately, cover the grid exactly once.
 #[derive(Debug, Clone, Copy)]
 pub struct Shard {
     pub index: usize,
     pub count: usize,
+}
+
+impl Shard {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.count == 0 || self.index >= self.count {
+            bail!(
+                "shard {}/{}: need 0 <= I < N (I is 0-based)",
+                self.index,
+                self.count
+            );
+        }
+        Ok(())
+    }
+
+    pub fn contains(&self, k: usize) -> bool {
+        k % self.count == self.index
+    }
 }
 
 impl std::str::FromStr for Shard {
@@ -64,189 +130,186 @@ impl std::str::FromStr for Shard {
         let (i, n) = s
             .split_once('/')
             .with_context(|| format!("--shard {s}: expected I/N"))?;
-        let (index, count): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
-        if count == 0 || index >= count {
-            bail!("--shard {s}: need 0 <= I < N");
-        }
-        Ok(Self { index, count })
+        let parse = |x: &str| {
+            x.trim()
+                .parse::<usize>()
+                .with_context(|| format!("--shard {s}: '{x}' is not a number"))
+        };
+        let shard = Self {
+            index: parse(i)?,
+            count: parse(n)?,
+        };
+        shard.check()?;
+        Ok(shard)
     }
 }
 
 #[derive(Debug, Default)]
 pub struct GridOptions {
     pub shard: Option<Shard>,
+    /// List (in [`GridSummary::planned`]) what would run; touch nothing.
     pub dry_run: bool,
+    /// Run again the runs whose last attempt failed.
+    pub retry_failed: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct GridSummary {
     pub finished: usize,
     pub skipped_already_done: usize,
+    /// Runs whose earlier attempt failed, not retried (`retry_failed` is off).
+    pub skipped_failed: usize,
+    /// (id, error chain) of the runs that failed now.
     pub failed: Vec<(String, String)>,
+    /// Runs claimed by another process at the time: neither run nor recorded here.
+    pub running_elsewhere: Vec<String>,
+    /// Dry run: the ids that would run.
+    pub planned: Vec<String>,
 }
 
-fn header(axes: &[String]) -> Vec<String> {
-    let mut h = vec!["id".to_string()];
-    h.extend(axes.iter().cloned());
-    h.extend(METRICS.iter().map(|m| m.to_string()));
-    h.extend(["other_metrics", "info", "finished_utc"].map(String::from));
-    h
-}
-
-/// Removes a torn last line and returns the ids already finished. Creates the file with its
-/// header if it does not exist.
-fn prepare_runs_csv(path: &Path, header: &[String]) -> anyhow::Result<BTreeSet<String>> {
-    if !path.exists() {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        w.write_record(header)?;
-        std::fs::write(path, w.into_inner()?).with_context(|| path.display().to_string())?;
-        return Ok(BTreeSet::new());
-    }
-    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
-    let keep = match bytes.iter().rposition(|&b| b == b'\n') {
-        Some(i) => i + 1,
-        None => 0,
-    };
-    // Complete lines only; then drop rows whose field count is wrong (a torn row that happened
-    // to end in a newline inside a quoted field cannot occur: fields hold no raw newlines).
-    let mut rdr = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(&bytes[..keep]);
-    let found: Vec<String> = rdr.headers()?.iter().map(String::from).collect();
-    if found != header {
-        bail!(
-            "{}: columns {:?} do not match this grid's {:?}; use another --out",
-            path.display(),
-            found,
-            header
-        );
-    }
+/// Unique ids; no line break in an id or an axis (a CSV row must be one line).
+fn check_specs(specs: &[RunSpec]) -> anyhow::Result<()> {
     let mut ids = BTreeSet::new();
-    let mut good = Vec::new();
-    let mut bad = false;
-    for rec in rdr.records() {
-        let rec = rec?;
-        if rec.len() == header.len() && ids.insert(rec[0].to_string()) {
-            good.push(rec);
-        } else {
-            bad = true;
+    for s in specs {
+        if !ids.insert(s.id.as_str()) {
+            bail!(
+                "the grid has two identical runs (id {}, axes {:?}); remove the duplicate axis \
+                 values",
+                s.id,
+                s.axes
+            );
+        }
+        let mut texts = std::iter::once(&s.id).chain(s.axes.iter().flat_map(|(k, v)| [k, v]));
+        if let Some(t) = texts.find(|t| t.contains(['\n', '\r'])) {
+            bail!("run {}: {t:?} holds a line break", s.id);
         }
     }
-    if keep != bytes.len() || bad {
-        // Rewrite the clean rows (atomically) when anything was torn or repeated.
-        let mut w = csv::Writer::from_writer(Vec::new());
-        w.write_record(header)?;
-        for r in &good {
-            w.write_record(r)?;
-        }
-        let tmp = path.with_extension("csv.partial");
-        std::fs::write(&tmp, w.into_inner()?)?;
-        std::fs::rename(&tmp, path)?;
-        tracing::warn!(
-            "{}: removed a torn or duplicate row left by an interrupted run",
-            path.display()
-        );
-    }
-    Ok(ids)
-}
-
-fn append_row(path: &Path, row: &[String]) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(row)?;
-    let line = w.into_inner()?;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .with_context(|| path.display().to_string())?;
-    f.write_all(&line)?;
-    f.sync_data()?;
     Ok(())
 }
 
-fn now_utc() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
+/// Whether the run in `dir` needs no new attempt.
+fn ended(dir: &Path, retry_failed: bool) -> Option<Status> {
+    read_record(dir)
+        .map(|r| r.status)
+        .filter(|s| *s == Status::Ok || !retry_failed)
 }
 
-/// Runs this shard's specs that `out/runs.csv` does not list yet, each in `out/runs/<id>/`.
+/// Runs every spec of this shard that has not ended, each in `out/runs/<id>/` (cleared
+/// first, then `spec.json` written, then `run_one` called, then `result.json` written), and
+/// rebuilds `runs.csv` after each. A failing `run_one` is recorded as a failed run and
+/// reported, not fatal.
 pub fn run_grid(
     out: &Path,
     specs: &[RunSpec],
     opts: &GridOptions,
     run_one: &mut dyn FnMut(&RunSpec, &Path) -> anyhow::Result<RunResult>,
 ) -> anyhow::Result<GridSummary> {
-    let axes: Vec<String> = specs
-        .iter()
-        .flat_map(|s| s.axes.keys().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let ids: BTreeSet<&str> = specs.iter().map(|s| s.id.as_str()).collect();
-    if ids.len() != specs.len() {
-        bail!("the grid has two identical runs (same config); remove the duplicate axis values");
+    check_specs(specs)?;
+    if let Some(s) = &opts.shard {
+        s.check()?;
     }
-    std::fs::create_dir_all(out.join("runs")).with_context(|| out.display().to_string())?;
-    let csv_path = out.join("runs.csv");
-    let header = header(&axes);
-    let done = prepare_runs_csv(&csv_path, &header)?;
+    let mine = specs
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| opts.shard.is_none_or(|s| s.contains(*k)))
+        .map(|(_, s)| s);
     let mut summary = GridSummary::default();
-    for (k, spec) in specs.iter().enumerate() {
-        if opts.shard.is_some_and(|s| k % s.count != s.index) {
+    let runs = out.join("runs");
+    let count_ended = |summary: &mut GridSummary, status: Status| match status {
+        Status::Ok => summary.skipped_already_done += 1,
+        Status::Failed => summary.skipped_failed += 1,
+    };
+    if opts.dry_run {
+        for spec in mine {
+            match ended(&runs.join(&spec.id), opts.retry_failed) {
+                Some(s) => count_ended(&mut summary, s),
+                None => summary.planned.push(spec.id.clone()),
+            }
+        }
+        return Ok(summary);
+    }
+    let locks = out.join(".locks");
+    for dir in [runs.clone(), locks.clone()] {
+        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    }
+    for spec in mine {
+        let dir = runs.join(&spec.id);
+        if let Some(s) = ended(&dir, opts.retry_failed) {
+            count_ended(&mut summary, s);
             continue;
         }
-        if done.contains(&spec.id) {
-            summary.skipped_already_done += 1;
+        let Some(_claim) = FileLock::try_acquire(&locks.join(format!("{}.lock", spec.id)))? else {
+            tracing::warn!("run {} is running in another process; skipped", spec.id);
+            summary.running_elsewhere.push(spec.id.clone());
+            continue;
+        };
+        // Another process may have ended it since we looked: never clear those.
+        if let Some(s) = ended(&dir, opts.retry_failed) {
+            count_ended(&mut summary, s);
             continue;
         }
-        if opts.dry_run {
-            println!("{} {:?}", spec.id, spec.axes);
-            continue;
-        }
-        let dir = out.join("runs").join(&spec.id);
         if dir.exists() {
+            tracing::info!("run {}: clearing an interrupted or failed attempt", spec.id);
             std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("clearing the interrupted run {}", dir.display()))?;
+                .with_context(|| format!("clearing the earlier attempt {}", dir.display()))?;
         }
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("spec.json"), serde_json::to_string_pretty(spec)?)?;
+        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        write_atomic(
+            &dir.join("spec.json"),
+            serde_json::to_string_pretty(spec)?.as_bytes(),
+        )?;
         tracing::info!("run {} {:?}", spec.id, spec.axes);
-        match run_one(spec, &dir) {
+        let (status, metrics, info, error) = match run_one(spec, &dir) {
             Ok(r) => {
-                let mut row = vec![spec.id.clone()];
-                row.extend(
-                    axes.iter()
-                        .map(|a| spec.axes.get(a).cloned().unwrap_or_default()),
-                );
-                row.extend(
-                    METRICS
-                        .iter()
-                        .map(|m| r.metrics.get(*m).map(|v| v.to_string()).unwrap_or_default()),
-                );
-                let other: BTreeMap<&String, &f64> = r
-                    .metrics
-                    .iter()
-                    .filter(|(k, _)| !METRICS.contains(&k.as_str()))
-                    .collect();
-                row.push(serde_json::to_string(&other)?);
-                row.push(serde_json::to_string(&r.info)?);
-                row.push(now_utc());
-                append_row(&csv_path, &row)?;
                 summary.finished += 1;
+                let m = r
+                    .metrics
+                    .into_iter()
+                    .map(|(k, v)| (k, v.is_finite().then_some(v)))
+                    .collect();
+                (Status::Ok, m, r.info, None)
             }
             Err(e) => {
-                tracing::error!("run {} failed: {e:#}", spec.id);
-                summary.failed.push((spec.id.clone(), format!("{e:#}")));
+                let msg = format!("{e:#}");
+                tracing::error!("run {} failed: {msg}", spec.id);
+                summary.failed.push((spec.id.clone(), msg.clone()));
+                (Status::Failed, BTreeMap::new(), BTreeMap::new(), Some(msg))
             }
-        }
+        };
+        let record = RunRecord {
+            id: spec.id.clone(),
+            status,
+            axes: spec.axes.clone(),
+            metrics,
+            info,
+            error,
+            finished_utc: runs_csv::now_utc(),
+        };
+        write_atomic(
+            &dir.join("result.json"),
+            serde_json::to_string_pretty(&record)?.as_bytes(),
+        )?;
+        runs_csv::rebuild(out)?;
     }
     Ok(summary)
 }
 
-/// An sbatch job-array script running one shard per array task.
+/// `s` as one POSIX shell word.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+%@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Writes an sbatch job-array script: `#SBATCH --array=0-(n_shards-1)`, task `i` running
+/// `dka grid <experiment_file> --shard i/n_shards <extra_args>` (0-based shards, like the
+/// array's task ids), with this `dka` executable. `extra_args` is pasted as given (shell
+/// words, quoted by the caller). Resubmitting the array resumes the grid.
 pub fn emit_slurm(
     out_script: &Path,
     experiment_file: &Path,
@@ -259,10 +322,19 @@ pub fn emit_slurm(
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "dka".into());
-    let name = experiment_file
+    let name: String = experiment_file
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let log_dir = out_script.parent().unwrap_or(Path::new("."));
     let script = format!(
         "#!/bin/bash\n\
@@ -272,10 +344,11 @@ pub fn emit_slurm(
          #SBATCH --array=0-{last}\n\
          #SBATCH --output={logs}/slurm-%A_%a.log\n\
          set -euo pipefail\n\
-         \"{exe}\" grid \"{exp}\" --shard \"${{SLURM_ARRAY_TASK_ID}}/{n_shards}\" {extra_args}\n",
+         {exe} grid {exp} --shard \"${{SLURM_ARRAY_TASK_ID}}/{n_shards}\" {extra_args}\n",
         last = n_shards - 1,
         logs = log_dir.display(),
-        exp = experiment_file.display(),
+        exe = shell_quote(&exe),
+        exp = shell_quote(&experiment_file.display().to_string()),
     );
     std::fs::write(out_script, script).with_context(|| out_script.display().to_string())
 }
@@ -298,18 +371,49 @@ mod tests {
     fn ok(
         calls: &mut Vec<String>,
     ) -> impl FnMut(&RunSpec, &Path) -> anyhow::Result<RunResult> + '_ {
-        move |s, _| {
+        move |s, dir| {
+            assert!(dir.join("spec.json").is_file(), "spec.json comes first");
             calls.push(s.id.clone());
             Ok(RunResult {
-                metrics: BTreeMap::from([("accuracy".into(), 0.5)]),
-                info: BTreeMap::new(),
+                metrics: BTreeMap::from([("accuracy".into(), 0.5), ("loss".into(), 1.0)]),
+                info: BTreeMap::from([("note".into(), "a, \"quoted\" value".into())]),
             })
         }
     }
 
+    /// The ids of runs.csv's rows with status ok, in file order (a strict reader).
     fn rows(out: &Path) -> Vec<String> {
         let mut r = csv::Reader::from_path(out.join("runs.csv")).unwrap();
-        r.records().map(|x| x.unwrap()[0].to_string()).collect()
+        r.records()
+            .map(|x| x.unwrap())
+            .filter(|x| &x[1] == "ok")
+            .map(|x| x[0].to_string())
+            .collect()
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn ids_hash_the_canonical_config() {
+        // sha256('{"draw":0}') starts f992480c83cc; ids must never change between versions.
+        assert_eq!(specs(1)[0].id, "f992480c83cc");
+        let v = serde_json::json!({"z": true, "a": {"c": null, "b": [1, 2.5, "x"]}});
+        let mut c = String::new();
+        canonical_json(&v, &mut c);
+        assert_eq!(c, r#"{"a":{"b":[1,2.5,"x"],"c":null},"z":true}"#);
+        assert_eq!(RunSpec::new(BTreeMap::new(), v).id, "a21afcd76fa1");
+    }
+
+    #[test]
+    fn shards_parse_0_based() {
+        let s: Shard = "1/4".parse().unwrap();
+        assert_eq!((s.index, s.count), (1, 4));
+        for bad in ["4/4", "0/0", "1", "a/2", "-1/2"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -320,20 +424,36 @@ mod tests {
         for i in 0..2 {
             let o = GridOptions {
                 shard: Some(Shard { index: i, count: 2 }),
-                dry_run: false,
+                ..Default::default()
             };
-            run_grid(d.path(), &s, &o, &mut ok(&mut calls)).unwrap();
+            let sum = run_grid(d.path(), &s, &o, &mut ok(&mut calls)).unwrap();
+            assert_eq!(sum.finished, [3, 2][i]);
         }
-        let mut got = rows(d.path());
-        got.sort();
-        let mut want: Vec<String> = s.iter().map(|x| x.id.clone()).collect();
-        want.sort();
-        assert_eq!(got, want);
-        assert_eq!(calls.len(), 5);
+        let want = sorted(s.iter().map(|x| x.id.clone()).collect());
+        assert_eq!(sorted(rows(d.path())), want);
+        assert_eq!(sorted(calls), want);
+        // Every run folder holds its spec and its result.
+        for x in &s {
+            let dir = d.path().join("runs").join(&x.id);
+            assert!(dir.join("spec.json").is_file() && dir.join("result.json").is_file());
+        }
     }
 
     #[test]
-    fn a_restart_skips_finished_runs_and_repairs_a_torn_row() {
+    fn a_rerun_skips_finished_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let s = specs(3);
+        let mut calls = Vec::new();
+        run_grid(d.path(), &s, &GridOptions::default(), &mut ok(&mut calls)).unwrap();
+        let mut again = Vec::new();
+        let sum = run_grid(d.path(), &s, &GridOptions::default(), &mut ok(&mut again)).unwrap();
+        assert!(again.is_empty());
+        assert_eq!((sum.finished, sum.skipped_already_done), (0, 3));
+        assert_eq!(rows(d.path()).len(), 3);
+    }
+
+    #[test]
+    fn an_interrupted_run_is_redone_from_scratch() {
         let d = tempfile::tempdir().unwrap();
         let s = specs(3);
         let mut calls = Vec::new();
@@ -344,13 +464,11 @@ mod tests {
             &mut ok(&mut calls),
         )
         .unwrap();
-        // A crash in the middle of writing the third row.
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(d.path().join("runs.csv"))
-            .unwrap();
-        f.write_all(format!("{},2,0.5", s[2].id).as_bytes())
-            .unwrap();
+        // A crash during the third run: its folder half full, no result.json; and a torn
+        // result.json written by something else than our atomic writer.
+        let stale = d.path().join("runs").join(&s[2].id);
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join("stale.bin"), b"x").unwrap();
         let mut again = Vec::new();
         let sum = run_grid(d.path(), &s, &GridOptions::default(), &mut ok(&mut again)).unwrap();
         assert_eq!(
@@ -359,34 +477,120 @@ mod tests {
             "only the unfinished run is redone"
         );
         assert_eq!(sum.skipped_already_done, 2);
-        assert_eq!(rows(d.path()).len(), 3);
+        assert!(!stale.join("stale.bin").exists(), "its folder was cleared");
+        assert_eq!(
+            sorted(rows(d.path())),
+            sorted(s.iter().map(|x| x.id.clone()).collect())
+        );
     }
 
     #[test]
-    fn a_failed_run_writes_no_row_and_is_retried() {
+    fn a_failed_run_is_recorded_and_retried_only_when_asked() {
         let d = tempfile::tempdir().unwrap();
         let s = specs(2);
         let mut fail =
             |spec: &RunSpec, _: &Path| -> anyhow::Result<RunResult> { bail!("boom {}", spec.id) };
         let sum = run_grid(d.path(), &s, &GridOptions::default(), &mut fail).unwrap();
         assert_eq!(sum.failed.len(), 2);
+        assert!(sum.failed[0].1.contains("boom"));
         assert!(rows(d.path()).is_empty());
+        let csv = std::fs::read_to_string(d.path().join("runs.csv")).unwrap();
+        assert_eq!(csv.matches(",failed,").count(), 2, "{csv}");
+        assert!(csv.contains("boom"));
         let mut calls = Vec::new();
-        run_grid(d.path(), &s, &GridOptions::default(), &mut ok(&mut calls)).unwrap();
+        let sum = run_grid(d.path(), &s, &GridOptions::default(), &mut ok(&mut calls)).unwrap();
+        assert!(calls.is_empty());
+        assert_eq!(sum.skipped_failed, 2);
+        let retry = GridOptions {
+            retry_failed: true,
+            ..Default::default()
+        };
+        run_grid(d.path(), &s, &retry, &mut ok(&mut calls)).unwrap();
         assert_eq!(calls.len(), 2);
+        assert_eq!(rows(d.path()).len(), 2);
+    }
+
+    #[test]
+    fn a_run_claimed_by_another_process_is_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let s = specs(2);
+        let mut calls = Vec::new();
+        run_grid(
+            d.path(),
+            &s[..0],
+            &GridOptions::default(),
+            &mut ok(&mut calls),
+        )
+        .unwrap();
+        let claim =
+            FileLock::acquire(&d.path().join(".locks").join(format!("{}.lock", s[0].id))).unwrap();
+        let sum = run_grid(d.path(), &s, &GridOptions::default(), &mut ok(&mut calls)).unwrap();
+        assert_eq!(sum.running_elsewhere, vec![s[0].id.clone()]);
+        assert_eq!(calls, vec![s[1].id.clone()]);
+        drop(claim);
+        run_grid(d.path(), &s, &GridOptions::default(), &mut ok(&mut calls)).unwrap();
+        assert_eq!(rows(d.path()).len(), 2);
+    }
+
+    #[test]
+    fn a_dry_run_lists_and_touches_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let o = GridOptions {
+            shard: Some(Shard { index: 0, count: 2 }),
+            dry_run: true,
+            ..Default::default()
+        };
+        let mut calls = Vec::new();
+        let sum = run_grid(d.path(), &specs(3), &o, &mut ok(&mut calls)).unwrap();
+        assert_eq!(sum.planned.len(), 2);
+        assert!(calls.is_empty());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bad_grids_are_refused_before_any_run() {
+        let d = tempfile::tempdir().unwrap();
+        let mut calls = Vec::new();
+        let twice = [specs(1), specs(1)].concat();
+        assert!(run_grid(
+            d.path(),
+            &twice,
+            &GridOptions::default(),
+            &mut ok(&mut calls)
+        )
+        .is_err());
+        let newline = vec![RunSpec::new(
+            BTreeMap::from([("method".into(), "a\nb".into())]),
+            serde_json::json!(1),
+        )];
+        assert!(run_grid(
+            d.path(),
+            &newline,
+            &GridOptions::default(),
+            &mut ok(&mut calls)
+        )
+        .is_err());
+        assert!(calls.is_empty());
     }
 
     #[test]
     fn slurm_scripts_run_one_shard_per_array_task() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("g.sbatch");
-        emit_slurm(&p, Path::new("experiments/x.toml"), 4, "--profile quick").unwrap();
+        emit_slurm(
+            &p,
+            Path::new("experiments/my exp.toml"),
+            4,
+            "--profile quick",
+        )
+        .unwrap();
         let s = std::fs::read_to_string(p).unwrap();
+        assert!(s.contains("#SBATCH --array=0-3\n"), "{s}");
         assert!(
-            s.contains("#SBATCH --array=0-3")
-                && s.contains("--shard \"${SLURM_ARRAY_TASK_ID}/4\" --profile quick"),
+            s.contains(" grid 'experiments/my exp.toml' --shard \"${SLURM_ARRAY_TASK_ID}/4\" --profile quick\n"),
             "{s}"
         );
-        assert!("1/4".parse::<Shard>().is_ok() && "4/4".parse::<Shard>().is_err());
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert!(emit_slurm(&d.path().join("x"), Path::new("e.toml"), 0, "").is_err());
     }
 }

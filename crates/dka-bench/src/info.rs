@@ -4,7 +4,8 @@ use crate::device::{pick, DeviceArg};
 #[derive(clap::Args)]
 pub struct Args {
     /// Device to report as the one runs would use.
-    #[arg(long, value_enum, default_value_t)]
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value_t)]
     device: DeviceArg,
 }
 

@@ -2,28 +2,9 @@
 //!
 //! A thin binary over the library crates: `main` parses the arguments into typed options,
 //! calls a subcommand returning `anyhow::Result`, and prints the error chain on one line.
-mod aggregate;
-mod bench;
-mod convert;
-mod data;
-mod decoder;
-mod device;
-mod evaluate;
-mod experiment;
-mod features;
-mod grid;
-mod info;
-mod metrics;
-mod optim;
-mod params;
-mod plot;
-mod progress;
-mod run_cmd;
-mod run_config;
-mod synth;
-mod train;
 
 use clap::{Parser, Subcommand};
+use dka_bench::{bench, convert, data, features, info, params, run_cmd};
 use std::process::ExitCode;
 
 #[derive(Parser)]

@@ -1,17 +1,62 @@
-//! Parameter groups over libtorch's optimisers, clipping and the learning-rate schedule.
+//! Parameter groups over libtorch's optimisers, clipping, dynamic loss scaling (fp16) and the
+//! learning-rate schedule.
+//!
+//! Six libtorch groups: (head, adapter, backbone) × (decayed, not decayed). Each role has its
+//! own learning rate; weight decay applies only to the decayed half, which holds neither
+//! biases, norms, prompts, position/class embeddings, learnable radii nor any 1-D tensor
+//! (unless `decay_all`), nor the head (unless `decay_head`).
+use crate::precision::LossScaler;
 use crate::run_config::{OptimConfig, OptimKind, Schedule};
 use tch::{COptimizer, Tensor};
 
-/// Parameter groups: the task head, the method's modules, trained backbone tensors.
+/// Named trainable tensors by role: the task head, the method's modules, trained backbone
+/// tensors.
+#[derive(Default)]
 pub struct Groups {
-    pub head: Vec<Tensor>,
-    pub adapter: Vec<Tensor>,
-    pub backbone: Vec<Tensor>,
+    pub head: Vec<(String, Tensor)>,
+    pub adapter: Vec<(String, Tensor)>,
+    pub backbone: Vec<(String, Tensor)>,
+}
+
+impl Groups {
+    /// Number of trainable values in each role (head, adapter, backbone).
+    pub fn counts(&self) -> [i64; 3] {
+        let n = |g: &[(String, Tensor)]| g.iter().map(|(_, t)| t.numel() as i64).sum();
+        [n(&self.head), n(&self.adapter), n(&self.backbone)]
+    }
+}
+
+/// Whether weight decay may touch the tensor `name` (timm's rule, plus prompts and radii).
+pub fn decays(name: &str, t: &Tensor, cfg: &OptimConfig, head: bool) -> bool {
+    if head && !cfg.decay_head {
+        return false;
+    }
+    if cfg.decay_all {
+        return true;
+    }
+    let exempt = t.dim() <= 1
+        || name.ends_with("bias")
+        || name.contains("norm")
+        || name.contains("pos_embed")
+        || name.contains("cls_token")
+        || name.contains("prompt")
+        || name.contains("radius");
+    !exempt
+}
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, Copy)]
+pub struct StepOutcome {
+    /// Global gradient norm before clipping (NaN when the step was skipped).
+    pub grad_norm: f64,
+    /// fp16 only: the gradients were not finite, the step was skipped and the scale halved.
+    pub skipped: bool,
 }
 
 pub struct Optimizer {
     opt: COptimizer,
-    base_lrs: [f64; 3],
+    /// Learning rate of each of the six groups.
+    base_lrs: [f64; 6],
     params: Vec<Tensor>,
     cfg: OptimConfig,
 }
@@ -29,21 +74,31 @@ impl Optimizer {
                 COptimizer::sgd(cfg.head_lr, cfg.momentum, 0.0, cfg.weight_decay, false)?
             }
         };
-        let base_lrs = [
-            cfg.head_lr,
-            cfg.adapter_lr,
-            cfg.backbone_lr.unwrap_or(cfg.adapter_lr),
-        ];
+        let backbone_lr = match cfg.backbone_lr {
+            Some(lr) => lr,
+            None if groups.backbone.is_empty() => 0.0,
+            None => anyhow::bail!(
+                "the method trains backbone tensors but optimizer.backbone_lr is unset \
+                 (resolve the run config first)"
+            ),
+        };
+        let lrs = [cfg.head_lr, cfg.adapter_lr, backbone_lr];
+        let base_lrs = [lrs[0], lrs[0], lrs[1], lrs[1], lrs[2], lrs[2]];
         let mut params = Vec::new();
-        for (g, tensors) in [groups.head, groups.adapter, groups.backbone]
+        for (role, tensors) in [groups.head, groups.adapter, groups.backbone]
             .into_iter()
             .enumerate()
         {
-            // Every group exists (possibly empty) so that group indices stay fixed.
-            for t in &tensors {
-                opt.add_parameters(t, g)?;
+            // Group 2·role + 1 decays, 2·role does not; indices stay fixed (empty groups).
+            for (name, t) in tensors {
+                let g = 2 * role + usize::from(decays(&name, &t, cfg, role == 0));
+                opt.add_parameters(&t, g)?;
+                params.push(t);
             }
-            params.extend(tensors);
+        }
+        for g in 0..6 {
+            // Groups past the last non-empty one do not exist in libtorch: ignore those errors.
+            let _ = opt.set_weight_decay_group(g, if g % 2 == 1 { cfg.weight_decay } else { 0.0 });
         }
         let mut o = Self {
             opt,
@@ -87,15 +142,24 @@ impl Optimizer {
         Ok(self.opt.zero_grad()?)
     }
 
-    /// Clips the global gradient norm if configured, then steps. Returns the norm before
-    /// clipping.
-    pub fn step(&mut self) -> anyhow::Result<f64> {
+    /// Unscales the gradients (fp16: `scaler`), skips the step when they are not finite
+    /// (fp16 only; elsewhere the loss check has already stopped the run), clips the global
+    /// gradient norm if configured, then steps.
+    pub fn step(&mut self, scaler: Option<&mut LossScaler>) -> anyhow::Result<StepOutcome> {
         let grads: Vec<Tensor> = self
             .params
             .iter()
             .map(|p| p.grad())
             .filter(|g| g.defined())
             .collect();
+        if let Some(s) = scaler {
+            if !s.unscale(&grads) {
+                return Ok(StepOutcome {
+                    grad_norm: f64::NAN,
+                    skipped: true,
+                });
+            }
+        }
         let norm = if grads.is_empty() {
             0.0
         } else {
@@ -119,6 +183,9 @@ impl Optimizer {
             }
         }
         self.opt.step()?;
-        Ok(norm)
+        Ok(StepOutcome {
+            grad_norm: norm,
+            skipped: false,
+        })
     }
 }

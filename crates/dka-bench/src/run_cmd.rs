@@ -1,15 +1,21 @@
 //! `dka train` (one run from a TOML/JSON RunConfig) and `dka grid` (an experiment's grid:
-//! resumable, shardable, then aggregated into the paper's table layout).
-use crate::aggregate::{aggregate, PaperTable};
+//! checked, planned, resumable, shardable, then aggregated into the paper's table layout).
+use crate::aggregate::{aggregate, PaperTable, TableSpec};
 use crate::device::{pick, DeviceArg};
-use crate::experiment::Experiment;
-use crate::grid::{emit_slurm, run_grid, GridOptions, RunResult, Shard};
+use crate::evaluate::{metric_names, SEGMENTATION};
+use crate::experiment::{Experiment, Profile};
+use crate::grid::{emit_slurm, run_grid, runs_csv, GridOptions, RunResult, RunSpec, Shard};
+use crate::identity::{file_sha256, run_identity};
 use crate::run_config::RunConfig;
+use crate::train::data::{open, split_spec, RunData};
 use anyhow::{bail, Context};
-use std::collections::BTreeMap;
+use dka_data::Dataset;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::Device;
 
-/// Where each dataset's release folder is.
+/// Where each dataset's release folder is, the weights, the device.
 #[derive(clap::Args, Clone)]
 pub struct DataArgs {
     /// A dataset's folder, `NAME=PATH` (repeatable), e.g. `--data busi-cls=~/data/Dataset_BUSI_with_GT`.
@@ -18,11 +24,17 @@ pub struct DataArgs {
     /// A folder holding one sub-folder per dataset name (used for names not given by --data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Pretrained backbone weights (.safetensors), for every run.
+    /// Pretrained backbone weights (.safetensors) for every run, or `none` for the
+    /// random-initialisation control.
     #[arg(long)]
     weights: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t)]
+    /// auto (CUDA when usable, else CPU; logged), cpu, cuda or cuda:N.
+    #[arg(long, default_value_t)]
     device: DeviceArg,
+    /// Cache folder (file hashes; decoded images), shared safely by concurrent runs
+    /// [default: results/.cache].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
 }
 
 impl DataArgs {
@@ -43,11 +55,18 @@ impl DataArgs {
         }
     }
 
+    /// `cfg` with the command line's weights, if given.
     fn resolve(&self, mut cfg: RunConfig) -> RunConfig {
         if self.weights.is_some() {
             cfg.weights.clone_from(&self.weights);
         }
         cfg
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("results/.cache"))
     }
 }
 
@@ -55,7 +74,7 @@ impl DataArgs {
 pub struct TrainArgs {
     /// A RunConfig as TOML or JSON (fields: see `RunConfig`; omitted ones take defaults).
     config: PathBuf,
-    /// The run's folder (config.json, manifest.json, metrics.csv, adapter/).
+    /// The run's folder (config.json, manifest.json, metrics.csv, log.txt, adapter/).
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
@@ -75,13 +94,10 @@ fn read_run_config(path: &Path) -> anyhow::Result<RunConfig> {
 
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let cfg = a.data.resolve(read_run_config(&a.config)?);
+    let device = pick(a.data.device)?;
+    let data = RunData::open(&cfg, &a.data.root(&cfg.dataset)?)?;
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
-    let out = crate::train::train(
-        &cfg,
-        &a.data.root(&cfg.dataset)?,
-        &a.out,
-        pick(a.data.device)?,
-    )?;
+    let out = crate::train::train(&cfg, &data, &a.out, device)?;
     for (k, v) in &out.metrics {
         println!("{k}: {v:.4}");
     }
@@ -92,7 +108,9 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
 pub struct GridArgs {
     /// An experiment file (experiments/*.toml).
     experiment: PathBuf,
-    /// Profile of the experiment (e.g. `quick`: tiny backbone, few epochs).
+    /// Profile of the experiment: `quick` (tiny backbone, minutes on a CPU), `paper` (the
+    /// authors' protocol: best test epoch), `demo`...; none: the paper's settings, honest
+    /// selection.
     #[arg(long)]
     profile: Option<String>,
     /// Output folder (default results/<experiment name>[-<profile>]).
@@ -101,9 +119,12 @@ pub struct GridArgs {
     /// Run only shard I of N (`I/N`, 0-based I): shards run separately cover the grid once.
     #[arg(long)]
     shard: Option<String>,
-    /// List the runs without running them.
+    /// List the runs still to do without running them.
     #[arg(long)]
     dry_run: bool,
+    /// Run again the runs whose last attempt failed (by default they are reported, not retried).
+    #[arg(long)]
+    retry_failed: bool,
     /// Write an sbatch job-array script with N shards instead of running.
     #[arg(long, value_name = "N")]
     emit_slurm: Option<usize>,
@@ -111,8 +132,164 @@ pub struct GridArgs {
     data: DataArgs,
 }
 
+/// A run ready to go: its spec (id from its identity), its config, its data.
+struct Planned {
+    cfg: RunConfig,
+    data: Arc<RunData>,
+    weights_label: String,
+}
+
+/// Refuses, before any work, a grid that would run somewhere or on something the user did not
+/// mean: a paper-scale profile on the CPU, without weights, or with dataset folders missing.
+fn preflight(
+    exp: &Experiment,
+    prof: &Profile,
+    a: &GridArgs,
+    specs: &[RunSpec],
+    device: Device,
+) -> anyhow::Result<()> {
+    let profile = a
+        .profile
+        .as_deref()
+        .unwrap_or("(none: the paper's settings)");
+    if device == Device::Cpu && a.data.device != DeviceArg::Cpu && !prof.cpu {
+        bail!(
+            "{}: profile {profile} would run on the CPU (no usable CUDA device; a ViT-B grid on a \
+             CPU takes months): pass --device cpu to insist, or use a quick profile",
+            exp.name
+        );
+    }
+    let configs: Vec<RunConfig> = specs
+        .iter()
+        .map(|s| Ok(a.data.resolve(serde_json::from_value(s.config.clone())?)))
+        .collect::<anyhow::Result<_>>()?;
+    if !prof.random_weights && configs.iter().any(|c| c.weights.is_none()) {
+        bail!(
+            "{}: profile {profile} needs pretrained backbone weights: pass --weights FILE.safetensors \
+             (just: weights=FILE), or --weights none for the random-initialisation control",
+            exp.name
+        );
+    }
+    for c in &configs {
+        if let Some(w) = c.weights_file() {
+            if !w.is_file() {
+                bail!("--weights {}: no such file", w.display());
+            }
+        }
+    }
+    let datasets: BTreeSet<&str> = configs.iter().map(|c| c.dataset.as_str()).collect();
+    let mut missing = Vec::new();
+    for d in datasets {
+        match a.data.root(d) {
+            Ok(root) if root.is_dir() => {}
+            Ok(root) => missing.push(format!("{d} (no folder {})", root.display())),
+            Err(e) => missing.push(format!("{d} ({e})")),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{}: {} dataset folder(s) missing, nothing was run: {}",
+            exp.name,
+            missing.len(),
+            missing.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Opens every dataset and split the grid needs (once each), hashes the weights, and gives
+/// each run its id from its identity.
+fn plan(
+    specs: Vec<RunSpec>,
+    a: &GridArgs,
+    device: Device,
+) -> anyhow::Result<(Vec<RunSpec>, HashMap<String, Planned>)> {
+    let cache_dir = a.data.cache_dir();
+    let mut datasets: HashMap<String, Arc<dyn Dataset>> = HashMap::new();
+    let mut splits: HashMap<String, Arc<RunData>> = HashMap::new();
+    let mut hashes: HashMap<PathBuf, String> = HashMap::new();
+    let mut out = Vec::with_capacity(specs.len());
+    let mut planned = HashMap::new();
+    let bar = crate::progress::bar(specs.len() as u64, "planning");
+    for spec in specs {
+        let cfg = a.data.resolve(serde_json::from_value(spec.config.clone())?);
+        let resolved = cfg.resolve(device)?;
+        let ds_key = format!(
+            "{}|{}",
+            cfg.dataset,
+            serde_json::to_string(&cfg.data_options)?
+        );
+        let ds = match datasets.get(&ds_key) {
+            Some(d) => d.clone(),
+            None => {
+                let d = open(&cfg.dataset, &a.data.root(&cfg.dataset)?, &cfg.data_options)?;
+                datasets.insert(ds_key.clone(), d.clone());
+                d
+            }
+        };
+        let split_key = format!("{ds_key}|{}", serde_json::to_string(&split_spec(&cfg)?)?);
+        let data = match splits.get(&split_key) {
+            Some(d) => d.clone(),
+            None => {
+                let d = Arc::new(RunData::new(ds, &cfg)?);
+                splits.insert(split_key, d.clone());
+                d
+            }
+        };
+        let weights_sha = match cfg.weights_file() {
+            Some(w) => Some(match hashes.get(w) {
+                Some(h) => h.clone(),
+                None => {
+                    let h = file_sha256(w, &cache_dir)?;
+                    hashes.insert(w.to_path_buf(), h.clone());
+                    h
+                }
+            }),
+            None => None,
+        };
+        let weights_label = match (cfg.weights_file(), &weights_sha) {
+            (Some(w), Some(h)) => format!(
+                "{} (sha256 {})",
+                w.file_name()
+                    .map(|f| f.to_string_lossy())
+                    .unwrap_or_default(),
+                &h[..12]
+            ),
+            _ => "random init".to_string(),
+        };
+        let identity = run_identity(&resolved, weights_sha.as_deref(), &data.split_sha256)?;
+        let spec = RunSpec::with_identity(spec.axes, serde_json::to_value(&cfg)?, identity);
+        planned.insert(
+            spec.id.clone(),
+            Planned {
+                cfg,
+                data,
+                weights_label,
+            },
+        );
+        out.push(spec);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((out, planned))
+}
+
+/// The values an axis takes, in grid order.
+fn axis_order(specs: &[RunSpec], axis: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    for s in specs {
+        if let Some(v) = s.axes.get(axis) {
+            if !seen.contains(v) {
+                seen.push(v.clone());
+            }
+        }
+    }
+    seen
+}
+
 pub fn grid(a: GridArgs) -> anyhow::Result<()> {
     let exp = Experiment::load(&a.experiment)?;
+    let prof = exp.profile(a.profile.as_deref())?;
     let specs = exp.runs(a.profile.as_deref())?;
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("results").join(match &a.profile {
@@ -141,27 +318,31 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
         println!("wrote {}", script.display());
         return Ok(());
     }
+    let device = pick(a.data.device)?;
+    if !a.dry_run {
+        preflight(&exp, &prof, &a, &specs, device)?;
+        let probe = out.join(".write-test");
+        std::fs::write(&probe, b"ok")
+            .with_context(|| format!("the results folder {} is not writable", out.display()))?;
+        let _ = std::fs::remove_file(probe);
+    }
+    let (specs, planned) = plan(specs, &a, device)?;
     let shard = a.shard.as_deref().map(str::parse::<Shard>).transpose()?;
     let opts = GridOptions {
         shard,
         dry_run: a.dry_run,
+        retry_failed: a.retry_failed,
     };
-    let device = pick(a.data.device)?;
     let bar = crate::progress::bar(specs.len() as u64, "runs");
-    let mut run_one = |spec: &crate::grid::RunSpec, dir: &Path| -> anyhow::Result<RunResult> {
-        let cfg: RunConfig = serde_json::from_value(spec.config.clone())?;
-        let cfg = a.data.resolve(cfg);
-        let root = a.data.root(&cfg.dataset)?;
-        let o = crate::train::train(&cfg, &root, dir, device)?;
+    let profile = a.profile.clone().unwrap_or_else(|| "paper settings".into());
+    let mut run_one = |spec: &RunSpec, dir: &Path| -> anyhow::Result<RunResult> {
+        let p = planned.get(&spec.id).context("a planned run")?;
+        let o = crate::train::train(&p.cfg, &p.data, dir, device);
         bar.inc(1);
-        let mut info: BTreeMap<String, String> = o.info;
-        info.insert(
-            "weights".into(),
-            cfg.weights
-                .as_ref()
-                .map(|w| w.display().to_string())
-                .unwrap_or_else(|| "random".into()),
-        );
+        let o = o?;
+        let mut info = o.info;
+        info.insert("weights".into(), p.weights_label.clone());
+        info.insert("profile".into(), profile.clone());
         Ok(RunResult {
             metrics: o.metrics,
             info,
@@ -169,21 +350,26 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
     };
     let summary = run_grid(&out, &specs, &opts, &mut run_one)?;
     bar.finish_and_clear();
-    tracing::info!("{}: {summary:?}", out.display());
     if a.dry_run {
+        for id in &summary.planned {
+            let s = specs.iter().find(|s| &s.id == id).expect("a planned spec");
+            println!("{id} {:?}", s.axes);
+        }
+        println!(
+            "{}: {} run(s) to do, {} done, {} failed earlier",
+            exp.name,
+            summary.planned.len(),
+            summary.skipped_already_done,
+            summary.skipped_failed
+        );
         return Ok(());
     }
-    let order = |axis: &str| -> Vec<String> {
-        let mut seen = Vec::new();
-        for s in &specs {
-            if let Some(v) = s.axes.get(axis) {
-                if !seen.contains(v) {
-                    seen.push(v.clone());
-                }
-            }
-        }
-        seen
-    };
+    let records = runs_csv::rebuild(&out)?;
+    let ids: BTreeSet<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+    let current: Vec<&runs_csv::RunRecord> = records
+        .iter()
+        .filter(|r| ids.contains(r.id.as_str()))
+        .collect();
     let paper = exp
         .paper
         .as_ref()
@@ -198,49 +384,116 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
             )
         })
         .transpose()?;
-    let col_orders: Vec<Vec<String>> = exp.columns.iter().map(|c| order(c)).collect();
-    aggregate(
-        &out,
-        &exp.metric,
-        &exp.rows,
-        &order(&exp.rows),
-        &exp.columns,
-        &col_orders,
-        paper.as_ref(),
-    )?;
+    let segmentation = SEGMENTATION.contains(&exp.metric.as_str());
+    let extra: Vec<String> = if exp.metric == "primary" {
+        Vec::new()
+    } else {
+        metric_names(segmentation)
+            .iter()
+            .filter(|m| **m != exp.metric)
+            .map(|m| m.to_string())
+            .collect()
+    };
+    let mut notes = Vec::new();
+    if let Some(n) = &prof.note {
+        notes.push(n.clone());
+    }
+    // The experiment's notes describe the paper's data; a small (CPU) profile runs on other
+    // data and says so in its own note.
+    if !prof.cpu || a.profile.is_none() {
+        notes.extend(exp.notes.iter().cloned());
+    }
+    let table = TableSpec {
+        title: exp.title.clone(),
+        metric: exp.metric.clone(),
+        extra,
+        row_axis: exp.rows.clone(),
+        row_order: axis_order(&specs, &exp.rows),
+        col_axes: exp.columns.clone(),
+        col_orders: exp.columns.iter().map(|c| axis_order(&specs, c)).collect(),
+        paper: paper.as_ref(),
+        notes,
+        profile: a.profile.clone(),
+    };
+    aggregate(&out, &table, &current, records.len() - current.len())?;
+    let draws = current
+        .iter()
+        .filter_map(|r| r.axes.get("draw"))
+        .collect::<BTreeSet<_>>()
+        .len()
+        .max(1);
+    let figure_title = format!(
+        "{} — {}, {}, {} draw(s)",
+        exp.title,
+        current
+            .first()
+            .and_then(|r| r.info.get("backbone"))
+            .map(|b| Path::new(b)
+                .file_name()
+                .map_or(b.clone(), |f| f.to_string_lossy().to_string()))
+            .unwrap_or_default(),
+        current
+            .first()
+            .and_then(|r| r.info.get("weights"))
+            .cloned()
+            .unwrap_or_default(),
+        draws
+    );
     crate::plot::plot(
         &out,
         exp.plot,
-        &exp.title,
+        &figure_title,
         &exp.metric,
         &exp.rows,
         &exp.columns,
     )?;
-    std::fs::write(
-        out.join("experiment.json"),
+    runs_csv::write_atomic(
+        &out.join("experiment.json"),
         serde_json::to_string_pretty(&serde_json::json!({
             "experiment": a.experiment, "profile": a.profile, "title": exp.title, "metric": exp.metric,
-            "machine": crate::info::machine(),
-        }))?,
+            "runs": specs.len(), "machine": crate::info::machine(),
+        }))?
+        .as_bytes(),
     )?;
+    let failed_now: BTreeMap<&str, &str> = summary
+        .failed
+        .iter()
+        .map(|(id, e)| (id.as_str(), e.as_str()))
+        .collect();
+    let failed_all: Vec<&runs_csv::RunRecord> = current
+        .iter()
+        .copied()
+        .filter(|r| r.status == runs_csv::Status::Failed)
+        .collect();
     println!(
-        "{}: {} runs finished now, {} already done, {} failed; table: {}",
+        "{}: {} run(s) finished now, {} already done, {} failed; table: {}",
         exp.name,
         summary.finished,
         summary.skipped_already_done,
-        summary.failed.len(),
+        failed_all.len(),
         out.join("table.md").display()
     );
-    if !summary.failed.is_empty() {
+    if !summary.running_elsewhere.is_empty() {
+        println!(
+            "{} run(s) were running in another process and are not in the table yet",
+            summary.running_elsewhere.len()
+        );
+    }
+    if !failed_all.is_empty() {
+        for r in &failed_all {
+            let e = failed_now
+                .get(r.id.as_str())
+                .copied()
+                .or(r.error.as_deref())
+                .unwrap_or("");
+            eprintln!("failed: {} {:?}: {e}", r.id, r.axes);
+        }
         bail!(
-            "{} run(s) failed: {}",
-            summary.failed.len(),
-            summary
-                .failed
-                .iter()
-                .map(|(id, e)| format!("{id}: {e}"))
-                .collect::<Vec<_>>()
-                .join("; ")
+            "{} run(s) of {} failed (listed above and in {}); every other run and the table are \
+             complete; rerun with --retry-failed to try them again",
+            failed_all.len(),
+            exp.name,
+            out.join("runs.csv").display()
         );
     }
     Ok(())

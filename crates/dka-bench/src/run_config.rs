@@ -19,17 +19,24 @@ pub enum Schedule {
     Cosine,
 }
 
-/// Optimiser with the paper's asynchronous learning rates: adapter and head in their own
-/// parameter groups (DKA: 1e-3 and 1e-4; Figure 7 sweeps both).
+/// Optimiser with the paper's asynchronous learning rates: head, adapter and trained backbone
+/// tensors in their own parameter groups (DKA: head 1e-4, adapter 1e-3; Figure 7 sweeps both).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
     pub kind: OptimKind,
     pub adapter_lr: f64,
     pub head_lr: f64,
-    /// Learning rate of trained backbone tensors (full fine-tuning, BitFit); default adapter_lr.
+    /// Learning rate of the backbone tensors a method trains (full fine-tuning: all, BitFit:
+    /// the biases). Unset: the method's own default (`Method::backbone_lr`: full 1e-5, BitFit
+    /// 1e-3); a run's `config.json` always records the value used.
     pub backbone_lr: Option<f64>,
+    /// Weight decay (AdamW: decoupled; Adam/SGD: L2). Never applied to biases, norms, prompts,
+    /// position/class embeddings, learnable radii or 1-D tensors unless `decay_all`, nor to the
+    /// task head unless `decay_head`.
     pub weight_decay: f64,
+    pub decay_head: bool,
+    pub decay_all: bool,
     pub momentum: f64,
     /// Clip the global gradient norm (the authors' script: 1.0).
     pub clip_grad_norm: Option<f64>,
@@ -47,6 +54,8 @@ impl Default for OptimConfig {
             head_lr: 1e-4,
             backbone_lr: None,
             weight_decay: 0.0,
+            decay_head: false,
+            decay_all: false,
             momentum: 0.9,
             clip_grad_norm: Some(1.0),
             schedule: Schedule::Constant,
@@ -67,6 +76,35 @@ pub enum Selection {
     /// The best test score over epochs: the DKA authors' protocol, for comparison with the
     /// paper only (it selects on the test set).
     BestTest,
+}
+
+/// Numeric precision of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 autocast on CUDA, fp32 elsewhere (resolved before the run starts; `config.json`
+    /// records the result). GPUs older than Ampere run bf16 slowly: choose `fp16` there.
+    Auto,
+    Fp32,
+    /// bf16 autocast (CUDA); weights, gradients and optimiser state stay fp32.
+    Bf16,
+    /// fp16 autocast (CUDA) with dynamic loss scaling: a step whose gradients are not finite
+    /// is skipped and the scale halved (`metrics.csv` counts skipped steps).
+    Fp16,
+}
+
+/// Overrides of the backbone's recorded input convention ([`dka_core::input::InputSpec`]);
+/// unset fields keep the checkpoint's values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputOverride {
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+    pub scale: Option<dka_core::input::PixelScale>,
+    pub resize: Option<dka_core::input::ResizeMode>,
+    pub interpolation: Option<dka_core::input::Interp>,
+    /// Where the values come from (filled in when a run resolves its config).
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,10 +137,16 @@ pub struct RunConfig {
     pub val_fraction: f64,
     /// Input size (square).
     pub img_size: u32,
+    /// Input normalisation and resizing; unset fields follow the backbone's checkpoint.
+    pub input: InputOverride,
+    pub precision: Precision,
     pub epochs: usize,
     pub batch_size: usize,
     pub optimizer: OptimConfig,
     pub selection: Selection,
+    /// With `last` or `best-val` selection, also evaluate the test set every k epochs for the
+    /// curve in `metrics.csv` (0: only the selected epoch is tested).
+    pub test_every: usize,
     pub seg_loss: SegLoss,
     /// Segmentation head: `linear` (Segmenter's linear decoder) or `mask-transformer`.
     pub decoder: crate::decoder::DecoderKind,
@@ -112,7 +156,7 @@ pub struct RunConfig {
     pub augment: bool,
     /// Seeds initialisation, shuffling and augmentation.
     pub seed: u64,
-    /// Data-loading threads (libtorch keeps its own).
+    /// Data-loading threads (libtorch keeps its own); 0 = the available cores minus one.
     pub loader_threads: usize,
 }
 
@@ -130,16 +174,19 @@ impl Default for RunConfig {
             test_fraction: 0.2,
             val_fraction: 0.0,
             img_size: 224,
+            input: InputOverride::default(),
+            precision: Precision::Auto,
             epochs: 100,
             batch_size: 64,
             optimizer: OptimConfig::default(),
             selection: Selection::Last,
+            test_every: 0,
             seg_loss: SegLoss::Ce,
             decoder: Default::default(),
             decoder_dim: None,
             augment: true,
             seed: 0,
-            loader_threads: 1,
+            loader_threads: 0,
         }
     }
 }
@@ -162,4 +209,84 @@ impl RunConfig {
         dka_data::parse_fraction(&self.fraction)?;
         Ok(())
     }
+
+    /// The config with every default that depends on the method, the backbone or the device
+    /// made explicit, as the run's `config.json` records it: the backbone group's learning
+    /// rate (when the method trains backbone tensors), the input convention, the precision
+    /// and the loader threads.
+    pub fn resolve(&self, device: tch::Device) -> anyhow::Result<RunConfig> {
+        let mut c = self.clone();
+        let method = c.method.method();
+        if c.optimizer.backbone_lr.is_none() {
+            c.optimizer.backbone_lr = method.backbone_lr();
+        }
+        let spec = self.input_spec()?;
+        c.input = InputOverride {
+            mean: Some(spec.mean),
+            std: Some(spec.std),
+            scale: Some(spec.scale),
+            resize: Some(spec.resize),
+            interpolation: Some(spec.interpolation),
+            source: Some(spec.source),
+        };
+        c.precision = match (c.precision, device.is_cuda()) {
+            (Precision::Auto, true) => Precision::Bf16,
+            (Precision::Auto, false) => Precision::Fp32,
+            (p @ (Precision::Bf16 | Precision::Fp16), false) => {
+                anyhow::bail!(
+                    "precision {p:?} needs CUDA; this run is on the CPU (use fp32 or auto)"
+                )
+            }
+            (p, _) => p,
+        };
+        if c.loader_threads == 0 {
+            c.loader_threads = default_loader_threads();
+        }
+        Ok(c)
+    }
+
+    /// The backbone checkpoint's input convention with this config's overrides applied.
+    pub fn input_spec(&self) -> anyhow::Result<dka_core::input::InputSpec> {
+        use dka_core::input::InputSpec;
+        let base = InputSpec::for_backbone(&self.backbone)?;
+        let known = base.is_some();
+        let mut s = base.unwrap_or_else(|| InputSpec::imagenet_default(self.img_size));
+        let o = &self.input;
+        let overridden = o.mean.is_some()
+            || o.std.is_some()
+            || o.scale.is_some()
+            || o.resize.is_some()
+            || o.interpolation.is_some();
+        s.mean = o.mean.unwrap_or(s.mean);
+        s.std = o.std.unwrap_or(s.std);
+        s.scale = o.scale.unwrap_or(s.scale);
+        s.resize = o.resize.unwrap_or(s.resize);
+        s.interpolation = o.interpolation.unwrap_or(s.interpolation);
+        if let Some(src) = &o.source {
+            s.source = src.clone();
+        } else if overridden {
+            s.source = format!(
+                "{} (overridden by the run config)",
+                if known {
+                    s.source.as_str()
+                } else {
+                    "ImageNet defaults"
+                }
+            );
+        }
+        Ok(s)
+    }
+
+    /// The weights file, or `None` for random initialisation (`weights` unset or `"none"`).
+    pub fn weights_file(&self) -> Option<&std::path::Path> {
+        self.weights.as_deref().filter(|p| p.as_os_str() != "none")
+    }
+}
+
+/// The available cores minus one (at least one): the rest is libtorch's.
+pub fn default_loader_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .max(1)
 }

@@ -92,22 +92,27 @@ fn runs(out: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
     m
 }
 
+/// The experiments that have a `quick` profile (all but the demo).
+fn quick_experiments() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo().join("experiments"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().to_str()?.strip_suffix(".toml")?.to_string();
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            text.contains("[profiles.quick]").then_some(name)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn every_experiment_runs_its_quick_profile_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let data = vec![synth(&tmp.path().join("synth")), mni()];
-    let mut names: Vec<String> = std::fs::read_dir(repo().join("experiments"))
-        .unwrap()
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_suffix(".toml")
-                .map(String::from)
-        })
-        .collect();
-    names.sort();
-    assert!(names.len() >= 11, "{names:?}");
+    let names = quick_experiments();
+    assert!(names.len() >= 12, "{names:?}");
     for name in &names {
         let out = tmp.path().join(name);
         let run = grid(name, &out, &data, &[]);
@@ -132,6 +137,7 @@ fn every_experiment_runs_its_quick_profile_end_to_end() {
                 "manifest.json",
                 "metrics.csv",
                 "log.txt",
+                "result.json",
                 "adapter/method.json",
             ] {
                 assert!(dir.join(f).is_file(), "{name}/{id}: {f} missing");
@@ -148,18 +154,77 @@ fn every_experiment_runs_its_quick_profile_end_to_end() {
         .unwrap()
         .0;
     let radii = std::fs::read_to_string(t3b.join("runs").join(learn).join("radii.csv")).unwrap();
-    assert!(
-        radii.starts_with("module,channel,radius\nblocks.0.dka,0,"),
-        "{radii}"
-    );
+    assert!(radii.starts_with("module,channel,"), "{radii}");
 
-    // Real training: full fine-tuning on the learnable synthetic task beats chance (1/3).
-    let t2 = runs(&tmp.path().join("table2_classification"));
-    let full = t2
-        .values()
-        .find(|r| r["method"] == "full" && r["fraction"] == "100%")
+    // Segmentation tables report the paper's quantity, foreground IoU, and say so.
+    let md = std::fs::read_to_string(tmp.path().join("table2_segmentation/table.md")).unwrap();
+    assert!(md.contains("foreground IoU (%)"), "{md}");
+    let csv = std::fs::read_to_string(tmp.path().join("table2_segmentation/table.csv")).unwrap();
+    assert!(
+        csv.starts_with("method,dataset,fraction,mean,std,n,failed,paper,metric,miou_mean,miou_std,dice_foreground_mean,dice_foreground_std\n"),
+        "{csv}"
+    );
+    assert!(csv.contains(",miou_foreground,"), "{csv}");
+
+    // Full fine-tuning trains the backbone at its own, lower rate, recorded in config.json.
+    let t2 = tmp.path().join("table2_classification");
+    let (full, _) = runs(&t2)
+        .into_iter()
+        .find(|(_, r)| r["method"] == "full")
         .unwrap();
-    let acc: f64 = full["accuracy"].parse().unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(t2.join("runs").join(full).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let o = &cfg["optimizer"];
+    assert_eq!(o["backbone_lr"].as_f64(), Some(1e-5), "{o}");
+    assert!(o["backbone_lr"].as_f64() < o["adapter_lr"].as_f64(), "{o}");
+}
+
+#[test]
+fn full_fine_tuning_learns_the_synthetic_task() {
+    // Real training: full fine-tuning of the tiny random-init ViT (backbone at 1e-3, which a
+    // random init needs) on the learnable synthetic task beats chance (1/3).
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("synth"));
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+backbone = "experiments/backbones/vit_quick.json"
+dataset = "folder"
+img_size = 32
+epochs = 4
+batch_size = 16
+augment = false
+method = { name = "full" }
+optimizer = { head_lr = 1e-3, adapter_lr = 1e-3, backbone_lr = 1e-3 }
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let run = dka(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--data",
+        &data,
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let acc: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("accuracy: "))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(acc > 0.6, "full fine-tuning reached only {acc}");
 }
 
@@ -290,7 +355,8 @@ fn slurm_arrays_and_dry_runs() {
         s.contains("#SBATCH --array=0-2") && s.contains("/3\" --profile quick"),
         "{s}"
     );
-    let dry = grid("table2_classification", &out, &[], &["--dry-run"]);
+    let data = vec![synth(&tmp.path().join("synth"))];
+    let dry = grid("table2_classification", &out, &data, &["--dry-run"]);
     assert_eq!(
         String::from_utf8_lossy(&dry.stdout)
             .lines()
@@ -315,7 +381,7 @@ epochs = 50
 batch_size = 8
 augment = false
 method = { name = "full" }
-optimizer = { kind = "sgd", adapter_lr = 1e30, head_lr = 1e30, momentum = 0.0 }
+optimizer = { kind = "sgd", adapter_lr = 1e30, head_lr = 1e30, backbone_lr = 1e30, momentum = 0.0 }
 "#,
     )
     .unwrap();
@@ -337,7 +403,7 @@ optimizer = { kind = "sgd", adapter_lr = 1e30, head_lr = 1e30, momentum = 0.0 }
     );
     assert!(
         stderr.contains("the loss is")
-            && stderr.contains("stopping")
+            && stderr.contains("the run stops")
             && !stderr.contains("panicked"),
         "{stderr}"
     );

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod dka;
 pub mod erf;
 pub mod error;
+pub mod input;
 pub mod layers;
 pub mod method;
 pub mod resnet;

@@ -17,6 +17,12 @@ pub trait Method: std::fmt::Debug {
         false
     }
 
+    /// Default learning rate of the backbone tensors this method trains (`None` when it
+    /// trains none). The paper gives no rate for them; each method states its own choice.
+    fn backbone_lr(&self) -> Option<f64> {
+        None
+    }
+
     /// The backbone's features never change during training (nothing attached, nothing of
     /// the backbone trains), so a trainer may compute them once and train the head on a cache.
     fn frozen_features(&self) -> bool {

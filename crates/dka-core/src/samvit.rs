@@ -370,8 +370,7 @@ impl SamVit {
                 global += 1;
                 self.prompts
                     .as_ref()
-                    .and_then(|m| m.prompts(global - 1, train))
-                    .map(|p| p.unsqueeze(0).expand([b, -1, -1], false))
+                    .and_then(|m| m.prompts(global - 1, b, train))
             } else {
                 None
             };

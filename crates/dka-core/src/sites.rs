@@ -64,9 +64,10 @@ pub trait MapModule: Debug {
 pub trait PromptModule: Debug {
     /// Number of prompt tokens `p`.
     fn count(&self) -> i64;
-    /// Prompts `[p, dim]` for block `layer`. Block 0 inserts them; a later block that gets
-    /// `Some` replaces the previous ones (deep prompts); `None` keeps what is there.
-    fn prompts(&self, layer: usize, train: bool) -> Option<Tensor>;
+    /// Prompts `[batch, p, dim]` for block `layer` (per sample, so that dropout draws a mask
+    /// per sample). Block 0 inserts them; a later block that gets `Some` replaces the previous
+    /// ones (deep prompts); `None` keeps what is there.
+    fn prompts(&self, layer: usize, batch: i64, train: bool) -> Option<Tensor>;
 }
 
 /// The sites of a transformer block:

@@ -325,9 +325,8 @@ impl Vit {
         let mut t = t + self.pos_embed_for(h, w);
         let mut layout = TokenLayout { prefix: np, h, w };
         for (i, blk) in self.blocks.iter().enumerate() {
-            if let Some(pr) = self.prompts.as_ref().and_then(|m| m.prompts(i, train)) {
-                let p = pr.size()[0];
-                let pr = pr.unsqueeze(0).expand([b, -1, -1], false);
+            if let Some(pr) = self.prompts.as_ref().and_then(|m| m.prompts(i, b, train)) {
+                let p = pr.size()[1];
                 let rest = t.narrow(1, layout.prefix, h * w);
                 t = Tensor::cat(&[t.narrow(1, 0, np), pr, rest], 1);
                 layout.prefix = np + p;

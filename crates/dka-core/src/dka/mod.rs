@@ -167,13 +167,14 @@ impl DkaConfig {
         }
     }
 
-    /// The paper's equation: one GELU, no dropout, biases, after each block.
+    /// The paper's equation: one GELU, no dropout, biases. Only what the equation decides
+    /// changes; where the module sits (`placement`, the authors' `mona` by default) is a
+    /// separate choice the equation does not make.
     pub fn paper() -> Self {
         Self {
             activation: Activation::Paper,
             dropout: 0.0,
             bias: true,
-            placement: Placement::Block,
             ..Self::authors()
         }
     }

@@ -1,0 +1,27 @@
+//! The `dka` toolkit's runner side as a library: the one trainer every method goes through,
+//! evaluation and metrics, experiment grids (resumable, shardable), tables and figures, and the
+//! subcommands' implementations. The `dka` binary (`src/main.rs`) only parses arguments and
+//! dispatches here, so the runner can be driven and tested without spawning the binary.
+pub mod aggregate;
+pub mod bench;
+pub mod convert;
+pub mod data;
+pub mod decoder;
+pub mod device;
+pub mod evaluate;
+pub mod experiment;
+pub mod features;
+pub mod grid;
+pub mod identity;
+pub mod info;
+pub mod metrics;
+pub mod optim;
+pub mod params;
+pub mod plot;
+pub mod precision;
+pub mod progress;
+pub mod run_cmd;
+pub mod run_config;
+pub mod stats;
+pub mod synth;
+pub mod train;

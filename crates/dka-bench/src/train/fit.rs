@@ -1,0 +1,298 @@
+//! The epoch loop: training steps (cached features for linear probing), evaluation only when
+//! the selection rule or the curve needs it, and the selected epoch's trained tensors.
+//!
+//! - `last`: the test set is evaluated once, after the last epoch (and every `test_every`
+//!   epochs when asked, for the curve);
+//! - `best-val`: the validation split each epoch; the best epoch's tensors are kept and the
+//!   test set is evaluated once, on them;
+//! - `best-test` (the authors' protocol): the test set each epoch; the best epoch's tensors
+//!   are kept.
+//!
+//! Either way the model is left holding the selected epoch's tensors, so what is saved is what
+//! was reported.
+use super::data::{loader, to_device, Normalizer, RunData};
+use super::feature_cache::FeatureCache;
+use super::model::{Model, Snapshot};
+use super::RunLog;
+use crate::evaluate::{evaluate, primary_metric, EpochRow, EvalSetup, Evaluation, MetricsLog};
+use crate::optim::Optimizer;
+use crate::precision::{Amp, LossScaler};
+use crate::run_config::{Precision, RunConfig, SegLoss, Selection};
+use anyhow::bail;
+use dka_data::{epoch_order, Preprocess};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// Pixels of this class are ignored by the loss and the metrics (padding of `longest-side-pad`).
+pub const IGNORE_INDEX: i64 = 255;
+
+/// fp16 runs stop after this many steps in a row with non-finite gradients.
+const MAX_CONSECUTIVE_SKIPS: usize = 50;
+
+/// What fitting produced.
+pub struct Fitted {
+    pub selected_epoch: usize,
+    /// Test metrics of the selected epoch.
+    pub test: Evaluation,
+    pub skipped_steps: usize,
+    /// How many times the test set was evaluated, and the images that took.
+    pub test_evaluations: usize,
+    pub test_images: usize,
+}
+
+/// Cross-entropy (+ soft Dice for segmentation if asked), ignoring [`IGNORE_INDEX`].
+fn loss(logits: &Tensor, y: &Tensor, seg_loss: SegLoss) -> Tensor {
+    let ce = logits.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, IGNORE_INDEX, 0.0);
+    if logits.dim() == 2 || seg_loss == SegLoss::Ce {
+        return ce;
+    }
+    let c = logits.size()[1];
+    let valid = y.ne(IGNORE_INDEX).unsqueeze(1).to_kind(Kind::Float);
+    let p = logits.softmax(1, Kind::Float) * &valid;
+    let onehot = y
+        .where_scalarother(&y.ne(IGNORE_INDEX), 0)
+        .one_hot(c)
+        .permute([0, 3, 1, 2])
+        .to_kind(Kind::Float)
+        * &valid;
+    let dims = [0i64, 2, 3];
+    let inter = (&p * &onehot).sum_dim_intlist(dims.as_slice(), false, Kind::Float);
+    let denom = p.sum_dim_intlist(dims.as_slice(), false, Kind::Float)
+        + onehot.sum_dim_intlist(dims.as_slice(), false, Kind::Float);
+    let dice = (inter * 2.0 + 1.0) / (denom + 1.0);
+    ce + (1.0 - dice.mean(Kind::Float))
+}
+
+/// Trains `model` on `data`'s training split for `cfg.epochs` and leaves it holding the
+/// selected epoch's tensors.
+pub fn fit(
+    cfg: &RunConfig,
+    model: &Model,
+    data: &RunData,
+    log: &mut RunLog,
+    dir: &Path,
+    device: Device,
+) -> anyhow::Result<Fitted> {
+    let segmentation = model.segmentation;
+    let spec = cfg.input_spec()?;
+    let pre: Preprocess = super::data::preprocess(cfg, &spec);
+    let normalizer = Normalizer::new(&spec, device);
+    let amp = Amp::new(cfg.precision, device);
+    let size = (cfg.img_size as i64, cfg.img_size as i64);
+    let classes = data.ds.task().classes().len() as i64;
+    let setup = EvalSetup {
+        normalizer: &normalizer,
+        amp,
+        classes,
+        size,
+        device,
+    };
+    let augment = cfg.augment.then(dka_data::Augment::default);
+
+    let method = cfg.method.method();
+    let cache = if method.frozen_features() {
+        let c = FeatureCache::build(model, data, pre, cfg, &normalizer, amp, device)?;
+        log.note(&format!(
+            "{}: frozen features of {} training samples cached once ({:?}, host memory)",
+            method.name(),
+            c.len(),
+            c.kind()
+        ));
+        Some(c)
+    } else {
+        None
+    };
+    let groups = model.groups();
+    let [head_n, adapter_n, backbone_n] = groups.counts();
+    log.note(&format!(
+        "trainable: head {head_n} at lr {}, adapter {adapter_n} at lr {}, backbone {backbone_n} at lr {}; weight decay {}",
+        cfg.optimizer.head_lr,
+        cfg.optimizer.adapter_lr,
+        cfg.optimizer
+            .backbone_lr
+            .map_or("-".to_string(), |v| v.to_string()),
+        cfg.optimizer.weight_decay
+    ));
+    let mut opt = Optimizer::new(&cfg.optimizer, groups)?;
+    let mut scaler = (cfg.precision == Precision::Fp16).then(LossScaler::default);
+
+    let mut csv = MetricsLog::create(&dir.join("metrics.csv"), segmentation)?;
+    let (mut test_evaluations, mut test_images) = (0usize, 0usize);
+    let mut eval_test = |m: &Model| -> anyhow::Result<Evaluation> {
+        let (e, n) = evaluate(
+            m,
+            loader(data, data.split.test.clone(), pre, None, cfg, 0)?,
+            &setup,
+        )?;
+        test_evaluations += 1;
+        test_images += n;
+        Ok(e)
+    };
+    let mut best: Option<(f64, usize, Snapshot, Option<Evaluation>)> = None;
+    let mut last_test: Option<Evaluation> = None;
+    let bar = crate::progress::bar(cfg.epochs as u64, "epochs");
+    for epoch in 0..cfg.epochs {
+        let started = std::time::Instant::now();
+        opt.set_epoch(epoch, cfg.epochs)?;
+        let (mut sum, mut steps) = (0.0, 0usize);
+        let mut step = |input: &Tensor, y: &Tensor, cached: bool| -> anyhow::Result<()> {
+            let logits = amp
+                .run(|| {
+                    if cached {
+                        model.head_logits(input, size, true)
+                    } else {
+                        model.head_logits(&model.embed(input, true), size, true)
+                    }
+                })
+                .to_kind(Kind::Float);
+            let l = loss(&logits, y, cfg.seg_loss);
+            let v = l.double_value(&[]);
+            if !v.is_finite() && scaler.is_none() {
+                bail!(
+                    "epoch {epoch}, step {steps}: the loss is {v} ({:?}); the run stops \
+                     (metrics.csv keeps every finished epoch)",
+                    cfg.precision
+                );
+            }
+            opt.zero_grad()?;
+            match scaler.as_mut() {
+                Some(s) => s.scaled(&l).backward(),
+                None => l.backward(),
+            }
+            let outcome = opt.step(scaler.as_mut())?;
+            if let Some(s) = &scaler {
+                if s.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
+                    bail!(
+                        "epoch {epoch}: {MAX_CONSECUTIVE_SKIPS} fp16 steps in a row had \
+                         non-finite gradients (loss scale now {}); the run stops",
+                        s.scale()
+                    );
+                }
+            }
+            if !outcome.skipped {
+                sum += v;
+                steps += 1;
+            }
+            Ok(())
+        };
+        match &cache {
+            Some(c) => {
+                let all: Vec<usize> = (0..c.len()).collect();
+                let order = epoch_order(&all, cfg.seed, epoch as u64);
+                for chunk in order.chunks(cfg.batch_size) {
+                    let (e, y) = c.batch(chunk, device);
+                    step(&e, &y, true)?;
+                }
+            }
+            None => {
+                let order = epoch_order(&data.split.train, cfg.seed, epoch as u64);
+                for b in loader(data, order, pre, augment, cfg, epoch as u64)? {
+                    let b = b.map_err(|e| anyhow::anyhow!("epoch {epoch}: {e}"))?;
+                    let (x, y) = to_device(&b, device);
+                    step(&normalizer.apply(&x), &super::data::targets(&y), false)?;
+                }
+            }
+        }
+        let train_loss = sum / steps.max(1) as f64;
+        let last = epoch + 1 == cfg.epochs;
+        let val = if cfg.selection == Selection::BestVal {
+            Some(
+                evaluate(
+                    model,
+                    loader(data, data.split.val.clone(), pre, None, cfg, 0)?,
+                    &setup,
+                )?
+                .0,
+            )
+        } else {
+            None
+        };
+        let test_now = match cfg.selection {
+            Selection::BestTest => true,
+            Selection::Last => last,
+            Selection::BestVal => false,
+        } || (cfg.test_every > 0 && (epoch + 1) % cfg.test_every == 0);
+        let test = if test_now {
+            Some(eval_test(model)?)
+        } else {
+            None
+        };
+        let score = match cfg.selection {
+            Selection::BestVal => val.as_ref().map(|v| v.primary(segmentation)),
+            Selection::BestTest => test.as_ref().map(|t| t.primary(segmentation)),
+            Selection::Last => None,
+        };
+        if let Some(s) = score {
+            // The first epoch always counts; later ones only when strictly better (NaN never).
+            let better = best.as_ref().is_none_or(|(b, ..)| s > *b || b.is_nan());
+            if better {
+                best = Some((s, epoch, model.snapshot(), test.clone()));
+            }
+        }
+        csv.append(&EpochRow {
+            epoch,
+            train_loss,
+            lr_factor: opt.factor(epoch, cfg.epochs),
+            skipped_steps: scaler.as_ref().map_or(0, |s| s.skipped),
+            seconds: started.elapsed().as_secs_f64(),
+            val: val.as_ref(),
+            test: test.as_ref(),
+        })?;
+        log.note(&format!(
+            "epoch {epoch}: train loss {train_loss:.4}{}{} ({:.1} s)",
+            val.as_ref()
+                .map(|v| format!(
+                    ", val {} {:.4}",
+                    primary_metric(segmentation),
+                    v.primary(segmentation)
+                ))
+                .unwrap_or_default(),
+            test.as_ref()
+                .map(|t| format!(
+                    ", test {} {:.4}",
+                    primary_metric(segmentation),
+                    t.primary(segmentation)
+                ))
+                .unwrap_or_default(),
+            started.elapsed().as_secs_f64()
+        ));
+        if test.is_some() {
+            last_test = test;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let (selected_epoch, test) = match (cfg.selection, best) {
+        (Selection::Last, _) => (
+            cfg.epochs - 1,
+            last_test.expect("the last epoch evaluates the test set"),
+        ),
+        (Selection::BestTest, Some((_, epoch, snap, test))) => {
+            model.restore(&snap);
+            (
+                epoch,
+                test.expect("best-test evaluates the test set each epoch"),
+            )
+        }
+        (Selection::BestVal, Some((_, epoch, snap, _))) => {
+            model.restore(&snap);
+            (epoch, eval_test(model)?)
+        }
+        (_, None) => bail!("no epoch produced a selection score"),
+    };
+    log.note(&format!(
+        "selection {:?}: epoch {selected_epoch}, test {} {:.4}; the test set was evaluated \
+         {test_evaluations} time(s) ({test_images} images)",
+        cfg.selection,
+        primary_metric(segmentation),
+        test.primary(segmentation)
+    ));
+    Ok(Fitted {
+        selected_epoch,
+        test,
+        skipped_steps: scaler.as_ref().map_or(0, |s| s.skipped),
+        test_evaluations,
+        test_images,
+    })
+}

@@ -1,0 +1,204 @@
+//! The one trainer every method goes through. Method quirks are data the method returns
+//! (`trains_backbone`, `frozen_features`, `backbone_lr`), never branches on the method's name.
+//!
+//! A run, stage by stage: resolve the config (every default written down in `config.json`),
+//! write the split's manifest ([`data`]), build the model ([`model`]), fit it and select an
+//! epoch ([`fit`]), save the selected epoch's trained tensors, report its metrics.
+pub mod data;
+pub mod feature_cache;
+pub mod fit;
+pub mod model;
+
+use anyhow::Context;
+use data::RunData;
+use model::Model;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::nn;
+use tch::{Device, Tensor};
+
+use crate::run_config::RunConfig;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Test metrics of the selected epoch (plus `selected_epoch`, `primary`,
+    /// `trainable_params`, `skipped_steps`).
+    pub metrics: BTreeMap<String, f64>,
+    pub info: BTreeMap<String, String>,
+}
+
+/// Runs one training run in `dir` (which must exist) on `data` (see [`RunData::open`]).
+pub fn train(
+    cfg: &RunConfig,
+    data: &RunData,
+    dir: &Path,
+    device: Device,
+) -> anyhow::Result<Outcome> {
+    cfg.validate()?;
+    let cfg = cfg.resolve(device)?;
+    tch::manual_seed(cfg.seed as i64);
+    let mut log = RunLog::start(dir, &cfg, device)?;
+    data.manifest.write(&dir.join("manifest.json"))?;
+    log.note(&format!(
+        "split (manifest.json, sha256 {}): {} train / {} val / {} test",
+        &data.split_sha256[..16],
+        data.split.train.len(),
+        data.split.val.len(),
+        data.split.test.len()
+    ));
+    if cfg.data_options.skip_bad {
+        log.note(&format!(
+            "skip_bad: {} unreadable or inconsistent file(s) skipped",
+            data.ds.skipped().len()
+        ));
+    }
+    anyhow::ensure!(
+        !data.split.train.is_empty() && !data.split.test.is_empty(),
+        "{}: the split has no training or no test samples",
+        cfg.dataset
+    );
+    let task = data.ds.task();
+    let model = Model::build(
+        &cfg,
+        task.classes().len() as i64,
+        task.is_segmentation(),
+        device,
+    )?;
+    log.note(&model.weights_report);
+    let fitted = fit::fit(&cfg, &model, data, &mut log, dir, device)?;
+    save(&cfg, &model, dir, &mut log)?;
+
+    let mut metrics = fitted.test.values();
+    metrics.insert("selected_epoch".into(), fitted.selected_epoch as f64);
+    metrics.insert("primary".into(), fitted.test.primary(model.segmentation));
+    metrics.insert("trainable_params".into(), model.trainable_params() as f64);
+    metrics.insert("skipped_steps".into(), fitted.skipped_steps as f64);
+    let mut info = BTreeMap::new();
+    info.insert("selection".into(), selection_name(cfg.selection).into());
+    info.insert("train_samples".into(), data.split.train.len().to_string());
+    info.insert("test_samples".into(), data.split.test.len().to_string());
+    info.insert("device".into(), device_name(device));
+    info.insert(
+        "precision".into(),
+        format!("{:?}", cfg.precision).to_lowercase(),
+    );
+    info.insert("backbone".into(), cfg.backbone.clone());
+    info.insert("input".into(), cfg.input.source.clone().unwrap_or_default());
+    info.insert(
+        "test_evaluations".into(),
+        fitted.test_evaluations.to_string(),
+    );
+    Ok(Outcome { metrics, info })
+}
+
+/// The selection rule as tables name it.
+pub fn selection_name(s: crate::run_config::Selection) -> &'static str {
+    match s {
+        crate::run_config::Selection::Last => "last epoch",
+        crate::run_config::Selection::BestVal => "best validation epoch",
+        crate::run_config::Selection::BestTest => "best test epoch (authors' protocol)",
+    }
+}
+
+/// `cpu`, `cuda:0`, ...
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Cpu => "cpu".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Saves the (selected epoch's) trained tensors and, for learnable kernel sizes, the radii.
+fn save(cfg: &RunConfig, model: &Model, dir: &Path, log: &mut RunLog) -> anyhow::Result<()> {
+    if let Some(summary) = write_radii(cfg, &model.adapter_vs, &dir.join("radii.csv"))? {
+        log.note(&summary);
+    }
+    let head: Vec<(String, Tensor)> = model.head_vs.variables().into_iter().collect();
+    dka_baselines::io::save(
+        &dir.join("adapter"),
+        &cfg.method,
+        &model.adapter_vs,
+        &model.backbone_vs,
+        &head,
+    )?;
+    Ok(())
+}
+
+/// The run's `log.txt`: what happened, line by line, next to its metrics. The first line names
+/// the device the run is on.
+pub struct RunLog(std::fs::File);
+
+impl RunLog {
+    /// Writes the resolved `config.json` and starts `log.txt`.
+    fn start(dir: &Path, cfg: &RunConfig, device: Device) -> anyhow::Result<Self> {
+        let path = dir.join("config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(cfg)?)
+            .with_context(|| path.display().to_string())?;
+        let path = dir.join("log.txt");
+        let mut log =
+            RunLog(std::fs::File::create(&path).with_context(|| path.display().to_string())?);
+        let first = format!(
+            "device {} ({} precision); dka {}; backbone {}; method {}; dataset {}; input: {}",
+            device_name(device),
+            format!("{:?}", cfg.precision).to_lowercase(),
+            env!("CARGO_PKG_VERSION"),
+            cfg.backbone,
+            cfg.method.method().name(),
+            cfg.dataset,
+            cfg.input.source.as_deref().unwrap_or("-")
+        );
+        tracing::info!("{first}");
+        log.note(&first);
+        Ok(log)
+    }
+
+    pub fn note(&mut self, msg: &str) {
+        use std::io::Write;
+        let _ = writeln!(self.0, "{msg}");
+        tracing::debug!("{msg}");
+    }
+}
+
+/// DKA's learnable kernel sizes (Table 3b): the learned radius of every channel of every
+/// module, as `radii.csv` (module, channel, init_radius, radius, moved), and a summary line of
+/// how far they moved; nothing for other methods.
+fn write_radii(
+    cfg: &RunConfig,
+    adapters: &nn::VarStore,
+    path: &Path,
+) -> anyhow::Result<Option<String>> {
+    let dka_baselines::MethodConfig::Dka(dka) = &cfg.method else {
+        return Ok(None);
+    };
+    let Some(l) = &dka.learnable_kernel else {
+        return Ok(None);
+    };
+    let radii = dka_core::dka::learned_radii(adapters, dka);
+    let mut w = csv::Writer::from_path(path).with_context(|| path.display().to_string())?;
+    w.write_record(["module", "channel", "init_radius", "radius", "moved"])?;
+    let mut moved: Vec<f64> = Vec::new();
+    for (module, values) in &radii {
+        for (c, r) in values.iter().enumerate() {
+            let m = r - l.init_radius;
+            moved.push(m.abs());
+            w.write_record([
+                module.as_str(),
+                &c.to_string(),
+                &format!("{:.4}", l.init_radius),
+                &format!("{r:.4}"),
+                &format!("{m:+.4}"),
+            ])?;
+        }
+    }
+    w.flush()?;
+    moved.sort_by(f64::total_cmp);
+    let median = moved.get(moved.len() / 2).copied().unwrap_or(0.0);
+    let max = moved.last().copied().unwrap_or(0.0);
+    Ok(Some(format!(
+        "learnable kernel sizes: {} radii from {:.2} px moved by median {median:.3} px, at most {max:.3} px (radii.csv)",
+        moved.len(),
+        l.init_radius
+    )))
+}

@@ -1,0 +1,196 @@
+//! The model of a run: the backbone (with its pretrained weights), the method's modules and
+//! the task head, each in its own variable store, built in one place.
+use crate::decoder::{DecoderKind, MaskTransformer};
+use crate::optim::Groups;
+use crate::run_config::RunConfig;
+use dka_core::{Backbone, BackboneConfig, Features};
+use std::collections::BTreeMap;
+use tch::nn::{self, Module};
+use tch::{Device, Tensor};
+
+/// The task head: Linear (classification, or Segmenter's linear decoder) or a mask transformer.
+pub enum Head {
+    Linear(nn::Linear),
+    Mask(MaskTransformer),
+}
+
+/// Backbone, the method's modules, the task head.
+pub struct Model {
+    pub backbone: Backbone,
+    pub backbone_vs: nn::VarStore,
+    pub adapter_vs: nn::VarStore,
+    pub head_vs: nn::VarStore,
+    pub head: Head,
+    pub segmentation: bool,
+    /// What loading the weights reported (or that there were none).
+    pub weights_report: String,
+}
+
+/// `[B, C, h, w]` from any backbone's features (ViT patch tokens laid on their grid).
+pub fn dense_map(f: &Features) -> Tensor {
+    match f.layout {
+        Some(l) => dka_core::vit::Vit::feature_map(&f.x, l),
+        None => f.x.shallow_clone(),
+    }
+}
+
+impl Model {
+    /// Backbone from `cfg.backbone` (+ `cfg.weights`), the method attached, everything of the
+    /// backbone frozen but what the method trains, and a fresh task head for `classes`.
+    pub fn build(
+        cfg: &RunConfig,
+        classes: i64,
+        segmentation: bool,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        let mut bcfg = BackboneConfig::from_spec(&cfg.backbone)?;
+        bcfg.set_num_classes(0);
+        let mut backbone_vs = nn::VarStore::new(device);
+        let mut backbone = Backbone::new(&backbone_vs.root(), &bcfg)?;
+        let weights_report = match cfg.weights_file() {
+            Some(w) => {
+                let report = dka_core::weights::load_into(&mut backbone_vs, w, bcfg.head_prefix())?;
+                format!("{}: {}", w.display(), report.summary())
+            }
+            None => "no weights: the backbone is randomly initialised".to_string(),
+        };
+        let adapter_vs = nn::VarStore::new(device);
+        let method = cfg.method.method();
+        method.attach(&mut backbone, &adapter_vs.root())?;
+        backbone_vs.freeze();
+        for (name, mut t) in backbone_vs.variables() {
+            if method.trains_backbone(&name) && !name.contains("running_") {
+                let _ = t.requires_grad_(true);
+            }
+        }
+        let head_vs = nn::VarStore::new(device);
+        let p = head_vs.root() / "task_head";
+        let head = match (segmentation, cfg.decoder) {
+            (true, DecoderKind::MaskTransformer) => {
+                let d = cfg.decoder_dim.unwrap_or(backbone.num_features());
+                Head::Mask(MaskTransformer::new(
+                    &p,
+                    backbone.num_features(),
+                    classes,
+                    d,
+                    2,
+                ))
+            }
+            _ => Head::Linear(nn::linear(
+                p,
+                backbone.num_features(),
+                classes,
+                Default::default(),
+            )),
+        };
+        Ok(Self {
+            backbone,
+            backbone_vs,
+            adapter_vs,
+            head_vs,
+            head,
+            segmentation,
+            weights_report,
+        })
+    }
+
+    /// What the head reads: pooled features, or the feature map for dense prediction.
+    pub fn embed(&self, x: &Tensor, train: bool) -> Tensor {
+        let f = self.backbone.forward_features(x, train);
+        if self.segmentation {
+            dense_map(&f)
+        } else {
+            self.backbone.pool(&f)
+        }
+    }
+
+    /// Logits: `[B, C]`, or `[B, C, H, W]` upsampled to `size`.
+    pub fn head_logits(&self, e: &Tensor, size: (i64, i64), train: bool) -> Tensor {
+        let per_patch = match &self.head {
+            Head::Linear(l) if !self.segmentation => return l.forward(e),
+            Head::Linear(l) => {
+                let s = l.ws.size();
+                e.conv2d(
+                    &l.ws.view([s[0], s[1], 1, 1]),
+                    l.bs.as_ref(),
+                    [1, 1],
+                    [0, 0],
+                    [1, 1],
+                    1,
+                )
+            }
+            Head::Mask(m) => m.forward_t(e, train),
+        };
+        per_patch.upsample_bilinear2d([size.0, size.1], false, None, None)
+    }
+
+    /// The trainable tensors by role, named (for the optimiser's groups).
+    pub fn groups(&self) -> Groups {
+        let trainable = |vs: &nn::VarStore| -> Vec<(String, Tensor)> {
+            let mut v: Vec<(String, Tensor)> = vs
+                .variables()
+                .into_iter()
+                .filter(|(_, t)| t.requires_grad())
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        Groups {
+            head: trainable(&self.head_vs),
+            adapter: trainable(&self.adapter_vs),
+            backbone: trainable(&self.backbone_vs),
+        }
+    }
+
+    /// Every tensor training can change: trainable tensors of the three stores, plus the
+    /// backbone's BatchNorm statistics when the method trains the backbone.
+    fn mutable(&self) -> Vec<(String, Tensor)> {
+        let g = self.groups();
+        let trains_backbone = !g.backbone.is_empty();
+        let mut all: Vec<(String, Tensor)> = Vec::new();
+        for (role, v) in [
+            ("head", g.head),
+            ("adapter", g.adapter),
+            ("backbone", g.backbone),
+        ] {
+            all.extend(v.into_iter().map(|(n, t)| (format!("{role}/{n}"), t)));
+        }
+        if trains_backbone {
+            for (n, t) in self.backbone_vs.variables() {
+                if n.contains("running_") {
+                    all.push((format!("backbone/{n}"), t));
+                }
+            }
+        }
+        all
+    }
+
+    /// A copy (on the CPU) of every tensor training can change.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot(
+            self.mutable()
+                .into_iter()
+                .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).copy()))
+                .collect(),
+        )
+    }
+
+    /// Puts a snapshot's values back.
+    pub fn restore(&self, s: &Snapshot) {
+        tch::no_grad(|| {
+            for (n, mut t) in self.mutable() {
+                if let Some(v) = s.0.get(&n) {
+                    t.copy_(v);
+                }
+            }
+        });
+    }
+
+    /// Number of trainable values (head + adapter + trained backbone tensors).
+    pub fn trainable_params(&self) -> i64 {
+        self.groups().counts().iter().sum()
+    }
+}
+
+/// Values of a model's trainable tensors at one epoch (for `best-val`/`best-test` selection).
+pub struct Snapshot(BTreeMap<String, Tensor>);

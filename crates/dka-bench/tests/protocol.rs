@@ -1,0 +1,267 @@
+//! A grid runs only what the user meant, says exactly what it ran, and loses nothing to one
+//! bad run: refusals before any work (CPU for a paper-scale profile, no weights, missing
+//! datasets), run identity (weights content, settings), failed runs recorded while the rest of
+//! the grid completes.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn dka(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dka"))
+        .args(args)
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn synth(dir: &Path) -> String {
+    let out = dka(&[
+        "data",
+        "synth",
+        "--out",
+        dir.to_str().unwrap(),
+        "--classes",
+        "3",
+        "--per-class",
+        "8",
+        "--size",
+        "32",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    format!("folder={}", dir.display())
+}
+
+/// runs.csv rows as column -> value maps.
+fn rows(out: &Path) -> Vec<BTreeMap<String, String>> {
+    let mut r = csv::Reader::from_path(out.join("runs.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            h.iter()
+                .zip(rec.unwrap().iter())
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// table.csv's `n` column.
+fn table_ns(out: &Path) -> Vec<String> {
+    let mut r = csv::Reader::from_path(out.join("table.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    let n = h.iter().position(|c| c == "n").unwrap();
+    r.records().map(|x| x.unwrap()[n].to_string()).collect()
+}
+
+/// A small experiment (no `quick` profile: it needs --device cpu and weights like a paper grid).
+fn experiment(dir: &Path, epochs: usize, methods: &str) -> PathBuf {
+    let p = dir.join("exp.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+name = "t"
+title = "T"
+metric = "accuracy"
+rows = "method"
+columns = ["dataset"]
+
+[base]
+backbone = "experiments/backbones/vit_quick.json"
+img_size = 32
+epochs = {epochs}
+batch_size = 8
+augment = false
+
+[grid]
+method = {methods}
+dataset = ["folder"]
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// A weights file for the quick ViT, seeded.
+fn weights(path: &Path, seed: i64) {
+    tch::manual_seed(seed);
+    let cfg = dka_core::BackboneConfig::from_spec(
+        repo()
+            .join("experiments/backbones/vit_quick.json")
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _model = dka_core::Backbone::new(&vs.root(), &cfg).unwrap();
+    vs.save(path).unwrap();
+}
+
+#[test]
+fn paper_scale_grids_refuse_the_cpu_and_missing_weights_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let base = [
+        "grid",
+        "experiments/table2_classification.toml",
+        "--out",
+        out.to_str().unwrap(),
+        "--data-dir",
+        "/nonexistent",
+    ];
+    // No CUDA here: `auto` lands on the CPU, which a paper-scale profile refuses.
+    let run = dka(&base);
+    let e = stderr(&run);
+    assert!(!run.status.success());
+    assert!(
+        e.contains("--device cpu") && e.lines().filter(|l| l.starts_with("error:")).count() == 1,
+        "{e}"
+    );
+    // On the CPU by choice, but without weights.
+    let run = dka(&[&base[..], &["--device", "cpu"]].concat());
+    let e = stderr(&run);
+    assert!(!run.status.success() && e.contains("--weights none"), "{e}");
+    // With `--weights none` (the random-init control) the missing datasets are named, each once.
+    let run = dka(&[&base[..], &["--device", "cpu", "--weights", "none"]].concat());
+    let e = stderr(&run);
+    assert!(!run.status.success(), "{e}");
+    assert!(e.contains("3 dataset folder(s) missing"), "{e}");
+    for d in ["covid", "busi-cls", "isic2019"] {
+        assert_eq!(e.matches(&format!("{d} (no folder")).count(), 1, "{e}");
+    }
+    assert!(!out.join("runs").exists(), "nothing ran");
+}
+
+#[test]
+fn the_run_id_covers_weights_content_and_settings_and_tables_show_the_current_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("synth"));
+    let (w1, w2) = (
+        tmp.path().join("w1.safetensors"),
+        tmp.path().join("w2.safetensors"),
+    );
+    weights(&w1, 1);
+    weights(&w2, 2);
+    let out = tmp.path().join("out");
+    let exp = experiment(tmp.path(), 1, r#"[{ name = "linear" }, { name = "dka" }]"#);
+    let run = |exp: &Path, w: &Path| {
+        let o = dka(&[
+            "grid",
+            exp.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--data",
+            &data,
+            "--weights",
+            w.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    run(&exp, &w1);
+    assert_eq!(rows(&out).len(), 2);
+    let stdout = run(&exp, &w2);
+    assert!(
+        stdout.contains("2 run(s) finished now, 0 already done"),
+        "{stdout}"
+    );
+    assert_eq!(rows(&out).len(), 4, "other weights are other runs");
+    assert_eq!(
+        table_ns(&out),
+        ["1", "1"],
+        "the table shows the current grid only"
+    );
+    let md = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(md.contains("w2.safetensors (sha256 "), "{md}");
+    assert!(
+        md.contains("2 older run(s) in runs.csv are not part of this grid"),
+        "{md}"
+    );
+    // The same weights again: nothing to do.
+    let stdout = run(&exp, &w2);
+    assert!(
+        stdout.contains("0 run(s) finished now, 2 already done"),
+        "{stdout}"
+    );
+    // Other settings (epochs) are other runs; the table's n stays 1.
+    let exp2 = experiment(tmp.path(), 2, r#"[{ name = "linear" }, { name = "dka" }]"#);
+    run(&exp2, &w2);
+    assert_eq!(rows(&out).len(), 6);
+    assert_eq!(table_ns(&out), ["1", "1"]);
+}
+
+#[test]
+fn a_diverging_run_is_a_failed_row_and_the_rest_of_the_grid_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("synth"));
+    let out = tmp.path().join("out");
+    // `with` sets a learning rate that diverges for one axis value only.
+    let exp = experiment(
+        tmp.path(),
+        3,
+        r#"[{ name = "linear", label = "diverges", with = { "optimizer.head_lr" = 1e38, "optimizer.kind" = "sgd", "optimizer.momentum" = 0.0 } }, { name = "dka" }]"#,
+    );
+    let o = dka(&[
+        "grid",
+        exp.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--data",
+        &data,
+        "--weights",
+        "none",
+    ]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success(),
+        "a failed run is reported through the exit status"
+    );
+    assert!(
+        e.contains("1 run(s) of t failed") && e.contains("--retry-failed"),
+        "{e}"
+    );
+    let r = rows(&out);
+    let by = |label: &str| r.iter().find(|x| x["method"] == label).unwrap();
+    assert_eq!(by("diverges")["status"], "failed");
+    assert!(
+        by("diverges")["error"].contains("the loss is"),
+        "{:?}",
+        by("diverges")
+    );
+    assert_eq!(by("dka")["status"], "ok");
+    let md = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(md.contains("| diverges | – (1 failed) |"), "{md}");
+    assert!(md.contains("| dka | "), "{md}");
+    // A restart does not retry it unless asked.
+    let o = dka(&[
+        "grid",
+        exp.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--data",
+        &data,
+        "--weights",
+        "none",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains("0 run(s) finished now, 1 already done, 1 failed"));
+}
