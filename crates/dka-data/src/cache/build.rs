@@ -108,18 +108,28 @@ fn write(
     Ok((slot.pos, s.class, s.extent))
 }
 
-/// Decodes one unit (records sharing their files: one image, or one volume's slices).
-fn unit(
-    ds: &dyn Dataset,
-    indices: &[usize],
-    pre: &Preprocess,
+/// What every unit of a build shares.
+struct Job<'a> {
+    ds: &'a dyn Dataset,
+    indices: &'a [usize],
+    pre: &'a Preprocess,
+    /// H * W.
     plane: usize,
-    mut slots: Vec<Slot>,
-    done: &AtomicUsize,
-    total: usize,
-    progress: &(dyn Fn(usize, usize) + Sync),
-) -> Result<Vec<Info>> {
-    let tick = || progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+    done: AtomicUsize,
+    progress: &'a (dyn Fn(usize, usize) + Sync),
+}
+
+/// Decodes one unit (records sharing their files: one image, or one volume's slices).
+fn unit(job: &Job, mut slots: Vec<Slot>) -> Result<Vec<Info>> {
+    let Job {
+        ds,
+        indices,
+        pre,
+        plane,
+        ..
+    } = *job;
+    let total = indices.len();
+    let tick = || (job.progress)(job.done.fetch_add(1, Ordering::Relaxed) + 1, total);
     if slots.len() == 1 {
         let rec = indices[slots[0].pos];
         let s = ds.sample_u8(rec, pre, None)?;
@@ -196,7 +206,14 @@ pub(super) fn build(
                 .collect()
         })
         .collect();
-    let done = AtomicUsize::new(0);
+    let job = Job {
+        ds,
+        indices,
+        pre,
+        plane,
+        done: AtomicUsize::new(0),
+        progress,
+    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .thread_name(|i| format!("dka-cache-{i}"))
@@ -204,7 +221,7 @@ pub(super) fn build(
         .map_err(|e| DataError::config(format!("cannot start {threads} decoding threads ({e})")))?;
     let infos: Vec<Vec<Info>> = pool.install(|| {
         work.into_par_iter()
-            .map(|slots| unit(ds, indices, pre, plane, slots, &done, n, progress))
+            .map(|slots| unit(&job, slots))
             .collect::<Result<_>>()
     })?;
     drop(image_slots);
