@@ -151,6 +151,26 @@ fn unit(job: &Job, mut slots: Vec<Slot>) -> Result<Vec<Info>> {
         .collect()
 }
 
+/// Removes temporary files that a build killed more than a day ago left behind.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if name.starts_with('.') && name.contains(".tmp-") && old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Builds the cache of `key` in `dir`; returns the number of samples decoded.
 pub(super) fn build(
     ds: &dyn Dataset,
@@ -163,6 +183,7 @@ pub(super) fn build(
 ) -> Result<usize> {
     let t0 = std::time::Instant::now();
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    remove_stale_temps(dir);
     let n = indices.len();
     let (h, w) = pre.size;
     let plane = (h * w) as usize;
