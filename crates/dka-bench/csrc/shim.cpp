@@ -53,10 +53,25 @@ int dka_autocast_decrement_nesting() {
 }
 
 #ifdef DKA_NO_CUDA
+int dka_cuda_device_name(int, char*, int) { return -1; }
 int dka_cuda_capability_major(int) { return -1; }
 int dka_cuda_reset_peak(int) { return -1; }
 long long dka_cuda_peak_allocated(int) { return -1; }
 #else
+// Writes the CUDA device's name (NUL-terminated, truncated to len) into buf; 0 on success.
+int dka_cuda_device_name(int device, char* buf, int len) {
+  try {
+    if (len <= 0 || device < 0 || device >= static_cast<int>(c10::cuda::device_count())) return -1;
+    const char* name = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(device))->name;
+    int i = 0;
+    for (; i + 1 < len && name[i] != 0; ++i) buf[i] = name[i];
+    buf[i] = 0;
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
 // Compute capability major of a CUDA device, -1 when unavailable.
 int dka_cuda_capability_major(int device) {
   try {

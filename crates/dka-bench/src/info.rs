@@ -41,6 +41,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("cuda usable: {cuda}");
     if cuda {
         println!("cuda devices: {}", tch::Cuda::device_count());
+        for i in 0..tch::Cuda::device_count() as usize {
+            println!(
+                "cuda:{i}: {} (bf16 native: {})",
+                crate::precision::cuda_device_name(tch::Device::Cuda(i)).unwrap_or_default(),
+                crate::precision::cuda_bf16_native(tch::Device::Cuda(i))
+                    .map_or("unknown".to_string(), |b| b.to_string())
+            );
+        }
         println!(
             "cudnn: {} (version {})",
             tch::Cuda::cudnn_is_available(),
@@ -64,6 +72,7 @@ pub fn machine() -> serde_json::Value {
         "libtorch_threads": tch::get_num_threads(),
         "libtorch": option_env!("DKA_LIBTORCH_VERSION"),
         "cuda": tch::Cuda::is_available(),
+        "gpu": crate::precision::cuda_device_name(tch::Device::cuda_if_available()),
         "dka_version": env!("CARGO_PKG_VERSION"),
         "git_commit": std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()
             .filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),

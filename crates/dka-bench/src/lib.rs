@@ -4,6 +4,7 @@
 //! dispatches here, so the runner can be driven and tested without spawning the binary.
 pub mod aggregate;
 pub mod bench;
+pub mod bench_data;
 pub mod convert;
 pub mod data;
 pub mod decoder;
@@ -11,6 +12,7 @@ pub mod device;
 pub mod evaluate;
 pub mod experiment;
 pub mod features;
+pub mod gpu_check;
 pub mod grid;
 pub mod identity;
 pub mod info;

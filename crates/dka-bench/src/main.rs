@@ -4,7 +4,7 @@
 //! calls a subcommand returning `anyhow::Result`, and prints the error chain on one line.
 
 use clap::{Parser, Subcommand};
-use dka_bench::{bench, convert, data, features, info, params, run_cmd};
+use dka_bench::{bench, bench_data, convert, data, features, gpu_check, info, params, run_cmd};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -38,12 +38,17 @@ enum Command {
     Bench(BenchCommand),
     /// Rename a checkpoint's keys to timm's (torchvision ViT, SAM/MedSAM, DDP prefixes).
     Convert(convert::Args),
+    /// Check this build on the GPU: forward parity (fp32, bf16), a training step of every
+    /// method with time and peak memory, a short grid; writes results/gpu/check.csv.
+    GpuCheck(gpu_check::Args),
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
     /// DKA's depthwise convolutions: plain reference vs the exact fast path.
     Conv(bench::Args),
+    /// The data path: images/s uncached vs the decoded cache (ISIC-2019-like JPEGs, BraTS-like volumes).
+    Data(bench_data::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -56,6 +61,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => run_cmd::train(a),
         Command::Grid(a) => run_cmd::grid(a),
         Command::Bench(BenchCommand::Conv(a)) => bench::run(a),
+        Command::Bench(BenchCommand::Data(a)) => bench_data::run(a),
+        Command::GpuCheck(a) => gpu_check::run(a),
     }
 }
 

@@ -14,6 +14,7 @@ extern "C" {
     fn dka_autocast_set(cuda: i32, enabled: i32, bf16: i32) -> i32;
     fn dka_autocast_increment_nesting() -> i32;
     fn dka_autocast_decrement_nesting() -> i32;
+    fn dka_cuda_device_name(device: i32, buf: *mut std::os::raw::c_char, len: i32) -> i32;
     fn dka_cuda_capability_major(device: i32) -> i32;
     fn dka_cuda_reset_peak(device: i32) -> i32;
     fn dka_cuda_peak_allocated(device: i32) -> i64;
@@ -95,6 +96,21 @@ pub fn cuda_bf16_native(device: Device) -> Option<bool> {
     // SAFETY: plain C function of the shim.
     let major = unsafe { dka_cuda_capability_major(i as i32) };
     (major >= 0).then_some(major >= 8)
+}
+
+/// The name of a CUDA device (e.g. "NVIDIA H200"), `None` on the CPU or when unavailable.
+pub fn cuda_device_name(device: Device) -> Option<String> {
+    let Device::Cuda(i) = device else {
+        return None;
+    };
+    let mut buf = vec![0u8; 256];
+    // SAFETY: the shim writes at most `len` bytes, NUL-terminated.
+    let rc = unsafe { dka_cuda_device_name(i as i32, buf.as_mut_ptr().cast(), buf.len() as i32) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 /// Resets the peak-memory statistic of `device` (CUDA: the caching allocator's; CPU: nothing,

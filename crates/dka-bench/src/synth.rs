@@ -33,6 +33,24 @@ impl Mix {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    write(&a.out, a.classes, a.per_class, a.size, a.seed)
+}
+
+/// Writes `classes` x `per_class` images of `size` pixels under `out/class<c>/`.
+pub fn write(
+    out: &std::path::Path,
+    classes: u32,
+    per_class: u32,
+    size: u32,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let a = Args {
+        out: out.to_path_buf(),
+        classes,
+        per_class,
+        size,
+        seed,
+    };
     anyhow::ensure!(
         a.classes >= 2 && a.per_class >= 1 && a.size >= 16,
         "need >= 2 classes, >= 1 image per class, size >= 16"

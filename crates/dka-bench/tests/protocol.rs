@@ -265,3 +265,55 @@ fn a_diverging_run_is_a_failed_row_and_the_rest_of_the_grid_completes() {
     assert!(String::from_utf8_lossy(&o.stdout)
         .contains("0 run(s) finished now, 1 already done, 1 failed"));
 }
+
+#[test]
+fn gpu_check_runs_its_cpu_part_and_writes_its_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("check.csv");
+    let o = dka(&[
+        "gpu-check",
+        "--out",
+        out.to_str().unwrap(),
+        "--cpu-steps",
+        "--backbone",
+        "experiments/backbones/vit_quick.json",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        csv.starts_with("section,item,device,precision,value,unit,tolerance,ok,note\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("device,cuda usable,,,false"), "{csv}");
+    assert!(csv.contains("forward,vit_layerscale,cpu,fp32,"), "{csv}");
+    for m in [
+        "full",
+        "linear",
+        "bitfit",
+        "vpt",
+        "lora",
+        "adapter",
+        "adaptformer",
+        "convpass",
+        "ciat",
+        "aim",
+        "dka",
+    ] {
+        assert!(
+            csv.contains(&format!("train-step,vit_quick.json {m} batch 2,cpu,fp32,")),
+            "{m}: {csv}"
+        );
+    }
+    assert!(csv.contains("grid,"), "{csv}");
+    assert!(
+        csv.lines()
+            .filter(|l| !l.starts_with("device,"))
+            .all(|l| !l.contains(",false,")),
+        "every check passes: {csv}"
+    );
+    assert!(out.with_extension("meta.json").is_file());
+}
