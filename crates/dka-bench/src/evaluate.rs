@@ -4,7 +4,7 @@ use crate::precision::Amp;
 use crate::train::data::{to_device, Normalizer};
 use crate::train::model::Model;
 use anyhow::Context;
-use dka_data::BatchLoader;
+use dka_data::{CachedLoader, DecodedSplit};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Kind};
@@ -83,12 +83,16 @@ pub struct EvalSetup<'a> {
     pub classes: i64,
     pub size: (i64, i64),
     pub device: Device,
+    /// Images are padded (`longest-side-pad`): normalise the content only.
+    pub pad: bool,
 }
 
-/// Metrics of `model` over every batch of `loader`, and the number of images seen.
+/// Metrics of `model` over every batch of `loader` (over `split`), and the number of images
+/// seen.
 pub fn evaluate(
     model: &Model,
-    loader: BatchLoader,
+    loader: CachedLoader,
+    split: &DecodedSplit,
     s: &EvalSetup,
 ) -> anyhow::Result<(Evaluation, usize)> {
     let mut probs: Vec<f32> = Vec::new();
@@ -97,9 +101,9 @@ pub fn evaluate(
     let mut images = 0;
     for b in loader {
         let b = b.context("evaluation batch")?;
-        let (x, y) = to_device(&b, s.device);
+        let (x, y, valid) = to_device(&b, split, s.pad, s.device);
         images += x.size()[0] as usize;
-        let x = s.normalizer.apply(&x);
+        let x = s.normalizer.apply(&x, valid.as_ref());
         let logits = tch::no_grad(|| {
             s.amp
                 .run(|| model.head_logits(&model.embed(&x, false), s.size, false))

@@ -95,7 +95,7 @@ fn read_run_config(path: &Path) -> anyhow::Result<RunConfig> {
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let cfg = a.data.resolve(read_run_config(&a.config)?);
     let device = pick(a.data.device)?;
-    let data = RunData::open(&cfg, &a.data.root(&cfg.dataset)?)?;
+    let data = RunData::open(&cfg, &a.data.root(&cfg.dataset)?, &a.data.cache_dir())?;
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
     let out = crate::train::train(&cfg, &data, &a.out, device)?;
     for (k, v) in &out.metrics {
@@ -231,7 +231,7 @@ fn plan(
         let data = match splits.get(&split_key) {
             Some(d) => d.clone(),
             None => {
-                let d = Arc::new(RunData::new(ds, &cfg)?);
+                let d = Arc::new(RunData::new(ds, &cfg, &cache_dir)?);
                 splits.insert(split_key, d.clone());
                 d
             }

@@ -4,11 +4,10 @@ use crate::run_config::RunConfig;
 use anyhow::Context;
 use dka_core::input::{InputSpec, PixelScale};
 use dka_data::{
-    open_dataset, BatchLoader, BatchTarget, Dataset, LoaderConfig, LoaderOptions, Manifest,
-    Preprocess, Split, SplitSpec,
+    open_dataset, CacheStats, CachedLoader, Dataset, DecodedSplit, LoaderConfig, LoaderOptions,
+    Manifest, Preprocess, Split, SplitName, SplitSpec, U8Batch, U8Target,
 };
-use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
@@ -30,45 +29,76 @@ pub fn open(name: &str, root: &Path, options: &LoaderOptions) -> anyhow::Result<
     )?))
 }
 
-/// A run's dataset, split and manifest.
+/// A run's dataset, split and manifest, and where decoded images are cached.
 pub struct RunData {
     pub ds: Arc<dyn Dataset>,
     pub split: Split,
     pub manifest: Manifest,
-    /// SHA-256 of the manifest's content (dataset, options, split entries and every file's
-    /// hash; not the folder it was read from): the exact data a run saw.
+    /// The manifest's content hash (dataset, options, split entries and every file's hash;
+    /// not the folder it was read from): the exact data a run saw.
     pub split_sha256: String,
+    /// Decoded images and file hashes (shared safely by concurrent processes).
+    pub cache_dir: PathBuf,
 }
 
 impl RunData {
-    /// Draws `cfg`'s split of an opened dataset and writes it down (hashing its files).
-    pub fn new(ds: Arc<dyn Dataset>, cfg: &RunConfig) -> anyhow::Result<Self> {
+    /// Draws `cfg`'s split of an opened dataset and writes it down (file hashes are cached in
+    /// `cache_dir`, so each file is hashed once per machine).
+    pub fn new(ds: Arc<dyn Dataset>, cfg: &RunConfig, cache_dir: &Path) -> anyhow::Result<Self> {
         let spec = split_spec(cfg)?;
         let split = dka_data::make_split(ds.as_ref(), &spec)?;
-        let manifest = Manifest::build(ds.as_ref(), &spec, &cfg.data_options, &split)?;
-        let split_sha256 = manifest_sha256(&manifest)?;
+        std::fs::create_dir_all(cache_dir)
+            .with_context(|| format!("the cache folder {}", cache_dir.display()))?;
+        let (manifest, _) =
+            Manifest::build_cached(ds.as_ref(), &spec, &cfg.data_options, &split, Some(cache_dir))?;
+        let split_sha256 = manifest.content_hash();
         Ok(Self {
             ds,
             split,
             manifest,
             split_sha256,
+            cache_dir: cache_dir.to_path_buf(),
         })
     }
 
     /// Opens `cfg.dataset` at `root` and draws the split.
-    pub fn open(cfg: &RunConfig, root: &Path) -> anyhow::Result<Self> {
-        Self::new(open(&cfg.dataset, root, &cfg.data_options)?, cfg)
+    pub fn open(cfg: &RunConfig, root: &Path, cache_dir: &Path) -> anyhow::Result<Self> {
+        Self::new(open(&cfg.dataset, root, &cfg.data_options)?, cfg, cache_dir)
     }
-}
 
-/// SHA-256 over what decides a manifest's data: everything but the folder it was read from.
-pub fn manifest_sha256(m: &Manifest) -> anyhow::Result<String> {
-    let v = serde_json::json!({
-        "dataset": m.dataset, "task": m.task, "spec": m.spec, "options": m.options,
-        "sha256": m.sha256, "train": m.train, "val": m.val, "test": m.test,
-    });
-    let digest = Sha256::digest(serde_json::to_vec(&v)?);
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    /// The records of one split.
+    pub fn indices(&self, which: SplitName) -> &[usize] {
+        match which {
+            SplitName::Train => &self.split.train,
+            SplitName::Val => &self.split.val,
+            SplitName::Test => &self.split.test,
+        }
+    }
+
+    /// Split `which` decoded at `pre`'s geometry: memory-mapped from the cache, built (each
+    /// image decoded and resized once, in u8) the first time any run asks for it.
+    pub fn decoded(
+        &self,
+        which: SplitName,
+        pre: &Preprocess,
+        threads: usize,
+    ) -> anyhow::Result<(Arc<DecodedSplit>, CacheStats)> {
+        let indices = self.indices(which);
+        let bar = crate::progress::bar(indices.len() as u64, &format!("decoding {}", which.as_str()));
+        let progress = |done: usize, _total: usize| bar.set_position(done as u64);
+        let (split, stats) = DecodedSplit::open_or_build(
+            self.ds.as_ref(),
+            indices,
+            pre,
+            &self.manifest,
+            &self.cache_dir,
+            threads,
+            &progress,
+        )
+        .with_context(|| format!("the decoded {} split of {}", which.as_str(), self.ds.name()))?;
+        bar.finish_and_clear();
+        Ok((Arc::new(split), stats))
+    }
 }
 
 /// The geometric part of a run's preprocessing (normalisation happens on the device).
@@ -91,15 +121,15 @@ pub fn preprocess(cfg: &RunConfig, spec: &InputSpec) -> Preprocess {
     }
 }
 
-/// Batches of `order` (record indices); augmented when `augment` is given (training only).
+/// Batches of `order` (positions in `split`), augmented on the cached u8 images when
+/// `augment` is given (training only).
 pub fn loader(
-    data: &RunData,
+    split: &Arc<DecodedSplit>,
     order: Vec<usize>,
-    pre: Preprocess,
     augment: Option<dka_data::Augment>,
     cfg: &RunConfig,
     epoch: u64,
-) -> anyhow::Result<BatchLoader> {
+) -> anyhow::Result<CachedLoader> {
     let lcfg = LoaderConfig {
         batch_size: cfg.batch_size,
         threads: cfg.loader_threads.max(1),
@@ -108,38 +138,44 @@ pub fn loader(
         drop_last: false,
         seed: cfg.seed,
     };
-    Ok(BatchLoader::new(
-        data.ds.clone(),
-        order,
-        pre,
-        augment,
-        &lcfg,
-        epoch,
-    )?)
+    Ok(CachedLoader::new(split.clone(), order, augment, &lcfg, epoch)?)
 }
 
-/// A batch on the device: images in [0, 1] `[B, 3, H, W]` f32 and targets (`[B]` class
-/// indices or `[B, H, W]` class maps, int64; 255 marks ignored pixels).
-pub fn to_device(b: &dka_data::Batch, device: Device) -> (Tensor, Tensor) {
+/// A batch on the device: images in [0, 1] `[B, 3, H, W]` f32, targets (`[B]` class indices or
+/// `[B, H, W]` class maps, int64; 255 marks ignored pixels), and, for padded images that were
+/// not augmented, the valid region `[B, 1, H, W]` (1 inside the image content).
+pub fn to_device(
+    b: &U8Batch,
+    split: &DecodedSplit,
+    pad: bool,
+    device: Device,
+) -> (Tensor, Tensor, Option<Tensor>) {
     let s = b.images.shape();
-    let x = Tensor::from_slice(b.images.as_slice().expect("contiguous batch")).view([
-        s[0] as i64,
-        s[1] as i64,
-        s[2] as i64,
-        s[3] as i64,
-    ]);
+    let (n, h, w) = (s[0] as i64, s[2] as i64, s[3] as i64);
+    let x = Tensor::from_slice(b.images.as_slice().expect("contiguous batch"))
+        .view([n, 3, h, w])
+        .to_device(device)
+        .to_kind(Kind::Float)
+        / 255.0;
     let y = match &b.target {
-        BatchTarget::Classes(c) => Tensor::from_slice(c),
-        BatchTarget::Masks(m) => {
-            let s = m.shape();
-            Tensor::from_slice(m.as_slice().expect("contiguous masks")).view([
-                s[0] as i64,
-                s[1] as i64,
-                s[2] as i64,
-            ])
-        }
+        U8Target::Classes(c) => Tensor::from_slice(c).to_device(device),
+        U8Target::Masks(m) => Tensor::from_slice(m.as_slice().expect("contiguous masks"))
+            .view([n, h, w])
+            .to_device(device)
+            .to_kind(Kind::Int64),
     };
-    (x.to_device(device), y.to_device(device))
+    let valid = pad.then(|| {
+        let mut v = vec![0f32; (n * h * w) as usize];
+        for (k, &pos) in b.indices.iter().enumerate() {
+            let (eh, ew) = split.extent(pos);
+            for yy in 0..(eh as i64).min(h) {
+                let row = (k as i64 * h * w + yy * w) as usize;
+                v[row..row + (ew as i64).min(w) as usize].fill(1.0);
+            }
+        }
+        Tensor::from_slice(&v).view([n, 1, h, w]).to_device(device)
+    });
+    (x, y, valid)
 }
 
 /// The backbone's input normalisation, applied on the device to images in [0, 1].
@@ -159,24 +195,29 @@ impl Normalizer {
         }
     }
 
-    /// `(x − mean) / std`, or per image `(x − min) / (max − min)`.
-    pub fn apply(&self, x: &Tensor) -> Tensor {
-        if self.min_max {
+    /// `(x − mean) / std`, or per image `(x − min) / (max − min)` (0 for a constant image).
+    /// With `valid` (padded images), min and max come from the image content and the padding
+    /// is 0 after normalising, as SAM pads its normalised input.
+    pub fn apply(&self, x: &Tensor, valid: Option<&Tensor>) -> Tensor {
+        let y = if self.min_max {
             let dims = [1i64, 2, 3];
-            let lo = x.amin(dims.as_slice(), true);
-            let hi = x.amax(dims.as_slice(), true);
-            (x - &lo) / (hi - lo).clamp_min(1e-8)
+            let (lo, hi) = match valid {
+                Some(v) => (
+                    x.where_self(&v.gt(0.5), &x.full_like(f64::INFINITY))
+                        .amin(dims.as_slice(), true),
+                    x.where_self(&v.gt(0.5), &x.full_like(f64::NEG_INFINITY))
+                        .amax(dims.as_slice(), true),
+                ),
+                None => (x.amin(dims.as_slice(), true), x.amax(dims.as_slice(), true)),
+            };
+            let range = &hi - &lo;
+            (x - &lo) / range.clamp_min(1e-12) * range.gt(0.0).to_kind(Kind::Float)
         } else {
             (x - &self.mean) / &self.std
+        };
+        match valid {
+            Some(v) => y * v,
+            None => y,
         }
-    }
-}
-
-/// Mask targets for the loss and the metrics: int64 class maps.
-pub fn targets(y: &Tensor) -> Tensor {
-    if y.kind() == Kind::Int64 {
-        y.shallow_clone()
-    } else {
-        y.to_kind(Kind::Int64)
     }
 }

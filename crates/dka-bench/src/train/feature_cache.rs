@@ -1,11 +1,12 @@
 //! Linear probing's cache: the frozen backbone's features of the whole training split,
 //! computed once (no augmentation), kept in host memory in the training precision (masks as
 //! u8), preallocated so there is no concatenation peak, and streamed to the device per batch.
-use super::data::{loader, to_device, Normalizer, RunData};
+use super::data::{loader, to_device, Normalizer};
 use super::model::Model;
 use crate::precision::Amp;
 use crate::run_config::RunConfig;
-use dka_data::Preprocess;
+use dka_data::DecodedSplit;
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 pub struct FeatureCache {
@@ -16,21 +17,22 @@ pub struct FeatureCache {
 }
 
 impl FeatureCache {
+    /// Features of every sample of `train` (the decoded training split), in split order.
     pub fn build(
         model: &Model,
-        data: &RunData,
-        pre: Preprocess,
+        train: &Arc<DecodedSplit>,
+        pad: bool,
         cfg: &RunConfig,
         normalizer: &Normalizer,
         amp: Amp,
         device: Device,
     ) -> anyhow::Result<Self> {
-        let n = data.split.train.len() as i64;
+        let n = train.len() as i64;
         let (mut embed, mut target): (Option<Tensor>, Option<Tensor>) = (None, None);
         let mut pos = 0i64;
-        for b in loader(data, data.split.train.clone(), pre, None, cfg, 0)? {
-            let (x, y) = to_device(&b?, device);
-            let x = normalizer.apply(&x);
+        for b in loader(train, (0..train.len()).collect(), None, cfg, 0)? {
+            let (x, y, valid) = to_device(&b?, train, pad, device);
+            let x = normalizer.apply(&x, valid.as_ref());
             let e = tch::no_grad(|| amp.run(|| model.embed(&x, false)))
                 .to_kind(amp.kind())
                 .to_device(Device::Cpu);

@@ -11,6 +11,7 @@
 //! Either way the model is left holding the selected epoch's tensors, so what is saved is what
 //! was reported.
 use super::data::{loader, to_device, Normalizer, RunData};
+use dka_data::{CacheOutcome, SplitName};
 use super::feature_cache::FeatureCache;
 use super::model::{Model, Snapshot};
 use super::RunLog;
@@ -20,6 +21,7 @@ use crate::precision::{Amp, LossScaler};
 use crate::run_config::{Precision, RunConfig, SegLoss, Selection};
 use anyhow::bail;
 use dka_data::{epoch_order, Preprocess};
+use std::sync::Arc;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -76,6 +78,7 @@ pub fn fit(
     let segmentation = model.segmentation;
     let spec = cfg.input_spec()?;
     let pre: Preprocess = super::data::preprocess(cfg, &spec);
+    let pad = spec.resize == dka_core::input::ResizeMode::LongestSidePad;
     let normalizer = Normalizer::new(&spec, device);
     let amp = Amp::new(cfg.precision, device);
     let size = (cfg.img_size as i64, cfg.img_size as i64);
@@ -86,12 +89,39 @@ pub fn fit(
         classes,
         size,
         device,
+        pad,
     };
     let augment = cfg.augment.then(dka_data::Augment::default);
 
+    // Every split this run reads, decoded once per machine (u8, memory-mapped).
+    let mut decode = |which: SplitName| -> anyhow::Result<Arc<dka_data::DecodedSplit>> {
+        let (split, stats) = data.decoded(which, &pre, cfg.loader_threads)?;
+        log.note(&format!(
+            "decoded {} split: {} ({} image(s) decoded, {:.1} s, {:.1} MB at {})",
+            which.as_str(),
+            match stats.outcome {
+                CacheOutcome::Reused => "reused from the cache",
+                CacheOutcome::Built => "built",
+                CacheOutcome::Rebuilt => "rebuilt (the cached copy was broken)",
+            },
+            stats.decoded,
+            stats.seconds,
+            stats.bytes as f64 / 1e6,
+            stats.dir.display()
+        ));
+        Ok(split)
+    };
+    let train_split = decode(SplitName::Train)?;
+    let test_split = decode(SplitName::Test)?;
+    let val_split = if cfg.selection == Selection::BestVal {
+        Some(decode(SplitName::Val)?)
+    } else {
+        None
+    };
+
     let method = cfg.method.method();
     let cache = if method.frozen_features() {
-        let c = FeatureCache::build(model, data, pre, cfg, &normalizer, amp, device)?;
+        let c = FeatureCache::build(model, &train_split, pad, cfg, &normalizer, amp, device)?;
         log.note(&format!(
             "{}: frozen features of {} training samples cached once ({:?}, host memory)",
             method.name(),
@@ -118,10 +148,12 @@ pub fn fit(
 
     let mut csv = MetricsLog::create(&dir.join("metrics.csv"), segmentation)?;
     let (mut test_evaluations, mut test_images) = (0usize, 0usize);
+    let all = |s: &dka_data::DecodedSplit| -> Vec<usize> { (0..s.len()).collect() };
     let mut eval_test = |m: &Model| -> anyhow::Result<Evaluation> {
         let (e, n) = evaluate(
             m,
-            loader(data, data.split.test.clone(), pre, None, cfg, 0)?,
+            loader(&test_split, all(&test_split), None, cfg, 0)?,
+            &test_split,
             &setup,
         )?;
         test_evaluations += 1;
@@ -185,27 +217,21 @@ pub fn fit(
                 }
             }
             None => {
-                let order = epoch_order(&data.split.train, cfg.seed, epoch as u64);
-                for b in loader(data, order, pre, augment, cfg, epoch as u64)? {
+                let order = epoch_order(&all(&train_split), cfg.seed, epoch as u64);
+                // Augmented crops move the padding: normalise whole images then.
+                let pad_now = pad && augment.is_none();
+                for b in loader(&train_split, order, augment, cfg, epoch as u64)? {
                     let b = b.map_err(|e| anyhow::anyhow!("epoch {epoch}: {e}"))?;
-                    let (x, y) = to_device(&b, device);
-                    step(&normalizer.apply(&x), &super::data::targets(&y), false)?;
+                    let (x, y, valid) = to_device(&b, &train_split, pad_now, device);
+                    step(&normalizer.apply(&x, valid.as_ref()), &y, false)?;
                 }
             }
         }
         let train_loss = sum / steps.max(1) as f64;
         let last = epoch + 1 == cfg.epochs;
-        let val = if cfg.selection == Selection::BestVal {
-            Some(
-                evaluate(
-                    model,
-                    loader(data, data.split.val.clone(), pre, None, cfg, 0)?,
-                    &setup,
-                )?
-                .0,
-            )
-        } else {
-            None
+        let val = match &val_split {
+            Some(v) => Some(evaluate(model, loader(v, all(v), None, cfg, 0)?, v, &setup)?.0),
+            None => None,
         };
         let test_now = match cfg.selection {
             Selection::BestTest => true,
