@@ -26,6 +26,8 @@ enum Command {
     Features(features::Args),
     /// Train one run from a RunConfig file (TOML or JSON).
     Train(run_cmd::TrainArgs),
+    /// Evaluate a trained run's saved tensors on its split (default: test).
+    Eval(run_cmd::EvalArgs),
     /// Run an experiment's grid (resumable, shardable) and write its table like the paper's.
     Grid(run_cmd::GridArgs),
     /// Datasets: inspect a release, draw a split, write its manifest.
@@ -60,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(c) => data::run(c),
         Command::Train(a) => run_cmd::train(a),
         Command::Grid(a) => run_cmd::grid(a),
+        Command::Eval(a) => run_cmd::eval(a),
         Command::Bench(BenchCommand::Conv(a)) => bench::run(a),
         Command::Bench(BenchCommand::Data(a)) => bench_data::run(a),
         Command::GpuCheck(a) => gpu_check::run(a),

@@ -4,7 +4,7 @@ use crate::aggregate::{aggregate, PaperTable, TableSpec};
 use crate::device::{pick, DeviceArg};
 use crate::evaluate::{metric_names, SEGMENTATION};
 use crate::experiment::{Experiment, Profile};
-use crate::grid::{emit_slurm, run_grid, runs_csv, GridOptions, RunResult, RunSpec, Shard};
+use crate::grid::{run_grid, runs_csv, GridOptions, RunResult, RunSpec, Shard};
 use crate::identity::{file_sha256, run_identity};
 use crate::run_config::RunConfig;
 use crate::train::data::{open, split_spec, RunData};
@@ -99,7 +99,58 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
     let out = crate::train::train(&cfg, &data, &a.out, device)?;
     for (k, v) in &out.metrics {
-        println!("{k}: {v:.4}");
+        println!("{k}: {v:.6}");
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A run's folder (`dka train --out`, or a grid's `runs/<id>`): its config.json and adapter/.
+    run: PathBuf,
+    /// Which split to evaluate.
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+/// `dka eval`: a trained run's saved tensors on its own split (the same split, rebuilt from its
+/// config), metrics printed.
+pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let cfg_path = a.run.join("config.json");
+    let text =
+        std::fs::read_to_string(&cfg_path).with_context(|| cfg_path.display().to_string())?;
+    let cfg: RunConfig = a
+        .data
+        .resolve(serde_json::from_str(&text).with_context(|| cfg_path.display().to_string())?);
+    let which = match a.split.as_str() {
+        "test" => dka_data::SplitName::Test,
+        "val" => dka_data::SplitName::Val,
+        "train" => dka_data::SplitName::Train,
+        other => bail!("--split {other}: use test, val or train"),
+    };
+    let device = pick(a.data.device)?;
+    let cfg = cfg.resolve(device)?;
+    let data = RunData::open(&cfg, &a.data.root(&cfg.dataset)?, &a.data.cache_dir())?;
+    anyhow::ensure!(
+        data.split_sha256 == crate::train::data::manifest_of(&a.run)?,
+        "{}: the data at hand is not the data this run was trained on (its manifest.json differs)",
+        a.run.display()
+    );
+    let task = data.ds.task();
+    // The trainer's seed: a random-init backbone (weights none) is rebuilt identically.
+    tch::manual_seed(cfg.seed as i64);
+    let mut model = crate::train::model::Model::build(
+        &cfg,
+        task.classes().len() as i64,
+        task.is_segmentation(),
+        device,
+    )?;
+    model.load_trained(&a.run.join("adapter"))?;
+    let metrics = crate::train::evaluate_split(&cfg, &model, &data, which, device)?;
+    for (k, v) in &metrics.values() {
+        println!("{k}: {v:.6}");
     }
     Ok(())
 }
@@ -125,9 +176,8 @@ pub struct GridArgs {
     /// Run again the runs whose last attempt failed (by default they are reported, not retried).
     #[arg(long)]
     retry_failed: bool,
-    /// Write an sbatch job-array script with N shards instead of running.
-    #[arg(long, value_name = "N")]
-    emit_slurm: Option<usize>,
+    #[command(flatten)]
+    slurm: crate::slurm::SlurmArgs,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -298,24 +348,51 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
         })
     });
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
-    if let Some(n) = a.emit_slurm {
-        let script = out.join("grid.sbatch");
-        let mut extra = String::new();
+    if let Some(n) = a.slurm.emit_slurm {
+        // What every array task passes on besides the shard and the device, one word each.
+        let mut fwd: Vec<String> = Vec::new();
+        let mut arg = |k: &str, v: String| fwd.extend([k.to_string(), v]);
         if let Some(p) = &a.profile {
-            extra += &format!(" --profile {p}");
+            arg("--profile", p.clone());
         }
         for d in &a.data.data {
-            extra += &format!(" --data {d}");
+            arg("--data", d.clone());
         }
         if let Some(d) = &a.data.data_dir {
-            extra += &format!(" --data-dir {}", d.display());
+            arg("--data-dir", d.display().to_string());
         }
         if let Some(w) = &a.data.weights {
-            extra += &format!(" --weights {}", w.display());
+            arg("--weights", w.display().to_string());
         }
-        extra += &format!(" --out {}", out.display());
-        emit_slurm(&script, &a.experiment, n, extra.trim())?;
-        println!("wrote {}", script.display());
+        if let Some(c) = &a.data.cache_dir {
+            arg("--cache-dir", c.display().to_string());
+        }
+        arg("--out", out.display().to_string());
+        if a.retry_failed {
+            fwd.push("--retry-failed".into());
+        }
+        let job = crate::slurm::Job {
+            experiment: &a.experiment,
+            out: &out,
+            tasks: n,
+            runs: specs.len(),
+            device: a.data.device,
+            forward: &fwd,
+        };
+        let script = crate::slurm::emit(&a.slurm, &job)?;
+        println!(
+            "wrote {}: {n} array task(s) for {} run(s); submit with `sbatch {}`",
+            script.display(),
+            specs.len(),
+            script.display()
+        );
+        if n > specs.len() {
+            eprintln!(
+                "note: {} of the {n} tasks have no run to do (the grid has {})",
+                n - specs.len(),
+                specs.len()
+            );
+        }
         return Ok(());
     }
     let device = pick(a.data.device)?;

@@ -317,3 +317,82 @@ fn gpu_check_runs_its_cpu_part_and_writes_its_csv() {
     );
     assert!(out.with_extension("meta.json").is_file());
 }
+
+/// `name: value` lines of a command's output.
+fn metrics_of(o: &Output) -> BTreeMap<String, f64> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn the_best_val_adapter_on_disk_reproduces_the_selected_epochs_test_score() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("synth"));
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+backbone = "experiments/backbones/vit_quick.json"
+dataset = "folder"
+img_size = 32
+epochs = 6
+batch_size = 8
+val_fraction = 0.25
+selection = "best-val"
+test_every = 1
+method = { name = "dka", d_hat = 8 }
+optimizer = { head_lr = 1e-2, adapter_lr = 1e-2 }
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let args = ["--device", "cpu", "--data", &data];
+    let o = dka(&[
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ][..],
+        &args,
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let trained = metrics_of(&o);
+    let e = dka(&[&["eval", out.to_str().unwrap()][..], &args].concat());
+    assert!(e.status.success(), "{}", stderr(&e));
+    let evaluated = metrics_of(&e);
+    for m in ["accuracy", "balanced_accuracy", "macro_f1", "auc"] {
+        assert!(
+            (trained[m] - evaluated[m]).abs() < 1e-6,
+            "{m}: trained {} vs re-evaluated {}",
+            trained[m],
+            evaluated[m]
+        );
+    }
+    // metrics.csv has the test score of every epoch (test_every = 1): the saved tensors are the
+    // selected epoch's, whose row matches.
+    let rows = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let mut r = csv::Reader::from_reader(rows.as_bytes());
+    let h = r.headers().unwrap().clone();
+    let col = h.iter().position(|c| c == "test_accuracy").unwrap();
+    let per_epoch: Vec<f64> = r
+        .records()
+        .map(|x| x.unwrap()[col].parse().unwrap())
+        .collect();
+    let sel = trained["selected_epoch"] as usize;
+    assert!(
+        (per_epoch[sel] - evaluated["accuracy"]).abs() < 1e-6,
+        "{per_epoch:?} epoch {sel}"
+    );
+    let log = std::fs::read_to_string(out.join("log.txt")).unwrap();
+    assert!(
+        log.contains("the test set was evaluated 6 time(s)"),
+        "{log}"
+    );
+}

@@ -49,8 +49,13 @@ impl RunData {
         let split = dka_data::make_split(ds.as_ref(), &spec)?;
         std::fs::create_dir_all(cache_dir)
             .with_context(|| format!("the cache folder {}", cache_dir.display()))?;
-        let (manifest, _) =
-            Manifest::build_cached(ds.as_ref(), &spec, &cfg.data_options, &split, Some(cache_dir))?;
+        let (manifest, _) = Manifest::build_cached(
+            ds.as_ref(),
+            &spec,
+            &cfg.data_options,
+            &split,
+            Some(cache_dir),
+        )?;
         let split_sha256 = manifest.content_hash();
         Ok(Self {
             ds,
@@ -84,7 +89,10 @@ impl RunData {
         threads: usize,
     ) -> anyhow::Result<(Arc<DecodedSplit>, CacheStats)> {
         let indices = self.indices(which);
-        let bar = crate::progress::bar(indices.len() as u64, &format!("decoding {}", which.as_str()));
+        let bar = crate::progress::bar(
+            indices.len() as u64,
+            &format!("decoding {}", which.as_str()),
+        );
         let progress = |done: usize, _total: usize| bar.set_position(done as u64);
         let (split, stats) = DecodedSplit::open_or_build(
             self.ds.as_ref(),
@@ -99,6 +107,14 @@ impl RunData {
         bar.finish_and_clear();
         Ok((Arc::new(split), stats))
     }
+}
+
+/// The content hash of the manifest a run folder holds.
+pub fn manifest_of(run: &Path) -> anyhow::Result<String> {
+    let path = run.join("manifest.json");
+    Ok(Manifest::load(&path)
+        .with_context(|| path.display().to_string())?
+        .content_hash())
 }
 
 /// The geometric part of a run's preprocessing (normalisation happens on the device).
@@ -138,7 +154,13 @@ pub fn loader(
         drop_last: false,
         seed: cfg.seed,
     };
-    Ok(CachedLoader::new(split.clone(), order, augment, &lcfg, epoch)?)
+    Ok(CachedLoader::new(
+        split.clone(),
+        order,
+        augment,
+        &lcfg,
+        epoch,
+    )?)
 }
 
 /// A batch on the device: images in [0, 1] `[B, 3, H, W]` f32, targets (`[B]` class indices or

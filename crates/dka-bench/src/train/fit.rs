@@ -11,7 +11,6 @@
 //! Either way the model is left holding the selected epoch's tensors, so what is saved is what
 //! was reported.
 use super::data::{loader, to_device, Normalizer, RunData};
-use dka_data::{CacheOutcome, SplitName};
 use super::feature_cache::FeatureCache;
 use super::model::{Model, Snapshot};
 use super::RunLog;
@@ -21,8 +20,9 @@ use crate::precision::{Amp, LossScaler};
 use crate::run_config::{Precision, RunConfig, SegLoss, Selection};
 use anyhow::bail;
 use dka_data::{epoch_order, Preprocess};
-use std::sync::Arc;
+use dka_data::{CacheOutcome, SplitName};
 use std::path::Path;
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// Pixels of this class are ignored by the loss and the metrics (padding of `longest-side-pad`).
@@ -301,16 +301,21 @@ pub fn fit(
                 test.expect("best-test evaluates the test set each epoch"),
             )
         }
-        (Selection::BestVal, Some((_, epoch, snap, _))) => {
+        (Selection::BestVal, Some((_, epoch, snap, test))) => {
             model.restore(&snap);
-            (epoch, eval_test(model)?)
+            // Tested that epoch already (test_every) or now, once.
+            let test = match test {
+                Some(t) => t,
+                None => eval_test(model)?,
+            };
+            (epoch, test)
         }
         (_, None) => bail!("no epoch produced a selection score"),
     };
     log.note(&format!(
-        "selection {:?}: epoch {selected_epoch}, test {} {:.4}; the test set was evaluated \
+        "selection {}: epoch {selected_epoch}, test {} {:.4}; the test set was evaluated \
          {test_evaluations} time(s) ({test_images} images)",
-        cfg.selection,
+        super::selection_name(cfg.selection),
         primary_metric(segmentation),
         test.primary(segmentation)
     ));

@@ -92,6 +92,36 @@ pub fn train(
     Ok(Outcome { metrics, info })
 }
 
+/// Metrics of `model` on split `which` of `data`, as the trainer evaluates (`cfg` resolved).
+pub fn evaluate_split(
+    cfg: &RunConfig,
+    model: &Model,
+    data: &RunData,
+    which: dka_data::SplitName,
+    device: Device,
+) -> anyhow::Result<crate::evaluate::Evaluation> {
+    let spec = cfg.input_spec()?;
+    let pre = data::preprocess(cfg, &spec);
+    let normalizer = data::Normalizer::new(&spec, device);
+    let setup = crate::evaluate::EvalSetup {
+        normalizer: &normalizer,
+        amp: crate::precision::Amp::new(cfg.precision, device),
+        classes: data.ds.task().classes().len() as i64,
+        size: (cfg.img_size as i64, cfg.img_size as i64),
+        device,
+        pad: spec.resize == dka_core::input::ResizeMode::LongestSidePad,
+    };
+    let (split, _) = data.decoded(which, &pre, cfg.loader_threads.max(1))?;
+    let order = (0..split.len()).collect();
+    Ok(crate::evaluate::evaluate(
+        model,
+        data::loader(&split, order, None, cfg, 0)?,
+        &split,
+        &setup,
+    )?
+    .0)
+}
+
 /// The selection rule as tables name it.
 pub fn selection_name(s: crate::run_config::Selection) -> &'static str {
     match s {

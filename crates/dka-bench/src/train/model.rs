@@ -3,8 +3,10 @@
 use crate::decoder::{DecoderKind, MaskTransformer};
 use crate::optim::Groups;
 use crate::run_config::RunConfig;
+use anyhow::Context;
 use dka_core::{Backbone, BackboneConfig, Features};
 use std::collections::BTreeMap;
+use std::path::Path;
 use tch::nn::{self, Module};
 use tch::{Device, Tensor};
 
@@ -184,6 +186,37 @@ impl Model {
                 }
             }
         });
+    }
+
+    /// Loads what a run saved (`<run>/adapter`: the method's tensors, trained backbone
+    /// tensors, the task head), checking that every tensor has its place and shape.
+    pub fn load_trained(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let saved = dka_baselines::io::open(dir)?;
+        let head: BTreeMap<String, Tensor> = self.head_vs.variables().into_iter().collect();
+        let head_names: Vec<&str> = head.keys().map(String::as_str).collect();
+        dka_baselines::io::apply(
+            &saved,
+            dir,
+            &mut self.adapter_vs,
+            &mut self.backbone_vs,
+            &head_names,
+        )?;
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for (name, v) in &head {
+                let t = saved.tensors.get(name).with_context(|| {
+                    format!("{}: the task head's {name} is missing", dir.display())
+                })?;
+                anyhow::ensure!(
+                    t.size() == v.size(),
+                    "{}: {name} has shape {:?}, the model's head {:?}",
+                    dir.display(),
+                    t.size(),
+                    v.size()
+                );
+                v.shallow_clone().copy_(&t.to_device(v.device()));
+            }
+            Ok(())
+        })
     }
 
     /// Number of trainable values (head + adapter + trained backbone tensors).
