@@ -11,7 +11,8 @@
 //! 2. a tap more than `h-1` rows or `w-1` columns from the centre only ever multiplies
 //!    padding: the kernel is cropped to at most `(2h-1) x (2w-1)`;
 //! 3. the cropped kernel runs as a direct depthwise conv in channels-last layout, or, when
-//!    it is large against the map, as an FFT convolution (zero-padded, so no wrap-around).
+//!    it is large against the map, as an FFT convolution (circular, of the smallest size at
+//!    which the wrap-around only ever reads zero padding: see [`fft_depthwise`]).
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -67,12 +68,39 @@ pub fn fit_kernel(k: &Tensor, kh: i64, kw: i64) -> Tensor {
     k
 }
 
+/// The smallest `n >= min` whose only prime factors are 2, 3 and 5 (sizes FFT libraries
+/// handle fastest).
+pub fn fft_size(min: i64) -> i64 {
+    (min.max(1)..)
+        .find(|&n| {
+            let mut m = n;
+            for p in [2, 3, 5] {
+                while m % p == 0 {
+                    m /= p;
+                }
+            }
+            m == 1
+        })
+        .expect("5-smooth numbers are unbounded")
+}
+
 /// Depthwise conv of `z` by a `[c, 1, kh, kw]` kernel, "same" padding, via FFT.
+///
+/// A circular cross-correlation of size `n` with the kernel's centre at index 0 (tap offset
+/// `d` stored at `d mod n`) equals the zero-padded one on the `h` output rows as soon as
+/// `n >= h + kh/2`: an output row `i < h` reads input rows `i + d` with `|d| <= kh/2`, and the
+/// wrapped copies of those taps (`d ± n`) land outside `[0, h)`, where the input is zero. That
+/// is about half the area of the usual `h + kh - 1` (27x27 instead of 40x40 on ViT-B's 14x14
+/// grid with the 27x27 cropped kernel), and the output needs no re-centring. Kernels larger
+/// than `(2h-1) x (2w-1)` are cropped first (the dropped taps only ever see padding).
 pub fn fft_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let (_, c, h, w) = z.size4().expect("map is 4-D");
     let s = k.size();
+    let k = fit_kernel(k, s[2].min(2 * h - 1), s[3].min(2 * w - 1));
+    let s = k.size();
     let (kh, kw) = (s[2], s[3]);
-    let (fh, fw) = (h + kh - 1, w + kw - 1);
+    let (rh, rw) = (kh / 2, kw / 2);
+    let (nh, nw) = (fft_size(h + rh), fft_size(w + rw));
     // Half precision has no FFT of arbitrary sizes: work in f32, or f64 for f64 input.
     let work = if z.kind() == Kind::Double {
         Kind::Double
@@ -81,18 +109,18 @@ pub fn fft_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
     };
     let zf = z
         .to_kind(work)
-        .fft_rfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
-    // conv2d is a cross-correlation: convolve with the flipped kernel, then take the centre.
+        .fft_rfft2([nh, nw].as_slice(), [-2i64, -1], "backward");
+    // Tap (dy, dx) from the centre goes to (dy mod nh, dx mod nw); correlation = product
+    // with the conjugate spectrum of a real kernel.
     let kf = k
         .to_kind(work)
         .reshape([c, kh, kw])
-        .flip([-2i64, -1])
-        .fft_rfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
-    let y = (zf * kf).fft_irfft2([fh, fw].as_slice(), [-2i64, -1], "backward");
-    let y = y
-        .narrow(2, kh / 2, h)
-        .narrow(3, kw / 2, w)
-        .to_kind(z.kind());
+        .constant_pad_nd([0, nw - kw, 0, nh - kh])
+        .roll([-rh, -rw], [-2i64, -1])
+        .fft_rfft2(None::<&[i64]>, [-2i64, -1], "backward")
+        .conj();
+    let y = (zf * kf).fft_irfft2([nh, nw].as_slice(), [-2i64, -1], "backward");
+    let y = y.narrow(2, 0, h).narrow(3, 0, w).to_kind(z.kind());
     match bias {
         Some(b) => y + b.view([1, c, 1, 1]),
         None => y,
@@ -233,6 +261,32 @@ impl Kernels {
         match self {
             Kernels::Learnable { radius, .. } => Some(radius.radius().detach()),
             Kernels::Fixed { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fft_sizes_are_the_next_5_smooth_numbers() {
+        let got: Vec<i64> = [1, 7, 13, 27, 39, 57, 89, 97].map(fft_size).to_vec();
+        assert_eq!(got, [1, 8, 15, 27, 40, 60, 90, 100]);
+    }
+
+    #[test]
+    fn the_circular_fft_equals_the_padded_direct_conv_on_thin_and_odd_maps() {
+        tch::manual_seed(3);
+        for (h, w, k) in [(1, 5, 51), (3, 2, 5), (5, 9, 7), (6, 6, 11), (13, 4, 3)] {
+            let opts = (Kind::Double, tch::Device::Cpu);
+            let z = Tensor::randn([2, 3, h, w], opts);
+            let kern = Tensor::randn([3, 1, k, k], opts);
+            let bias = Tensor::randn([3], opts);
+            let want = direct_depthwise(&z, &kern, Some(&bias));
+            let got = fft_depthwise(&z, &kern, Some(&bias));
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 1e-10, "{h}x{w} kernel {k}: max error {err:e}");
         }
     }
 }

@@ -10,7 +10,8 @@
 mod dwconv;
 
 pub use dwconv::{
-    channels_last, fft_depthwise, fit_kernel, radial_mask, ConvPath, Kernels, LearnableRadius,
+    channels_last, fft_depthwise, fft_size, fit_kernel, radial_mask, ConvPath, Kernels,
+    LearnableRadius,
 };
 
 use crate::backbone::Backbone;
