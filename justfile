@@ -36,6 +36,12 @@ fixtures: setup
 test: setup fixtures assets
     cargo test --workspace
 
+# `dka grid --emit-slurm` on a real single-node Slurm started on localhost (installs Debian's
+# slurm and munge if missing; needs root): a 3-task array, one task cancelled mid-run and
+# resubmitted, runs.csv checked to hold the grid exactly once (scripts/test_slurm.sh).
+test-slurm: build
+    scripts/test_slurm.sh
+
 # The end-to-end demo: device report, timm-parity feature extraction, then DKA and baselines fine-tuned on real registry MRI.
 demo: build fixtures assets
     scripts/demo.sh

@@ -294,65 +294,6 @@ pub fn run_grid(
     Ok(summary)
 }
 
-/// `s` as one POSIX shell word.
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+%@".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
-/// Writes an sbatch job-array script: `#SBATCH --array=0-(n_shards-1)`, task `i` running
-/// `dka grid <experiment_file> --shard i/n_shards <extra_args>` (0-based shards, like the
-/// array's task ids), with this `dka` executable. `extra_args` is pasted as given (shell
-/// words, quoted by the caller). Resubmitting the array resumes the grid.
-pub fn emit_slurm(
-    out_script: &Path,
-    experiment_file: &Path,
-    n_shards: usize,
-    extra_args: &str,
-) -> anyhow::Result<()> {
-    if n_shards == 0 {
-        bail!("--emit-slurm needs at least one shard");
-    }
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "dka".into());
-    let name: String = experiment_file
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let log_dir = out_script.parent().unwrap_or(Path::new("."));
-    let script = format!(
-        "#!/bin/bash\n\
-         # Written by `dka grid --emit-slurm {n_shards}`: each array task runs one shard of the grid;\n\
-         # finished runs are skipped, so resubmitting the array resumes it.\n\
-         #SBATCH --job-name=dka-{name}\n\
-         #SBATCH --array=0-{last}\n\
-         #SBATCH --output={logs}/slurm-%A_%a.log\n\
-         set -euo pipefail\n\
-         {exe} grid {exp} --shard \"${{SLURM_ARRAY_TASK_ID}}/{n_shards}\" {extra_args}\n",
-        last = n_shards - 1,
-        logs = log_dir.display(),
-        exe = shell_quote(&exe),
-        exp = shell_quote(&experiment_file.display().to_string()),
-    );
-    std::fs::write(out_script, script).with_context(|| out_script.display().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,26 +512,5 @@ mod tests {
         )
         .is_err());
         assert!(calls.is_empty());
-    }
-
-    #[test]
-    fn slurm_scripts_run_one_shard_per_array_task() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("g.sbatch");
-        emit_slurm(
-            &p,
-            Path::new("experiments/my exp.toml"),
-            4,
-            "--profile quick",
-        )
-        .unwrap();
-        let s = std::fs::read_to_string(p).unwrap();
-        assert!(s.contains("#SBATCH --array=0-3\n"), "{s}");
-        assert!(
-            s.contains(" grid 'experiments/my exp.toml' --shard \"${SLURM_ARRAY_TASK_ID}/4\" --profile quick\n"),
-            "{s}"
-        );
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert!(emit_slurm(&d.path().join("x"), Path::new("e.toml"), 0, "").is_err());
     }
 }

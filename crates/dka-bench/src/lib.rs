@@ -24,6 +24,7 @@ pub mod precision;
 pub mod progress;
 pub mod run_cmd;
 pub mod run_config;
+pub mod slurm;
 pub mod stats;
 pub mod synth;
 pub mod train;
