@@ -166,6 +166,44 @@ impl Backbone {
         }
     }
 
+    /// One training step's forward and backward: `loss(features)` is back-propagated into
+    /// every tensor that requires grad; returns the loss, detached. With `checkpoint_blocks`,
+    /// ViT and SAM ViT keep only each block's input during the forward and recompute the
+    /// block's activations during the backward (activation checkpointing: one more forward of
+    /// the blocks for a fraction of the memory, e.g. MedSAM's 1024 x 1024 input; see
+    /// [`crate::layers::checkpointed_chain`]); ResNet and TinyViT run the plain step.
+    pub fn forward_backward(
+        &self,
+        x: &Tensor,
+        train: bool,
+        checkpoint_blocks: bool,
+        loss: impl FnOnce(&Features) -> Tensor,
+    ) -> Tensor {
+        match self {
+            Self::Vit(m) if checkpoint_blocks => {
+                m.forward_backward_checkpointed(x, train, |t, layout| {
+                    loss(&Features {
+                        x: t.shallow_clone(),
+                        layout: Some(layout),
+                    })
+                })
+            }
+            Self::SamVit(m) if checkpoint_blocks => {
+                m.forward_backward_checkpointed(x, train, |f| {
+                    loss(&Features {
+                        x: f.shallow_clone(),
+                        layout: None,
+                    })
+                })
+            }
+            _ => {
+                let l = loss(&self.forward_features(x, train));
+                l.backward();
+                l.detach()
+            }
+        }
+    }
+
     /// Pooled features `[batch, num_features]` (timm's `forward_head(pre_logits=True)`).
     pub fn pool(&self, f: &Features) -> Tensor {
         match self {

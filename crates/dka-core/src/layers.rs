@@ -98,3 +98,132 @@ pub fn check_patch_input(shape: &[i64], in_chans: i64, patch: i64) -> Result<()>
         }),
     }
 }
+
+/// Seeds of the dropout draws of one checkpointed pass: block `i` runs after
+/// `tch::manual_seed(base + i)` in both the forward and the recomputation, so both see the same
+/// masks. `base` is drawn from the CPU generator (no device round trip) and the generator is
+/// moved on afterwards, so runs stay reproducible from their seed.
+#[derive(Debug, Clone, Copy)]
+struct BlockSeeds(Option<i64>);
+
+impl BlockSeeds {
+    fn new(train: bool) -> Self {
+        Self(train.then(|| {
+            let opts = (tch::Kind::Int64, tch::Device::Cpu);
+            Tensor::randint(1 << 40, [1], opts).int64_value(&[0])
+        }))
+    }
+
+    fn enter(&self, i: usize) {
+        if let Some(base) = self.0 {
+            tch::manual_seed(base + i as i64);
+        }
+    }
+
+    fn finish(&self, blocks: usize) {
+        if let Some(base) = self.0 {
+            tch::manual_seed(base + blocks as i64 + 1);
+        }
+    }
+}
+
+/// A training step's forward and backward through a chain of blocks `x_{i+1} = block(i, x_i)`
+/// with activation checkpointing: the blocks run without autograd keeping only their inputs,
+/// `tail` maps the last output to the scalar loss and is back-propagated, then each block, from
+/// the last to `first`, runs again from its saved input with autograd and is back-propagated
+/// with the gradient of its output (`(out * grad).sum()`, whose gradient is exactly `grad`).
+/// Gradients accumulate into every tensor that requires grad as in a plain backward, up to the
+/// order of float sums; memory holds the blocks' inputs plus one block's activations instead
+/// of every block's, for one more forward of the blocks. Dropout draws the same masks in both
+/// passes (see [`BlockSeeds`]); they differ from an uncheckpointed run's, which draws from the
+/// generator in another order.
+///
+/// `first`: blocks before it train nothing and need no gradient (nothing before them trains
+/// either): they run once, without autograd. `x` may require grad (a trained stem); its
+/// gradient is then back-propagated into the stem's graph. Returns the loss, detached.
+pub fn checkpointed_chain(
+    blocks: usize,
+    first: usize,
+    x: &Tensor,
+    train: bool,
+    block: impl Fn(usize, &Tensor) -> Tensor,
+    tail: impl FnOnce(&Tensor) -> Tensor,
+) -> Tensor {
+    let first = first.min(blocks);
+    let seeds = BlockSeeds::new(train);
+    let mut inputs: Vec<Tensor> = Vec::with_capacity(blocks - first);
+    let mut t = if first > 0 {
+        tch::no_grad(|| {
+            let mut t = x.shallow_clone();
+            for i in 0..first {
+                seeds.enter(i);
+                t = block(i, &t);
+            }
+            t
+        })
+    } else {
+        x.detach()
+    };
+    tch::no_grad(|| {
+        for i in first..blocks {
+            inputs.push(t.shallow_clone());
+            seeds.enter(i);
+            t = block(i, &t);
+        }
+    });
+    let last = t.detach().set_requires_grad(true);
+    let loss = tail(&last);
+    loss.backward();
+    let mut grad = last.grad();
+    let stem_needs_grad = first == 0 && x.requires_grad();
+    for i in (first..blocks).rev() {
+        let input = inputs.pop().expect("one input per block");
+        let needs_grad = i > first || stem_needs_grad;
+        let u = input.detach().set_requires_grad(needs_grad);
+        seeds.enter(i);
+        let out = block(i, &u);
+        if out.requires_grad() {
+            (&out * &grad).sum(out.kind()).backward();
+        }
+        if !needs_grad {
+            break;
+        }
+        grad = u.grad();
+        if !grad.defined() {
+            // Nothing in this block depends on its input (cannot happen for residual blocks).
+            grad = u.zeros_like();
+        }
+    }
+    if stem_needs_grad && grad.defined() {
+        (x * &grad).sum(x.kind()).backward();
+    }
+    seeds.finish(blocks);
+    loss.detach()
+}
+
+/// Whether anything in a transformer block trains: a filled site, or one of its own tensors
+/// that requires grad (full fine-tuning, BitFit).
+pub(crate) fn block_trains(sites: &crate::sites::BlockSites, own: &[Option<&Tensor>]) -> bool {
+    let s = sites;
+    let filled = s.attn_branch.is_some()
+        || s.attn_parallel.is_some()
+        || s.after_attn.is_some()
+        || s.mlp_branch.is_some()
+        || s.mlp_parallel.is_some()
+        || s.after_mlp.is_some()
+        || s.qkv.is_some()
+        || s.proj.is_some()
+        || s.fc1.is_some()
+        || s.fc2.is_some();
+    filled || own.iter().flatten().any(|t| t.requires_grad())
+}
+
+/// Weight and bias of a Linear, for [`block_trains`].
+pub(crate) fn linear_tensors(l: &nn::Linear) -> [Option<&Tensor>; 2] {
+    [Some(&l.ws), l.bs.as_ref()]
+}
+
+/// Weight and bias of a LayerNorm, for [`block_trains`].
+pub(crate) fn norm_tensors(n: &nn::LayerNorm) -> [Option<&Tensor>; 2] {
+    [n.ws.as_ref(), n.bs.as_ref()]
+}

@@ -12,7 +12,10 @@
 //! position bias (the decomposed bias is defined between grid positions only), go through the
 //! MLP, and are dropped after the block; deep prompting gives each global block its own.
 use crate::error::{CoreError, Result};
-use crate::layers::{layer_norm, linear, resample_grid_nhwc, LayerNorm2d, Mlp};
+use crate::layers::{
+    block_trains, checkpointed_chain, layer_norm, linear, linear_tensors, norm_tensors,
+    resample_grid_nhwc, LayerNorm2d, Mlp,
+};
 use crate::sites::{
     add_parallel, apply_token, linear_with, BlockSites, MapModule, PromptModule, TokenLayout,
 };
@@ -248,6 +251,18 @@ impl SamBlock {
             .reshape([b, h * w, d])
     }
 
+    /// Whether anything in this block trains (a filled site or a tensor requiring grad).
+    pub fn trains(&self) -> bool {
+        let a = &self.attn;
+        let mut own: Vec<Option<&Tensor>> = vec![Some(&a.rel_pos_h), Some(&a.rel_pos_w)];
+        own.extend(norm_tensors(&self.norm1));
+        own.extend(norm_tensors(&self.norm2));
+        for l in [&a.qkv, &a.proj, &self.mlp.fc1, &self.mlp.fc2] {
+            own.extend(linear_tensors(l));
+        }
+        block_trains(&self.sites, &own)
+    }
+
     /// `x: [batch, h, w, dim]`. `prompts: [batch, p, dim]` (global blocks only) go first in
     /// the sequence this block sees and are dropped from its output.
     pub fn forward_t(&self, x: &Tensor, prompts: Option<&Tensor>, train: bool) -> Tensor {
@@ -355,28 +370,91 @@ impl SamVit {
         crate::layers::check_patch_input(shape, self.cfg.in_chans, self.cfg.patch_size)
     }
 
-    /// Token grid after the blocks, `[batch, h, w, dim]` (before the neck).
-    pub fn forward_grid(&self, x: &Tensor, train: bool) -> Tensor {
+    /// Input site, patch embedding and position embedding: `[batch, h, w, dim]`.
+    fn stem(&self, x: &Tensor, train: bool) -> Tensor {
         let x = match &self.input_prompt {
             Some(m) => m.forward_t(x, train),
             None => x.shallow_clone(),
         };
         let t = self.patch_embed.forward(&x).permute([0, 2, 3, 1]);
-        let (b, h, w, _) = t.size4().expect("4-D");
-        let mut t = t + resample_grid_nhwc(&self.pos_embed, h, w);
-        let mut global = 0;
-        for blk in &self.blocks {
-            let prompts = if blk.window_size == 0 {
-                global += 1;
-                self.prompts
-                    .as_ref()
-                    .and_then(|m| m.prompts(global - 1, b, train))
-            } else {
-                None
-            };
-            t = blk.forward_t(&t, prompts.as_ref(), train);
+        let (_, h, w, _) = t.size4().expect("4-D");
+        t + resample_grid_nhwc(&self.pos_embed, h, w)
+    }
+
+    /// Block `i` on the grid `t: [batch, h, w, dim]`, with its prompt tokens if it is a global
+    /// block that gets some.
+    fn block_step(&self, i: usize, t: &Tensor, train: bool) -> Tensor {
+        let blk = &self.blocks[i];
+        let prompts = if blk.window_size == 0 {
+            let global = self.blocks[..i]
+                .iter()
+                .filter(|b| b.window_size == 0)
+                .count();
+            let b = t.size()[0];
+            self.prompts
+                .as_ref()
+                .and_then(|m| m.prompts(global, b, train))
+        } else {
+            None
+        };
+        blk.forward_t(t, prompts.as_ref(), train)
+    }
+
+    /// Token grid after the blocks, `[batch, h, w, dim]` (before the neck).
+    pub fn forward_grid(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut t = self.stem(x, train);
+        for i in 0..self.blocks.len() {
+            t = self.block_step(i, &t, train);
         }
         t
+    }
+
+    /// Whether the input site, patch embedding or position embedding train.
+    fn stem_trains(&self) -> bool {
+        self.input_prompt.is_some()
+            || [Some(&self.patch_embed.ws), self.patch_embed.bs.as_ref()]
+                .into_iter()
+                .chain([Some(&self.pos_embed)])
+                .flatten()
+                .any(|t| t.requires_grad())
+    }
+
+    /// Index of the first block with anything to train (0 with prompt tokens or a trained
+    /// stem); `blocks.len()` when none does.
+    pub fn first_trained_block(&self) -> usize {
+        if self.prompts.is_some() || self.stem_trains() {
+            return 0;
+        }
+        self.blocks
+            .iter()
+            .position(|b| b.trains())
+            .unwrap_or(self.blocks.len())
+    }
+
+    /// One training step's forward and backward with activation checkpointing of the blocks
+    /// ([`checkpointed_chain`]): `loss(features)` (the neck's map) is back-propagated into
+    /// every tensor that requires grad. For MedSAM's 1024 x 1024 input: memory holds the
+    /// blocks' inputs and one block's activations. Returns the loss, detached.
+    pub fn forward_backward_checkpointed(
+        &self,
+        x: &Tensor,
+        train: bool,
+        loss: impl FnOnce(&Tensor) -> Tensor,
+    ) -> Tensor {
+        let first = self.first_trained_block();
+        let t = if first > 0 {
+            tch::no_grad(|| self.stem(x, train))
+        } else {
+            self.stem(x, train)
+        };
+        checkpointed_chain(
+            self.blocks.len(),
+            first,
+            &t,
+            train,
+            |i, t| self.block_step(i, t, train),
+            |t| loss(&self.neck.forward(&t.permute([0, 3, 1, 2]))),
+        )
     }
 
     /// timm's `forward_features`: the neck's map `[batch, neck_chans, h, w]`.

@@ -7,7 +7,10 @@
 //! The position embedding is resampled (bicubic, antialiased, as timm's `dynamic_img_size`) when
 //! the input grid differs from `img_size / patch_size`; non-square inputs work.
 use crate::error::{CoreError, Result};
-use crate::layers::{layer_norm, linear, resample_grid_nhwc, Mlp};
+use crate::layers::{
+    block_trains, checkpointed_chain, layer_norm, linear, linear_tensors, norm_tensors,
+    resample_grid_nhwc, Mlp,
+};
 use crate::sites::{add_parallel, apply_token, linear_with, BlockSites, PromptModule, TokenLayout};
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
@@ -199,6 +202,22 @@ impl VitBlock {
         }
     }
 
+    /// Whether anything in this block trains (a filled site or a tensor requiring grad).
+    pub fn trains(&self) -> bool {
+        let mut own: Vec<Option<&Tensor>> = vec![self.ls1.as_ref(), self.ls2.as_ref()];
+        own.extend(norm_tensors(&self.norm1));
+        own.extend(norm_tensors(&self.norm2));
+        for l in [
+            &self.attn.qkv,
+            &self.attn.proj,
+            &self.mlp.fc1,
+            &self.mlp.fc2,
+        ] {
+            own.extend(linear_tensors(l));
+        }
+        block_trains(&self.sites, &own)
+    }
+
     /// `x: [batch, layout.tokens(), dim]`.
     pub fn forward_t(&self, x: &Tensor, layout: TokenLayout, train: bool) -> Tensor {
         let s = &self.sites;
@@ -312,31 +331,112 @@ impl Vit {
         Tensor::cat(&[self.pos_embed.narrow(1, 0, np), grid], 1)
     }
 
-    /// Tokens after the final norm, `[batch, prefix + h*w, dim]`, and their layout (the prefix
-    /// counts the class token and any prompt tokens).
-    pub fn forward_tokens(&self, x: &Tensor, train: bool) -> (Tensor, TokenLayout) {
+    /// Patch embedding, class token and position embedding: `[batch, prefix + h*w, dim]` and
+    /// the patch grid `(h, w)`.
+    fn stem(&self, x: &Tensor) -> (Tensor, i64, i64) {
         let (b, _, hh, ww) = x.size4().expect("input is [batch, channels, H, W]");
         let (h, w) = (hh / self.cfg.patch_size, ww / self.cfg.patch_size);
         let mut t = self.patch_embed.forward(x).flatten(2, 3).transpose(1, 2);
         if let Some(cls) = &self.cls_token {
             t = Tensor::cat(&[cls.expand([b, -1, -1], false), t], 1);
         }
+        (t + self.pos_embed_for(h, w), h, w)
+    }
+
+    /// Block `i` on tokens `t` of an `h x w` grid (whatever prefix they carry), after putting
+    /// in the prompt tokens of that block, if any.
+    fn block_step(&self, i: usize, t: &Tensor, h: i64, w: i64, train: bool) -> Tensor {
         let np = self.cfg.num_prefix_tokens();
-        let mut t = t + self.pos_embed_for(h, w);
-        let mut layout = TokenLayout { prefix: np, h, w };
-        for (i, blk) in self.blocks.iter().enumerate() {
-            if let Some(pr) = self.prompts.as_ref().and_then(|m| m.prompts(i, b, train)) {
-                let p = pr.size()[1];
+        let (b, n, _) = t.size3().expect("tokens are 3-D");
+        let mut layout = TokenLayout {
+            prefix: n - h * w,
+            h,
+            w,
+        };
+        let prompts = self.prompts.as_ref().and_then(|m| m.prompts(i, b, train));
+        match prompts {
+            Some(pr) => {
                 let rest = t.narrow(1, layout.prefix, h * w);
-                t = Tensor::cat(&[t.narrow(1, 0, np), pr, rest], 1);
-                layout.prefix = np + p;
+                let t = Tensor::cat(&[t.narrow(1, 0, np), pr.shallow_clone(), rest], 1);
+                layout.prefix = np + pr.size()[1];
+                self.blocks[i].forward_t(&t, layout, train)
             }
-            t = blk.forward_t(&t, layout, train);
+            None => self.blocks[i].forward_t(t, layout, train),
         }
-        if let Some(n) = &self.norm {
-            t = n.forward(&t);
-        }
+    }
+
+    /// The final norm, and the layout of the tokens.
+    fn finish(&self, t: &Tensor, h: i64, w: i64) -> (Tensor, TokenLayout) {
+        let layout = TokenLayout {
+            prefix: t.size()[1] - h * w,
+            h,
+            w,
+        };
+        let t = match &self.norm {
+            Some(n) => n.forward(t),
+            None => t.shallow_clone(),
+        };
         (t, layout)
+    }
+
+    /// Tokens after the final norm, `[batch, prefix + h*w, dim]`, and their layout (the prefix
+    /// counts the class token and any prompt tokens).
+    pub fn forward_tokens(&self, x: &Tensor, train: bool) -> (Tensor, TokenLayout) {
+        let (mut t, h, w) = self.stem(x);
+        for i in 0..self.blocks.len() {
+            t = self.block_step(i, &t, h, w, train);
+        }
+        self.finish(&t, h, w)
+    }
+
+    /// Whether the patch embedding, class token or position embedding train.
+    fn stem_trains(&self) -> bool {
+        let pe = [Some(&self.patch_embed.ws), self.patch_embed.bs.as_ref()];
+        pe.into_iter()
+            .chain([self.cls_token.as_ref(), Some(&self.pos_embed)])
+            .flatten()
+            .any(|t| t.requires_grad())
+    }
+
+    /// Index of the first block with anything to train (prompts count from the block that
+    /// inserts them); `blocks.len()` when none does.
+    pub fn first_trained_block(&self) -> usize {
+        if self.prompts.is_some() || self.stem_trains() {
+            return 0;
+        }
+        self.blocks
+            .iter()
+            .position(|b| b.trains())
+            .unwrap_or(self.blocks.len())
+    }
+
+    /// One training step's forward and backward with activation checkpointing of the blocks
+    /// ([`checkpointed_chain`]): `loss(tokens, layout)` (tokens after the final norm) is
+    /// back-propagated into every tensor that requires grad. Blocks before the first one that
+    /// trains run once without autograd. Returns the loss, detached.
+    pub fn forward_backward_checkpointed(
+        &self,
+        x: &Tensor,
+        train: bool,
+        loss: impl FnOnce(&Tensor, TokenLayout) -> Tensor,
+    ) -> Tensor {
+        let first = self.first_trained_block();
+        let (t, h, w) = if first > 0 {
+            tch::no_grad(|| self.stem(x))
+        } else {
+            self.stem(x)
+        };
+        checkpointed_chain(
+            self.blocks.len(),
+            first,
+            &t,
+            train,
+            |i, t| self.block_step(i, t, h, w, train),
+            |t| {
+                let (t, layout) = self.finish(t, h, w);
+                loss(&t, layout)
+            },
+        )
     }
 
     /// timm's `forward_features`: tokens after the final norm.
