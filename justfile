@@ -100,6 +100,10 @@ reproduce-table1 *args: build
 reproduce-table2 *args: build
     scripts/grid.sh experiments/table2_classification.toml experiments/table2_segmentation.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"
 
+# Table 2's plan: the runs still to do and their estimated time on this device (no data needed).
+plan-table2 *args: build
+    scripts/grid.sh experiments/table2_classification.toml experiments/table2_segmentation.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" plan=1 "$@"
+
 # Table 3: DKA middle dimension (BUSI classification, ISIC-2018 segmentation).
 ablate-middle-dim *args: build
     scripts/grid.sh experiments/table3_middle_dim_cls.toml experiments/table3_middle_dim_seg.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"

@@ -12,6 +12,8 @@
 #   device=auto|cpu|cuda|cuda:N
 #   out=DIR                               output folder (one experiment only)
 #   shard=I/N  retry=1  dry=1  cache=DIR
+#   plan=1                                print the runs still to do and an estimate of their
+#                                         time on this device (datasets absent: nominal sizes)
 # `quick` needs no data: it uses synthetic images and the registry MRI (made/fetched here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/.."
 exps=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do exps+=("$1"); shift; done
 [ $# -gt 0 ] && shift
-known="data weights profile device out shard retry dry cache"
+known="data weights profile device out shard retry dry cache plan"
 declare -A kv=()
 for arg in "$@"; do
     key=${arg%%=*}
@@ -44,7 +46,9 @@ case "$profile" in
         fi
         ;;
 esac
-if [ -z "$data" ]; then
+if [ -z "$data" ] && [ "${kv[plan]:-0}" != 0 ]; then
+    common+=(--data-dir /nonexistent)
+elif [ -z "$data" ]; then
     echo "error: data= is required: a folder with one sub-folder per dataset, or NAME=PATH,... (see README)" >&2
     exit 2
 elif [ -d "$data" ]; then
@@ -55,14 +59,17 @@ else
 fi
 [ -n "${kv[weights]:-}" ] && common+=(--weights "${kv[weights]}")
 [ -n "${kv[device]:-}" ] && common+=(--device "${kv[device]}")
-[ -n "${kv[shard]:-}" ] && common+=(--shard "${kv[shard]}")
 [ -n "${kv[cache]:-}" ] && common+=(--cache-dir "${kv[cache]}")
-[ "${kv[retry]:-0}" != 0 ] && common+=(--retry-failed)
-[ "${kv[dry]:-0}" != 0 ] && common+=(--dry-run)
 if [ -n "${kv[out]:-}" ]; then
     if [ ${#exps[@]} -ne 1 ]; then echo "error: out= needs a single experiment" >&2; exit 2; fi
     common+=(--out "${kv[out]}")
 fi
+if [ "${kv[plan]:-0}" != 0 ]; then
+    exec target/debug/dka plan "${exps[@]}" "${common[@]}"
+fi
+[ -n "${kv[shard]:-}" ] && common+=(--shard "${kv[shard]}")
+[ "${kv[retry]:-0}" != 0 ] && common+=(--retry-failed)
+[ "${kv[dry]:-0}" != 0 ] && common+=(--dry-run)
 
 status=0
 for exp in "${exps[@]}"; do

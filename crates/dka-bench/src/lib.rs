@@ -19,6 +19,7 @@ pub mod info;
 pub mod metrics;
 pub mod optim;
 pub mod params;
+pub mod plan;
 pub mod plot;
 pub mod precision;
 pub mod progress;

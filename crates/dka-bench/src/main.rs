@@ -26,6 +26,8 @@ enum Command {
     Features(features::Args),
     /// Train one run from a RunConfig file (TOML or JSON).
     Train(run_cmd::TrainArgs),
+    /// The runs of one or more grids still to do and an estimate of their time on this device.
+    Plan(run_cmd::PlanArgs),
     /// Evaluate a trained run's saved tensors on its split (default: test).
     Eval(run_cmd::EvalArgs),
     /// Run an experiment's grid (resumable, shardable) and write its table like the paper's.
@@ -63,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => run_cmd::train(a),
         Command::Grid(a) => run_cmd::grid(a),
         Command::Eval(a) => run_cmd::eval(a),
+        Command::Plan(a) => run_cmd::plan_cmd(a),
         Command::Bench(BenchCommand::Conv(a)) => bench::run(a),
         Command::Bench(BenchCommand::Data(a)) => bench_data::run(a),
         Command::GpuCheck(a) => gpu_check::run(a),

@@ -176,6 +176,12 @@ pub struct GridArgs {
     /// Run again the runs whose last attempt failed (by default they are reported, not retried).
     #[arg(long)]
     retry_failed: bool,
+    /// Print the runs still to do and an estimate of their time on this device; run nothing.
+    #[arg(long)]
+    plan: bool,
+    /// Timed steps per distinct model when planning.
+    #[arg(long, default_value_t = 2)]
+    plan_steps: usize,
     #[command(flatten)]
     slurm: crate::slurm::SlurmArgs,
     #[command(flatten)]
@@ -251,10 +257,10 @@ fn preflight(
 /// each run its id from its identity.
 fn plan(
     specs: Vec<RunSpec>,
-    a: &GridArgs,
+    data_args: &DataArgs,
     device: Device,
 ) -> anyhow::Result<(Vec<RunSpec>, HashMap<String, Planned>)> {
-    let cache_dir = a.data.cache_dir();
+    let cache_dir = data_args.cache_dir();
     let mut datasets: HashMap<String, Arc<dyn Dataset>> = HashMap::new();
     let mut splits: HashMap<String, Arc<RunData>> = HashMap::new();
     let mut hashes: HashMap<PathBuf, String> = HashMap::new();
@@ -262,7 +268,7 @@ fn plan(
     let mut planned = HashMap::new();
     let bar = crate::progress::bar(specs.len() as u64, "planning");
     for spec in specs {
-        let cfg = a.data.resolve(serde_json::from_value(spec.config.clone())?);
+        let cfg = data_args.resolve(serde_json::from_value(spec.config.clone())?);
         let resolved = cfg.resolve(device)?;
         let ds_key = format!(
             "{}|{}",
@@ -272,7 +278,11 @@ fn plan(
         let ds = match datasets.get(&ds_key) {
             Some(d) => d.clone(),
             None => {
-                let d = open(&cfg.dataset, &a.data.root(&cfg.dataset)?, &cfg.data_options)?;
+                let d = open(
+                    &cfg.dataset,
+                    &data_args.root(&cfg.dataset)?,
+                    &cfg.data_options,
+                )?;
                 datasets.insert(ds_key.clone(), d.clone());
                 d
             }
@@ -396,6 +406,15 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let device = pick(a.data.device)?;
+    if a.plan {
+        let opts = PlanOptions {
+            profile: a.profile.clone(),
+            out: a.out.clone(),
+            data: a.data.clone(),
+            plan_steps: a.plan_steps,
+        };
+        return plan_grids(&[(&a.experiment, exp)], &opts, device);
+    }
     if !a.dry_run {
         preflight(&exp, &prof, &a, &specs, device)?;
         let probe = out.join(".write-test");
@@ -403,7 +422,7 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
             .with_context(|| format!("the results folder {} is not writable", out.display()))?;
         let _ = std::fs::remove_file(probe);
     }
-    let (specs, planned) = plan(specs, &a, device)?;
+    let (specs, planned) = plan(specs, &a.data, device)?;
     let shard = a.shard.as_deref().map(str::parse::<Shard>).transpose()?;
     let opts = GridOptions {
         shard,
@@ -574,4 +593,150 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    /// Experiment files (experiments/*.toml); their plans are summed.
+    #[arg(required = true)]
+    experiments: Vec<PathBuf>,
+    #[command(flatten)]
+    opts: PlanOptions,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct PlanOptions {
+    /// Profile of the experiments.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Output folder of the grid (to see which runs are done; plan.csv goes there).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Timed steps per distinct model.
+    #[arg(long, default_value_t = 2)]
+    plan_steps: usize,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+/// Seconds to decode one sample of `ds` (a few samples timed).
+fn decode_seconds(ds: &dyn Dataset, indices: &[usize]) -> f64 {
+    let take: Vec<usize> = indices.iter().copied().take(4).collect();
+    if take.is_empty() {
+        return 0.0;
+    }
+    let t = std::time::Instant::now();
+    let ok = take.iter().filter(|&&i| ds.read(i).is_ok()).count().max(1);
+    t.elapsed().as_secs_f64() / ok as f64
+}
+
+/// The sizes of a planned run's splits and the decoding its uncached splits still need.
+fn measured_sizes(
+    p: &Planned,
+    decode_s: &mut HashMap<String, f64>,
+) -> anyhow::Result<crate::plan::Sizes> {
+    let task = p.data.ds.task();
+    let spec = p.cfg.input_spec()?;
+    let pre = crate::train::data::preprocess(&p.cfg, &spec);
+    let per_image = *decode_s
+        .entry(p.cfg.dataset.clone())
+        .or_insert_with(|| decode_seconds(p.data.ds.as_ref(), &p.data.split.train));
+    let mut decode = 0.0;
+    for which in [
+        dka_data::SplitName::Train,
+        dka_data::SplitName::Val,
+        dka_data::SplitName::Test,
+    ] {
+        let idx = p.data.indices(which);
+        if idx.is_empty() {
+            continue;
+        }
+        let key = dka_data::CacheKey::new(p.data.ds.as_ref(), idx, &pre, &p.data.manifest)?;
+        if !p
+            .data
+            .cache_dir
+            .join(key.short())
+            .join("meta.json")
+            .is_file()
+        {
+            decode += idx.len() as f64 * per_image;
+        }
+    }
+    Ok(crate::plan::Sizes {
+        train: p.data.split.train.len(),
+        val: p.data.split.val.len(),
+        test: p.data.split.test.len(),
+        classes: task.classes().len() as i64,
+        segmentation: task.is_segmentation(),
+        decode_s: decode,
+        nominal: false,
+    })
+}
+
+/// Plans (and times) the runs of several grids still to do.
+fn plan_grids(exps: &[(&Path, Experiment)], a: &PlanOptions, device: Device) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let (mut total, mut done) = (0, 0);
+    for (path, exp) in exps {
+        let specs = exp.runs(a.profile.as_deref())?;
+        total += specs.len();
+        let configs: Vec<RunConfig> = specs
+            .iter()
+            .map(|s| Ok(a.data.resolve(serde_json::from_value(s.config.clone())?)))
+            .collect::<anyhow::Result<_>>()?;
+        let have_data = configs
+            .iter()
+            .all(|c| a.data.root(&c.dataset).is_ok_and(|r| r.is_dir()));
+        let mut todo: Vec<(RunConfig, crate::plan::Sizes)> = Vec::new();
+        if have_data {
+            let out = a.out.clone().unwrap_or_else(|| {
+                PathBuf::from("results").join(match &a.profile {
+                    Some(p) => format!("{}-{p}", exp.name),
+                    None => exp.name.clone(),
+                })
+            });
+            let (specs, planned) = plan(specs, &a.data, device)?;
+            let mut decode = HashMap::new();
+            for s in &specs {
+                let dir = out.join("runs").join(&s.id);
+                if runs_csv::read_record(&dir).is_some_and(|r| r.status == runs_csv::Status::Ok) {
+                    done += 1;
+                    continue;
+                }
+                let p = &planned[&s.id];
+                todo.push((p.cfg.clone(), measured_sizes(p, &mut decode)?));
+            }
+        } else {
+            tracing::warn!(
+                "{}: some dataset folders are absent; planning with the releases' nominal sizes",
+                path.display()
+            );
+            for c in configs {
+                let sizes = crate::plan::nominal_sizes(&c)?;
+                todo.push((c, sizes));
+            }
+        }
+        rows.extend(crate::plan::estimate(
+            &exp.name,
+            &todo,
+            device,
+            a.plan_steps,
+        )?);
+    }
+    let out = match (&a.out, exps.len()) {
+        (Some(o), _) => Some(o.join("plan.csv")),
+        _ => None,
+    };
+    crate::plan::report(&rows, device, total, done, out.as_deref())
+}
+
+/// `dka plan EXP...`: the runs of the grids still to do and their estimated time here.
+pub fn plan_cmd(a: PlanArgs) -> anyhow::Result<()> {
+    let exps: Vec<(&Path, Experiment)> = a
+        .experiments
+        .iter()
+        .map(|p| Ok((p.as_path(), Experiment::load(p)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let device = pick(a.opts.data.device)?;
+    plan_grids(&exps, &a.opts, device)
 }

@@ -396,3 +396,48 @@ optimizer = { head_lr = 1e-2, adapter_lr = 1e-2 }
         "{log}"
     );
 }
+
+#[test]
+fn plan_lists_the_runs_to_do_and_estimates_their_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("synth"));
+    let out = tmp.path().join("out");
+    let exp = experiment(tmp.path(), 1, r#"[{ name = "linear" }, { name = "dka" }]"#);
+    let args = |cmd: &str| -> Vec<String> {
+        [
+            cmd,
+            exp.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--data",
+            &data,
+            "--weights",
+            "none",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let plan = |cmd: &str| {
+        let mut a = args(cmd);
+        if cmd == "grid" {
+            a.push("--plan".into());
+        }
+        let o = dka(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let p = plan("plan");
+    assert!(p.contains("2 run(s) in all, 0 done, 2 to do: about"), "{p}");
+    assert!(
+        p.contains("floating-point work"),
+        "ViT FLOPs are counted: {p}"
+    );
+    assert!(out.join("plan.csv").is_file());
+    assert!(!out.join("runs").exists(), "planning runs nothing");
+    let o = dka(&args("grid").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = plan("grid");
+    assert!(p.contains("2 run(s) in all, 2 done, 0 to do"), "{p}");
+}
