@@ -5,6 +5,9 @@
 pub mod aggregate;
 pub mod bench;
 pub mod bench_data;
+pub mod bench_report;
+pub mod bench_steps;
+pub mod bench_worker;
 pub mod convert;
 pub mod data;
 pub mod decoder;

@@ -4,7 +4,10 @@
 //! calls a subcommand returning `anyhow::Result`, and prints the error chain on one line.
 
 use clap::{Parser, Subcommand};
-use dka_bench::{bench, bench_data, convert, data, features, gpu_check, info, params, run_cmd};
+use dka_bench::{
+    bench, bench_data, bench_steps, bench_worker, convert, data, features, gpu_check, info, params,
+    run_cmd,
+};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -53,6 +56,12 @@ enum BenchCommand {
     Conv(bench::Args),
     /// The data path: images/s uncached vs the decoded cache (ISIC-2019-like JPEGs, BraTS-like volumes).
     Data(bench_data::Args),
+    /// One training step side by side with a PyTorch-eager reference (time, GFLOP/s, peak
+    /// memory, loss parity): results/bench/steps.csv.
+    Steps(bench_steps::Args),
+    /// Internal: one implementation of a `bench steps` case, driven over stdin/stdout.
+    #[command(hide = true)]
+    Worker,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -68,6 +77,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(a) => run_cmd::plan_cmd(a),
         Command::Bench(BenchCommand::Conv(a)) => bench::run(a),
         Command::Bench(BenchCommand::Data(a)) => bench_data::run(a),
+        Command::Bench(BenchCommand::Steps(a)) => bench_steps::run(a),
+        Command::Bench(BenchCommand::Worker) => bench_worker::serve(),
         Command::GpuCheck(a) => gpu_check::run(a),
     }
 }

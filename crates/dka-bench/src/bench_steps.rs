@@ -1,0 +1,876 @@
+//! `dka bench steps`: the same training step in this project and in a PyTorch-eager reference
+//! written the way a researcher would (`benches/reference/steps.py`: timm + plain modules),
+//! side by side: time, achieved GFLOP/s against the machine's measured fp32 GEMM throughput,
+//! and peak memory, per case.
+//!
+//! Every implementation of a case runs in its own process (a `dka bench worker`, or the Python
+//! reference), so each peak memory is its own: CPU, the resident set's high-water mark
+//! (`VmHWM`, reset after setup so that loading the weights does not count); CUDA, the caching
+//! allocator's peak. The workers of a case start together and are driven one step at a time,
+//! interleaved (A B A B ..., the order rotated every round), so drifts of the machine's speed
+//! hit both alike; the timed steps follow the parity steps, whose losses must agree to
+//! round-off (same weights and batch, exported from this project to the reference through
+//! safetensors; dropout off). Results: a CSV, a `.meta.json` (machine, commit, load, targets
+//! met or missed) and a PNG bar chart of the ratios to the reference.
+use crate::bench_worker::{Case, CaseKind, Request, Server, StackShape};
+use crate::device::DeviceArg;
+use anyhow::{bail, Context};
+use dka_baselines::MethodConfig;
+use dka_core::dka::DkaConfig;
+use dka_core::BackboneConfig;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// CSV to write (a `.meta.json` and a `.png` go next to it).
+    #[arg(long, default_value = "results/bench/steps.csv")]
+    pub output: PathBuf,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Timed interleaved rounds per case (3 when a reference step takes over 20 s on the CPU).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Untimed steps whose losses both implementations must agree on (the first one also
+    /// warms up and counts the reference's FLOPs).
+    #[arg(long, default_value_t = 2)]
+    pub parity_steps: usize,
+    /// Largest accepted loss difference, relative to max(1, |reference loss|).
+    #[arg(long, default_value_t = 1e-4)]
+    pub loss_tol: f64,
+    /// Only the cases whose name contains one of these (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub cases: Vec<String>,
+    /// Tiny models instead of the paper's (seconds; for checking the bench itself).
+    #[arg(long)]
+    pub quick: bool,
+    /// The Python of the reference (with torch, timm, safetensors).
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// The reference implementation.
+    #[arg(long, default_value = "benches/reference/steps.py")]
+    pub reference: PathBuf,
+    /// Skip the bar chart.
+    #[arg(long)]
+    pub no_plot: bool,
+}
+
+/// One implementation of a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Impl {
+    Reference,
+    Ours { checkpoint: bool },
+}
+
+impl Impl {
+    pub fn label(self) -> &'static str {
+        match self {
+            Impl::Reference => "pytorch",
+            Impl::Ours { checkpoint: false } => "dka",
+            Impl::Ours { checkpoint: true } => "dka+ckpt",
+        }
+    }
+}
+
+/// A case and the implementations it compares (the reference first).
+pub struct CaseSpec {
+    pub case: Case,
+    pub impls: Vec<Impl>,
+}
+
+fn vit_base(img: i64) -> BackboneConfig {
+    let mut c = dka_core::vit::VitConfig::preset("vit_base_patch16_224").expect("preset");
+    c.img_size = dka_core::vit::ImgSize::Square(img);
+    c.num_classes = 0;
+    BackboneConfig::Vit(c)
+}
+
+fn dka(d_hat: i64) -> MethodConfig {
+    MethodConfig::Dka(DkaConfig {
+        d_hat,
+        dropout: 0.0,
+        ..DkaConfig::authors()
+    })
+}
+
+/// The cases: ViT-B/16 at 224 (batch 8) under linear probing, LoRA, Adapter, DKA d̂ 16 and
+/// 192; a DKA segmentation step at a 32x32 token grid (512 input); the DKA layer stack alone at
+/// 32x32 and 64x64 (MedSAM's 1024 input); ResNet-50 with DKA after every bottleneck. `quick`:
+/// the same with tiny models.
+pub fn cases(quick: bool) -> Vec<CaseSpec> {
+    let o = OptimDefaults::get();
+    let plain = vec![Impl::Reference, Impl::Ours { checkpoint: false }];
+    let with_ckpt = vec![
+        Impl::Reference,
+        Impl::Ours { checkpoint: false },
+        Impl::Ours { checkpoint: true },
+    ];
+    let mk = |name: &str,
+              kind: CaseKind,
+              backbone: Option<BackboneConfig>,
+              timm: Option<&str>,
+              timm_kwargs: Value,
+              method: MethodConfig,
+              batch: i64,
+              img: i64,
+              classes: i64,
+              stack: Option<StackShape>| Case {
+        name: name.to_string(),
+        kind,
+        backbone,
+        timm: timm.map(str::to_string),
+        timm_kwargs,
+        method,
+        batch,
+        img,
+        classes,
+        stack,
+        head_lr: o.0,
+        adapter_lr: o.1,
+        clip_grad_norm: o.2,
+    };
+    let null = Value::Object(Default::default());
+    if quick {
+        let vit = BackboneConfig::from_json_str(
+            r#"{"arch":"vit","img_size":32,"patch_size":8,"embed_dim":32,"depth":2,"num_heads":2,"num_classes":0}"#,
+        )
+        .expect("valid");
+        let kw = serde_json::json!({"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2});
+        let resnet = BackboneConfig::from_json_str(
+            r#"{"arch":"resnet","block":"bottleneck","layers":[1,1,1,1],"num_classes":0}"#,
+        )
+        .expect("valid");
+        let t = Some("vit_base_patch16_224");
+        let cls = |name: &str, m: MethodConfig| CaseSpec {
+            case: mk(
+                name,
+                CaseKind::Classify,
+                Some(vit.clone()),
+                t,
+                kw.clone(),
+                m,
+                2,
+                32,
+                3,
+                None,
+            ),
+            impls: plain.clone(),
+        };
+        return vec![
+            cls(
+                "tiny linear",
+                MethodConfig::by_name("linear").expect("known"),
+            ),
+            cls("tiny lora", MethodConfig::by_name("lora").expect("known")),
+            cls(
+                "tiny adapter",
+                MethodConfig::by_name("adapter").expect("known"),
+            ),
+            cls("tiny dka d4", dka(4)),
+            CaseSpec {
+                case: mk(
+                    "tiny seg dka d4",
+                    CaseKind::Segment,
+                    Some(vit.clone()),
+                    t,
+                    kw.clone(),
+                    dka(4),
+                    2,
+                    32,
+                    2,
+                    None,
+                ),
+                impls: with_ckpt.clone(),
+            },
+            CaseSpec {
+                case: mk(
+                    "tiny dka stack 6x6",
+                    CaseKind::Stack,
+                    None,
+                    None,
+                    null.clone(),
+                    dka(4),
+                    2,
+                    0,
+                    0,
+                    Some(StackShape {
+                        dim: 16,
+                        h: 6,
+                        w: 6,
+                        layers: 2,
+                    }),
+                ),
+                impls: with_ckpt.clone(),
+            },
+            CaseSpec {
+                case: mk(
+                    "tiny resnet dka d4",
+                    CaseKind::Classify,
+                    Some(resnet),
+                    Some("resnet50"),
+                    serde_json::json!({"layers": [1, 1, 1, 1]}),
+                    dka(4),
+                    2,
+                    64,
+                    3,
+                    None,
+                ),
+                impls: plain.clone(),
+            },
+        ];
+    }
+    let vit = "vit_base_patch16_224";
+    let cls = |name: &str, m: MethodConfig| CaseSpec {
+        case: mk(
+            name,
+            CaseKind::Classify,
+            Some(vit_base(224)),
+            Some(vit),
+            null.clone(),
+            m,
+            8,
+            224,
+            3,
+            None,
+        ),
+        impls: plain.clone(),
+    };
+    let stack = |h: i64, batch: i64, impls: Vec<Impl>| CaseSpec {
+        case: mk(
+            &format!("dka stack d192 {h}x{h} b{batch}"),
+            CaseKind::Stack,
+            None,
+            None,
+            null.clone(),
+            dka(192),
+            batch,
+            0,
+            0,
+            Some(StackShape {
+                dim: 768,
+                h,
+                w: h,
+                layers: 12,
+            }),
+        ),
+        impls,
+    };
+    vec![
+        cls(
+            "vit-b16 224 b8 linear",
+            MethodConfig::by_name("linear").expect("known"),
+        ),
+        cls(
+            "vit-b16 224 b8 lora r8",
+            MethodConfig::by_name("lora").expect("known"),
+        ),
+        cls(
+            "vit-b16 224 b8 adapter d64",
+            MethodConfig::by_name("adapter").expect("known"),
+        ),
+        cls("vit-b16 224 b8 dka d16", dka(16)),
+        cls("vit-b16 224 b8 dka d192", dka(192)),
+        CaseSpec {
+            case: mk(
+                "vit-b16 512 b2 seg dka d192",
+                CaseKind::Segment,
+                Some(vit_base(512)),
+                Some(vit),
+                serde_json::json!({"img_size": 512}),
+                dka(192),
+                2,
+                512,
+                2,
+                None,
+            ),
+            impls: with_ckpt.clone(),
+        },
+        stack(32, 2, plain.clone()),
+        stack(64, 1, with_ckpt.clone()),
+        CaseSpec {
+            case: mk(
+                "resnet50 224 b8 dka d16",
+                CaseKind::Classify,
+                BackboneConfig::preset("resnet50").map(|mut c| {
+                    c.set_num_classes(0);
+                    c
+                }),
+                Some("resnet50"),
+                null.clone(),
+                dka(16),
+                8,
+                224,
+                3,
+                None,
+            ),
+            impls: plain,
+        },
+    ]
+}
+
+/// The trainer's default optimiser settings (the authors' script): head lr, adapter lr, clip.
+struct OptimDefaults(f64, f64, Option<f64>);
+
+impl OptimDefaults {
+    fn get() -> Self {
+        let o = crate::run_config::OptimConfig::default();
+        Self(o.head_lr, o.adapter_lr, o.clip_grad_norm)
+    }
+}
+
+// ---------------------------------------------------------------- talking to workers
+
+/// A worker: a child process speaking JSON lines, or (in tests) this process.
+pub enum Endpoint {
+    Child {
+        label: String,
+        child: Child,
+        stdin: ChildStdin,
+        stdout: BufReader<ChildStdout>,
+    },
+    InProcess(Box<Server>),
+}
+
+impl Endpoint {
+    /// Starts `cmd` and waits for its `{"ready": true}`.
+    pub fn spawn(label: &str, mut cmd: Command) -> anyhow::Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting the {label} worker ({cmd:?})"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut e = Endpoint::Child {
+            label: label.to_string(),
+            child,
+            stdin,
+            stdout,
+        };
+        let ready = e.read_reply()?;
+        if ready.get("ready") != Some(&Value::Bool(true)) {
+            bail!("the {label} worker did not start: {ready}");
+        }
+        Ok(e)
+    }
+
+    fn read_reply(&mut self) -> anyhow::Result<Value> {
+        let Endpoint::Child { label, stdout, .. } = self else {
+            unreachable!("only child workers read replies");
+        };
+        loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line)? == 0 {
+                bail!("the {label} worker exited (see its messages above)");
+            }
+            match serde_json::from_str::<Value>(line.trim()) {
+                Ok(v @ Value::Object(_)) => return Ok(v),
+                _ => tracing::debug!("{label}: {}", line.trim_end()),
+            }
+        }
+    }
+
+    /// Sends a request and returns the reply (an error when the worker reports one).
+    pub fn call(&mut self, req: &Request) -> anyhow::Result<Value> {
+        let reply = match self {
+            Endpoint::InProcess(s) => s
+                .handle(req.clone())?
+                .unwrap_or(Value::Object(Default::default())),
+            Endpoint::Child { stdin, .. } => {
+                writeln!(stdin, "{}", serde_json::to_string(req)?)?;
+                stdin.flush()?;
+                if matches!(req, Request::Quit) {
+                    return Ok(Value::Null);
+                }
+                let r = self.read_reply()?;
+                if r.get("ok") != Some(&Value::Bool(true)) {
+                    bail!(
+                        "{}",
+                        r.get("error")
+                            .and_then(Value::as_str)
+                            .unwrap_or("the worker failed")
+                    );
+                }
+                r
+            }
+        };
+        Ok(reply)
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if let Endpoint::Child { stdin, child, .. } = self {
+            let _ = writeln!(stdin, "{}", r#"{"cmd":"quit"}"#);
+            let _ = stdin.flush();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// How workers are started.
+pub struct Launcher {
+    pub python: PathBuf,
+    pub reference: PathBuf,
+    /// `None`: this project's workers run in this process (tests).
+    pub worker_exe: Option<PathBuf>,
+}
+
+impl Launcher {
+    pub fn start(&self, imp: Impl) -> anyhow::Result<Endpoint> {
+        match imp {
+            Impl::Reference => {
+                let mut c = Command::new(&self.python);
+                c.arg(&self.reference);
+                Endpoint::spawn("pytorch", c)
+            }
+            Impl::Ours { .. } => match &self.worker_exe {
+                Some(exe) => {
+                    let mut c = Command::new(exe);
+                    c.args(["bench", "worker"]);
+                    c.env("RUST_LOG", "warn");
+                    Endpoint::spawn("dka", c)
+                }
+                None => Ok(Endpoint::InProcess(Box::default())),
+            },
+        }
+    }
+}
+
+fn f(v: &Value, key: &str) -> anyhow::Result<f64> {
+    v.get(key)
+        .and_then(Value::as_f64)
+        .with_context(|| format!("reply without '{key}': {v}"))
+}
+
+// ---------------------------------------------------------------- measuring
+
+/// What one implementation of one case measured.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Row {
+    pub case: String,
+    #[serde(rename = "impl")]
+    pub imp: String,
+    pub device: String,
+    pub batch: i64,
+    pub steps_timed: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    /// Median time / the reference's median time.
+    pub time_ratio: f64,
+    /// FLOPs of one step as the reference's operations count them (matmuls, attention,
+    /// convolutions; the depthwise convolutions at their direct cost).
+    pub gflop_step: f64,
+    /// Of which GEMM-like (everything but depthwise convolutions).
+    pub gflop_dense: f64,
+    /// gflop_step / median time.
+    pub gflops: f64,
+    /// This implementation's measured fp32 GEMM throughput.
+    pub gemm_gflops: f64,
+    /// (gflop_dense / gemm_gflops) / median time: the fraction of the GEMM-bound limit.
+    pub gemm_bound_frac: f64,
+    /// Peak memory: CPU the resident set's high-water mark over the steps (the process's
+    /// libraries and weights included), CUDA the allocator's peak.
+    pub peak_mib: f64,
+    /// Memory before the first step (after loading).
+    pub base_mib: f64,
+    /// peak - base: what the steps add (activations, gradients, optimiser state).
+    pub step_mib: f64,
+    /// Peak / the reference's peak.
+    pub peak_ratio: f64,
+    /// step_mib / the reference's step_mib.
+    pub step_mem_ratio: f64,
+    pub loss_step1: f64,
+    /// Largest |loss - reference loss| / max(1, |reference loss|) over the parity steps.
+    pub loss_diff: f64,
+    pub trainable: i64,
+    /// 1-minute load average when the case started.
+    pub load1: f64,
+}
+
+/// The 1-, 5- and 15-minute load averages.
+pub fn loadavg() -> [f64; 3] {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = s.split_whitespace().map(|x| x.parse().unwrap_or(f64::NAN));
+    [
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+    ]
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// GEMM throughput of each implementation's process, interleaved.
+pub fn measure_gemm(
+    launcher: &Launcher,
+    device: &str,
+    n: i64,
+    rounds: usize,
+) -> anyhow::Result<[f64; 2]> {
+    let mut eps = [
+        launcher.start(Impl::Reference)?,
+        launcher.start(Impl::Ours { checkpoint: false })?,
+    ];
+    let mut out = [Vec::new(), Vec::new()];
+    for r in 0..rounds {
+        for k in 0..2 {
+            let i = (k + r) % 2;
+            let v = eps[i].call(&Request::Gemm {
+                n,
+                reps: 3,
+                device: device.to_string(),
+            })?;
+            out[i].push(f(&v, "gflops")?);
+        }
+    }
+    Ok([median(&out[0]), median(&out[1])])
+}
+
+/// Runs one case: setup, parity steps, interleaved timed steps, memory. Returns its rows
+/// (reference first) and whether the losses agreed.
+pub fn run_case(
+    spec: &CaseSpec,
+    launcher: &Launcher,
+    device: &str,
+    dir: &Path,
+    args: &Args,
+    gemm: [f64; 2],
+) -> anyhow::Result<(Vec<Row>, bool)> {
+    let case = &spec.case;
+    let load1 = loadavg()[0];
+    tracing::info!("{}: starting {} workers", case.name, spec.impls.len());
+    let mut eps = spec
+        .impls
+        .iter()
+        .map(|&i| launcher.start(i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let file = dir.join(format!("case-{}.safetensors", std::process::id()));
+    // This project's first worker exports; everyone else imports.
+    let exporter = spec
+        .impls
+        .iter()
+        .position(|i| matches!(i, Impl::Ours { .. }))
+        .context("a case needs this project's implementation")?;
+    let order: Vec<usize> = std::iter::once(exporter)
+        .chain((0..eps.len()).filter(|&i| i != exporter))
+        .collect();
+    let mut trainable = vec![0i64; eps.len()];
+    let mut base = vec![0.0; eps.len()];
+    for &i in &order {
+        let checkpoint = matches!(spec.impls[i], Impl::Ours { checkpoint: true });
+        let v = eps[i].call(&Request::Setup {
+            case: case.clone(),
+            file: file.clone(),
+            device: device.to_string(),
+            export: i == exporter,
+            checkpoint,
+        })?;
+        trainable[i] = v.get("trainable").and_then(Value::as_i64).unwrap_or(-1);
+    }
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(file.with_extension("backbone.json"));
+    // After the reset the peak is the memory now (CPU: resident set; CUDA: allocated).
+    for (i, e) in eps.iter_mut().enumerate() {
+        e.call(&Request::ResetPeak)?;
+        base[i] = f(&e.call(&Request::Memory)?, "peak_bytes")?;
+    }
+    // Parity steps (the first also warms up; the reference counts FLOPs in it).
+    let n = eps.len();
+    let mut losses = vec![Vec::new(); n];
+    let mut flops = (0.0, 0.0);
+    let mut ref_ms = 0.0f64;
+    for s in 0..args.parity_steps.max(1) {
+        for i in 0..n {
+            let is_ref = spec.impls[i] == Impl::Reference;
+            let v = eps[i].call(&Request::Step {
+                count_flops: is_ref && s == 0,
+            })?;
+            losses[i].push(f(&v, "loss")?);
+            if is_ref {
+                if s == 0 {
+                    flops = (
+                        v.get("flops_dense").and_then(Value::as_f64).unwrap_or(0.0),
+                        v.get("flops_depthwise")
+                            .and_then(Value::as_f64)
+                            .unwrap_or(0.0),
+                    );
+                } else {
+                    ref_ms = ref_ms.max(f(&v, "ms")?);
+                }
+            }
+        }
+    }
+    let r = spec
+        .impls
+        .iter()
+        .position(|&i| i == Impl::Reference)
+        .context("a case needs the reference")?;
+    let diffs: Vec<f64> = (0..n)
+        .map(|i| {
+            losses[i]
+                .iter()
+                .zip(&losses[r])
+                .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    let parity = diffs.iter().all(|d| *d <= args.loss_tol);
+    for i in 0..n {
+        tracing::info!(
+            "{}: {} losses {:?} (max rel diff to the reference {:.1e})",
+            case.name,
+            spec.impls[i].label(),
+            losses[i],
+            diffs[i]
+        );
+    }
+    if !parity {
+        tracing::error!(
+            "{}: the losses differ by more than {:e}; timing anyway",
+            case.name,
+            args.loss_tol
+        );
+    }
+    // Timed, interleaved rounds.
+    let reps = if device == "cpu" && ref_ms > 20_000.0 {
+        args.reps.min(3)
+    } else {
+        args.reps
+    }
+    .max(1);
+    let mut times = vec![Vec::new(); n];
+    for round in 0..reps {
+        for k in 0..n {
+            let i = (k + round) % n;
+            let v = eps[i].call(&Request::Step { count_flops: false })?;
+            times[i].push(f(&v, "ms")?);
+        }
+        tracing::info!(
+            "{}: round {}/{reps}: {}",
+            case.name,
+            round + 1,
+            (0..n)
+                .map(|i| format!(
+                    "{} {:.0} ms",
+                    spec.impls[i].label(),
+                    times[i].last().unwrap()
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut peak = vec![0.0; n];
+    for (i, e) in eps.iter_mut().enumerate() {
+        peak[i] = f(&e.call(&Request::Memory)?, "peak_bytes")?;
+    }
+    drop(eps);
+    let mib = 1024.0 * 1024.0;
+    let (gflop_dense, gflop_dw) = (flops.0 / 1e9, flops.1 / 1e9);
+    let gflop = gflop_dense + gflop_dw;
+    let med: Vec<f64> = times.iter().map(|t| median(t)).collect();
+    let rows = (0..n)
+        .map(|i| {
+            let g = if spec.impls[i] == Impl::Reference {
+                gemm[0]
+            } else {
+                gemm[1]
+            };
+            let s = med[i] / 1e3;
+            let step = |k: usize| (peak[k] - base[k]).max(0.0) / mib;
+            Row {
+                case: case.name.clone(),
+                imp: spec.impls[i].label().to_string(),
+                device: device.to_string(),
+                batch: case.batch,
+                steps_timed: times[i].len(),
+                median_ms: med[i],
+                min_ms: times[i].iter().cloned().fold(f64::INFINITY, f64::min),
+                max_ms: times[i].iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                time_ratio: med[i] / med[r],
+                gflop_step: gflop,
+                gflop_dense,
+                gflops: gflop / s,
+                gemm_gflops: g,
+                gemm_bound_frac: (gflop_dense / g) / s,
+                peak_mib: peak[i] / mib,
+                base_mib: base[i] / mib,
+                step_mib: step(i),
+                peak_ratio: peak[i] / peak[r],
+                step_mem_ratio: step(i) / step(r).max(1e-9),
+                loss_step1: losses[i][0],
+                loss_diff: diffs[i],
+                trainable: trainable[i],
+                load1,
+            }
+        })
+        .collect();
+    Ok((rows, parity))
+}
+
+/// Writes the rows as CSV (atomically).
+pub fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("csv.partial");
+    {
+        let mut w = csv::Writer::from_path(&tmp).with_context(|| tmp.display().to_string())?;
+        for r in rows {
+            w.serialize(r)?;
+        }
+        w.flush()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Runs every selected case and writes the CSV, meta and chart.
+pub fn run_with(args: &Args, launcher: &Launcher) -> anyhow::Result<Vec<Row>> {
+    let device = match args.device {
+        DeviceArg::Cpu => "cpu".to_string(),
+        DeviceArg::Cuda(i) => {
+            crate::device::pick(args.device)?;
+            format!("cuda:{i}")
+        }
+        DeviceArg::Auto => match tch::Device::cuda_if_available() {
+            tch::Device::Cuda(i) => format!("cuda:{i}"),
+            _ => "cpu".into(),
+        },
+    };
+    if let Some(dir) = args.output.parent() {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    let specs: Vec<CaseSpec> = cases(args.quick)
+        .into_iter()
+        .filter(|c| args.cases.is_empty() || args.cases.iter().any(|s| c.case.name.contains(s)))
+        .collect();
+    if specs.is_empty() {
+        bail!("no case matches {:?}", args.cases);
+    }
+    let load_start = loadavg();
+    let started = std::time::Instant::now();
+    let n = if device == "cpu" { 2048 } else { 8192 };
+    let gemm = measure_gemm(launcher, &device, n, if args.quick { 1 } else { 5 })?;
+    tracing::info!(
+        "fp32 GEMM {n}x{n}: pytorch {:.0} GFLOP/s, dka {:.0} GFLOP/s",
+        gemm[0],
+        gemm[1]
+    );
+    let info = launcher
+        .start(Impl::Reference)
+        .and_then(|mut e| e.call(&Request::Info))
+        .unwrap_or(Value::Null);
+    let tmpdir = std::env::temp_dir();
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for spec in &specs {
+        let (r, parity) = run_case(spec, launcher, &device, &tmpdir, args, gemm)
+            .with_context(|| spec.case.name.clone())?;
+        if !parity {
+            failed.push(spec.case.name.clone());
+        }
+        rows.extend(r);
+        write_csv(&args.output, &rows)?;
+    }
+    let load_end = loadavg();
+    let meta = crate::bench_report::meta(
+        args,
+        &rows,
+        &specs,
+        gemm,
+        n,
+        info,
+        [load_start, load_end],
+        started.elapsed().as_secs_f64(),
+    );
+    let meta_path = args.output.with_extension("meta.json");
+    std::fs::write(&meta_path, serde_json::to_string_pretty(&meta)?)?;
+    if !args.no_plot {
+        crate::bench_report::plot(&args.output.with_extension("png"), &rows, &device)?;
+    }
+    tracing::info!(
+        "wrote {} and {}",
+        args.output.display(),
+        meta_path.display()
+    );
+    for line in crate::bench_report::summary(&rows) {
+        tracing::info!("{line}");
+    }
+    if !failed.is_empty() {
+        bail!(
+            "the implementations' losses differ beyond {:e} in: {}",
+            args.loss_tol,
+            failed.join(", ")
+        );
+    }
+    Ok(rows)
+}
+
+/// `dka bench steps`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let launcher = Launcher {
+        python: args.python.clone(),
+        reference: args.reference.clone(),
+        worker_exe: Some(std::env::current_exe()?),
+    };
+    run_with(&args, &launcher).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bench on tiny models end to end (this project in-process, the reference in the
+    /// repository's .venv): the losses agree and every column is filled.
+    #[test]
+    fn bench_steps_runs_on_tiny_models() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let python = root.join(".venv/bin/python");
+        if !python.exists() {
+            eprintln!("skipped: no {} (run `just setup`)", python.display());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let args = Args {
+            output: dir.path().join("steps.csv"),
+            device: DeviceArg::Cpu,
+            reps: 2,
+            parity_steps: 2,
+            loss_tol: 1e-4,
+            cases: vec!["tiny dka d4".into(), "stack".into(), "lora".into()],
+            quick: true,
+            python,
+            reference: root.join("benches/reference/steps.py"),
+            no_plot: false,
+        };
+        let launcher = Launcher {
+            python: args.python.clone(),
+            reference: args.reference.clone(),
+            worker_exe: None,
+        };
+        let rows = run_with(&args, &launcher).unwrap();
+        assert_eq!(rows.len(), 2 + 3 + 2);
+        for r in &rows {
+            assert!(r.loss_diff <= 1e-4, "{r:?}");
+            assert!(
+                r.median_ms > 0.0 && r.gflop_step > 0.0 && r.peak_mib > 0.0,
+                "{r:?}"
+            );
+        }
+        let back: Vec<Row> = csv::Reader::from_path(&args.output)
+            .unwrap()
+            .deserialize()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back.len(), rows.len());
+        assert!(args.output.with_extension("meta.json").exists());
+        assert!(args.output.with_extension("png").exists());
+    }
+}
