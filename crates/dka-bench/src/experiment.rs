@@ -86,6 +86,9 @@ pub struct Experiment {
     pub grid: toml::Table,
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
+    /// The file it was read from (set by [`Experiment::load`]), named in its errors.
+    #[serde(skip)]
+    pub source: std::path::PathBuf,
 }
 
 fn default_paper_rows() -> String {
@@ -103,12 +106,12 @@ fn set_path(root: &mut Value, path: &str, v: Value) -> anyhow::Result<()> {
     for p in &parts[..parts.len() - 1] {
         cur = cur
             .as_object_mut()
-            .context("not an object")?
+            .with_context(|| format!("`{path}`: a part before `{p}` is not a table"))?
             .entry(p.to_string())
             .or_insert_with(|| Value::Object(Default::default()));
     }
     cur.as_object_mut()
-        .with_context(|| format!("{path}: parent is not a table"))?
+        .with_context(|| format!("`{path}`: its parent is not a table"))?
         .insert(parts[parts.len() - 1].to_string(), v);
     Ok(())
 }
@@ -164,7 +167,19 @@ fn labelled(v: &toml::Value) -> AxisValue {
 impl Experiment {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-        toml::from_str(&text).with_context(|| format!("{}: not a valid experiment", path.display()))
+        let mut exp: Self = toml::from_str(&text)
+            .with_context(|| format!("{}: not a valid experiment", path.display()))?;
+        exp.source = path.to_path_buf();
+        Ok(exp)
+    }
+
+    /// How errors name the experiment: its file, when it was read from one, and its name.
+    fn label(&self) -> String {
+        if self.source.as_os_str().is_empty() {
+            format!("experiment {}", self.name)
+        } else {
+            format!("{} (experiment {})", self.source.display(), self.name)
+        }
     }
 
     /// The profile called `name` (`None`: the experiment as written, the default profile).
@@ -176,8 +191,8 @@ impl Experiment {
             }),
             Some(p) => self.profiles.get(p).cloned().with_context(|| {
                 format!(
-                    "experiment {} has no profile '{p}' (has: {})",
-                    self.name,
+                    "{} has no profile '{p}' (has: {})",
+                    self.label(),
                     self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
                 )
             }),
@@ -193,10 +208,7 @@ impl Experiment {
         grid.extend(prof.grid.clone());
         for axis in std::iter::once(&self.rows).chain(&self.columns) {
             if !grid.contains_key(axis) {
-                bail!(
-                    "experiment {}: table axis '{axis}' is not a grid axis",
-                    self.name
-                );
+                bail!("{}: table axis '{axis}' is not a grid axis", self.label());
             }
         }
         let axes: Vec<(String, Vec<AxisValue>)> = grid
@@ -205,10 +217,7 @@ impl Experiment {
                 toml::Value::Array(a) if !a.is_empty() => {
                     Ok((k.clone(), a.iter().map(labelled).collect()))
                 }
-                _ => bail!(
-                    "experiment {}: grid axis '{k}' must be a non-empty list",
-                    self.name
-                ),
+                _ => bail!("{}: grid axis '{k}' must be a non-empty list", self.label()),
             })
             .collect::<anyhow::Result<_>>()?;
         // Dotted keys in `base` (`"optimizer.head_lr" = 1e-3`) set one nested field.
@@ -216,7 +225,7 @@ impl Experiment {
             base.into_iter().partition(|(k, _)| k.contains('.'));
         let mut base = json(&toml::Value::Table(plain));
         for (k, v) in dotted {
-            set_path(&mut base, &k, json(&v))?;
+            set_path(&mut base, &k, json(&v)).with_context(|| format!("{}: base", self.label()))?;
         }
         type Cell = (Value, BTreeMap<String, String>, Vec<(String, Value)>);
         let mut cells: Vec<Cell> = vec![(base, BTreeMap::new(), Vec::new())];
@@ -226,7 +235,8 @@ impl Experiment {
                 for v in values {
                     let (mut cfg, mut labels, mut with) =
                         (cfg.clone(), labels.clone(), with.clone());
-                    set_path(&mut cfg, axis, v.value.clone())?;
+                    set_path(&mut cfg, axis, v.value.clone())
+                        .with_context(|| format!("{}: grid axis", self.label()))?;
                     labels.insert(axis.clone(), v.label.clone());
                     with.extend(v.with.iter().cloned());
                     next.push((cfg, labels, with));
@@ -239,14 +249,31 @@ impl Experiment {
             .map(|(mut cfg, labels, with)| {
                 for (path, v) in with {
                     set_path(&mut cfg, &path, v)
-                        .with_context(|| format!("experiment {}: `with` {path}", self.name))?;
+                        .with_context(|| format!("{}: `with` {path}", self.label()))?;
                 }
                 let rc: RunConfig = serde_json::from_value(cfg.clone())
-                    .with_context(|| format!("experiment {}: run {labels:?}", self.name))?;
+                    .with_context(|| format!("{}: run {labels:?}", self.label()))?;
                 rc.validate()
-                    .with_context(|| format!("experiment {}: run {labels:?}", self.name))?;
+                    .with_context(|| format!("{}: run {labels:?}", self.label()))?;
                 Ok(RunSpec::new(labels, serde_json::to_value(&rc)?))
             })
-            .collect()
+            .collect::<anyhow::Result<Vec<RunSpec>>>()
+            .and_then(|specs| self.distinct(specs))
+    }
+
+    /// Refuses a grid with two identical runs (same config, so the same id).
+    fn distinct(&self, specs: Vec<RunSpec>) -> anyhow::Result<Vec<RunSpec>> {
+        let mut seen: BTreeMap<&str, &BTreeMap<String, String>> = BTreeMap::new();
+        for s in &specs {
+            if let Some(first) = seen.insert(&s.id, &s.axes) {
+                bail!(
+                    "{}: the grid has two identical runs ({first:?} and {:?}); remove the \
+                     duplicate axis values",
+                    self.label(),
+                    s.axes
+                );
+            }
+        }
+        Ok(specs)
     }
 }
