@@ -74,6 +74,10 @@ impl Evaluation {
     pub fn values(&self) -> BTreeMap<String, f64> {
         self.0.clone()
     }
+
+    pub fn from_values(v: BTreeMap<String, f64>) -> Self {
+        Self(v)
+    }
 }
 
 /// What evaluating needs besides the model.
@@ -155,6 +159,28 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
+    /// Continues `path` after a resume: the rows of epochs before `from_epoch` are kept, the
+    /// rest (an epoch the interruption cut short) removed.
+    pub fn resume(path: &Path, segmentation: bool, from_epoch: usize) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let kept: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                l.split(',')
+                    .next()
+                    .and_then(|e| e.parse::<usize>().ok())
+                    .is_some_and(|e| e < from_epoch)
+            })
+            .collect();
+        let mut log = Self::create(path, segmentation)?;
+        for l in kept {
+            log.w.write_record(l.split(','))?;
+        }
+        log.w.flush()?;
+        Ok(log)
+    }
+
     pub fn create(path: &Path, segmentation: bool) -> anyhow::Result<Self> {
         let mut w = csv::Writer::from_path(path).with_context(|| path.display().to_string())?;
         let names = metric_names(segmentation);

@@ -248,7 +248,11 @@ pub fn run_grid(
             count_ended(&mut summary, s);
             continue;
         }
-        if dir.exists() {
+        // An interrupted run that saved a checkpoint resumes from it; other attempts start over.
+        let resumable = crate::train::checkpoint::exists(&dir) && read_record(&dir).is_none();
+        if resumable {
+            tracing::info!("run {}: resuming from its checkpoint", spec.id);
+        } else if dir.exists() {
             tracing::info!("run {}: clearing an interrupted or failed attempt", spec.id);
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("clearing the earlier attempt {}", dir.display()))?;
@@ -269,6 +273,8 @@ pub fn run_grid(
                     .collect();
                 (Status::Ok, m, r.info, None)
             }
+            // A signal stopped it after a checkpoint: no record, and the grid stops too.
+            Err(e) if crate::interrupt::exit_code(&e).is_some() => return Err(e),
             Err(e) => {
                 let msg = format!("{e:#}");
                 tracing::error!("run {} failed: {msg}", spec.id);

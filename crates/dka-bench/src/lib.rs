@@ -19,6 +19,7 @@ pub mod gpu_check;
 pub mod grid;
 pub mod identity;
 pub mod info;
+pub mod interrupt;
 pub mod metrics;
 pub mod optim;
 pub mod params;

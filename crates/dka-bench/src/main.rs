@@ -111,7 +111,8 @@ fn main() -> ExitCode {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Stopped by SIGINT/SIGTERM after a checkpoint: 128 + signal, as shells expect.
+            dka_bench::interrupt::exit_code(&e).map_or(ExitCode::FAILURE, ExitCode::from)
         }
         Err(_) => ExitCode::from(101),
     }

@@ -148,6 +148,15 @@ pub fn peak_memory(device: Device) -> Option<u64> {
     }
 }
 
+/// The loss scaler's state, for checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScalerState {
+    pub scale: f64,
+    pub good_steps: usize,
+    pub skipped: usize,
+    pub consecutive_skips: usize,
+}
+
 /// Dynamic loss scaling for fp16 training.
 #[derive(Debug, Clone)]
 pub struct LossScaler {
@@ -179,6 +188,22 @@ impl LossScaler {
 
     pub fn scale(&self) -> f64 {
         self.scale
+    }
+
+    pub fn state(&self) -> ScalerState {
+        ScalerState {
+            scale: self.scale,
+            good_steps: self.good_steps,
+            skipped: self.skipped,
+            consecutive_skips: self.consecutive_skips,
+        }
+    }
+
+    pub fn restore(&mut self, s: ScalerState) {
+        self.scale = s.scale;
+        self.good_steps = s.good_steps;
+        self.skipped = s.skipped;
+        self.consecutive_skips = s.consecutive_skips;
     }
 
     /// The loss to back-propagate.

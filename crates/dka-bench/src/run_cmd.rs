@@ -93,6 +93,7 @@ fn read_run_config(path: &Path) -> anyhow::Result<RunConfig> {
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+    crate::interrupt::install()?;
     let cfg = a.data.resolve(read_run_config(&a.config)?);
     let device = pick(a.data.device)?;
     let data = RunData::open(&cfg, &a.data.root(&cfg.dataset)?, &a.data.cache_dir())?;
@@ -422,6 +423,7 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
             .with_context(|| format!("the results folder {} is not writable", out.display()))?;
         let _ = std::fs::remove_file(probe);
     }
+    crate::interrupt::install()?;
     let (specs, planned) = plan(specs, &a.data, device)?;
     let shard = a.shard.as_deref().map(str::parse::<Shard>).transpose()?;
     let opts = GridOptions {

@@ -441,3 +441,122 @@ fn plan_lists_the_runs_to_do_and_estimates_their_time() {
     let p = plan("grid");
     assert!(p.contains("2 run(s) in all, 2 done, 0 to do"), "{p}");
 }
+
+#[test]
+fn sigterm_checkpoints_and_the_resumed_run_ends_as_the_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dka(&[
+        "data",
+        "synth",
+        "--out",
+        tmp.path().join("synth").to_str().unwrap(),
+        "--classes",
+        "3",
+        "--per-class",
+        "16",
+        "--size",
+        "32",
+    ]);
+    assert!(data.status.success());
+    let data = format!("folder={}", tmp.path().join("synth").display());
+    let cfg = tmp.path().join("run.toml");
+    // Dropout (the authors' DKA) and augmentation: a resume must redraw exactly the same.
+    std::fs::write(
+        &cfg,
+        r#"
+backbone = "experiments/backbones/vit_quick.json"
+dataset = "folder"
+img_size = 32
+epochs = 12
+batch_size = 8
+augment = true
+method = { name = "dka", d_hat = 8 }
+"#,
+    )
+    .unwrap();
+    let train = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--data",
+            &data,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole = tmp.path().join("whole");
+    let a = dka(&train(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(a.status.success(), "{}", stderr(&a));
+
+    let cut = tmp.path().join("cut");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dka"))
+        .args(train(&cut))
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let rows = std::fs::read_to_string(cut.join("metrics.csv"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if rows >= 4 {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the run did not progress"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the signal"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{e}");
+    assert!(
+        e.contains("interrupted by SIGTERM") && !e.contains("panicked"),
+        "{e}"
+    );
+    assert!(cut.join("checkpoint/state.json").is_file());
+    let b = dka(&train(&cut).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(b.status.success(), "{}", stderr(&b));
+    assert!(
+        !cut.join("checkpoint").exists(),
+        "the checkpoint is removed when the run ends"
+    );
+    let log = std::fs::read_to_string(cut.join("log.txt")).unwrap();
+    assert!(
+        log.contains("resumed from the checkpoint at epoch"),
+        "{log}"
+    );
+    assert_eq!(
+        metrics_of(&a),
+        metrics_of(&b),
+        "same metrics as the uninterrupted run"
+    );
+    let rows = |d: &Path| {
+        std::fs::read_to_string(d.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').filter(|_| true).collect::<Vec<_>>()[..2].join(","))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        rows(&whole),
+        rows(&cut),
+        "the same training loss every epoch"
+    );
+}

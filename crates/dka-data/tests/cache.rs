@@ -409,3 +409,40 @@ fn sixteen_bit_pngs_scale_to_eight_bits() {
     assert_eq!(got, vec![0, 1, 128, 255]);
     assert!(rgb.pixels().all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]));
 }
+
+#[test]
+fn a_loader_started_at_a_batch_yields_what_the_full_loader_yields_from_there() {
+    let dir = tempdir().unwrap();
+    folder(&dir.path().join("data"));
+    let (ds, m) = open("folder", &dir.path().join("data"), &LoaderOptions::default());
+    let pre = Preprocess {
+        size: (16, 16),
+        ..Preprocess::default()
+    };
+    let idx = all(ds.as_ref());
+    let (split, _) = DecodedSplit::open_or_build(
+        ds.as_ref(),
+        &idx,
+        &pre,
+        &m,
+        &dir.path().join("cache"),
+        1,
+        &|_, _| {},
+    )
+    .unwrap();
+    let split = Arc::new(split);
+    let cfg = LoaderConfig {
+        batch_size: 2,
+        ..LoaderConfig::default()
+    };
+    let order: Vec<usize> = (0..split.len()).rev().collect();
+    let aug = Some(Augment::default());
+    let full: Vec<U8Batch> = CachedLoader::new(split.clone(), order.clone(), aug.clone(), &cfg, 3)
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    let tail = CachedLoader::starting_at(split.clone(), order, aug, &cfg, 3, 2).unwrap();
+    assert_eq!(tail.num_batches(), full.len() - 2);
+    let tail: Vec<U8Batch> = tail.map(|b| b.unwrap()).collect();
+    assert_eq!(tail, full[2..].to_vec());
+}

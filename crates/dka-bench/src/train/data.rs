@@ -146,6 +146,18 @@ pub fn loader(
     cfg: &RunConfig,
     epoch: u64,
 ) -> anyhow::Result<CachedLoader> {
+    loader_from(split, order, augment, cfg, epoch, 0)
+}
+
+/// As [`loader`], without the first `first_batch` batches (a resumed epoch).
+pub fn loader_from(
+    split: &Arc<DecodedSplit>,
+    order: Vec<usize>,
+    augment: Option<dka_data::Augment>,
+    cfg: &RunConfig,
+    epoch: u64,
+    first_batch: usize,
+) -> anyhow::Result<CachedLoader> {
     let lcfg = LoaderConfig {
         batch_size: cfg.batch_size,
         threads: cfg.loader_threads.max(1),
@@ -154,12 +166,13 @@ pub fn loader(
         drop_last: false,
         seed: cfg.seed,
     };
-    Ok(CachedLoader::new(
+    Ok(CachedLoader::starting_at(
         split.clone(),
         order,
         augment,
         &lcfg,
         epoch,
+        first_batch,
     )?)
 }
 

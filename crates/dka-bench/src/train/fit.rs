@@ -10,15 +10,18 @@
 //!
 //! Either way the model is left holding the selected epoch's tensors, so what is saved is what
 //! was reported.
-use super::data::{loader, to_device, Normalizer, RunData};
+use super::checkpoint;
+use super::data::{loader, loader_from, to_device, Normalizer, RunData};
 use super::feature_cache::FeatureCache;
 use super::model::{Model, Snapshot};
 use super::RunLog;
 use crate::evaluate::{evaluate, primary_metric, EpochRow, EvalSetup, Evaluation, MetricsLog};
+use crate::interrupt::{self, Interrupted};
 use crate::optim::Optimizer;
 use crate::precision::{Amp, LossScaler};
 use crate::run_config::{Precision, RunConfig, SegLoss, Selection};
 use anyhow::bail;
+use anyhow::Context;
 use dka_data::{epoch_order, Preprocess};
 use dka_data::{CacheOutcome, SplitName};
 use std::path::Path;
@@ -27,6 +30,23 @@ use tch::{Device, Kind, Tensor};
 
 /// Pixels of this class are ignored by the loss and the metrics (padding of `longest-side-pad`).
 pub const IGNORE_INDEX: i64 = 255;
+
+/// How often, and on how many images, the test set was evaluated.
+#[derive(Debug, Clone, Copy, Default)]
+struct TestCount {
+    evaluations: usize,
+    images: usize,
+}
+
+/// The libtorch seed of one training step: dropout's randomness depends only on the run's
+/// seed, the epoch and the batch, so a resumed run draws what the uninterrupted one would.
+fn step_seed(seed: u64, epoch: usize, batch: usize) -> i64 {
+    let mut z = seed
+        ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (batch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 31)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z >> 1) as i64
+}
 
 /// fp16 runs stop after this many steps in a row with non-finite gradients.
 const MAX_CONSECUTIVE_SKIPS: usize = 50;
@@ -146,28 +166,138 @@ pub fn fit(
     let mut opt = Optimizer::new(&cfg.optimizer, groups)?;
     let mut scaler = (cfg.precision == Precision::Fp16).then(LossScaler::default);
 
-    let mut csv = MetricsLog::create(&dir.join("metrics.csv"), segmentation)?;
-    let (mut test_evaluations, mut test_images) = (0usize, 0usize);
+    // Resume from a checkpoint of this run, if there is one.
+    let config_sha = checkpoint::config_sha256(cfg)?;
+    let resumed = checkpoint::load(dir, &config_sha)?;
+    let mut best: Option<(f64, usize, Snapshot, Option<Evaluation>)> = None;
+    let mut last_test: Option<Evaluation> = None;
+    let mut tests = TestCount::default();
+    let (mut start_epoch, mut first_batch, mut carry) = (0usize, 0usize, (0.0f64, 0usize));
+    let mut elapsed = 0.0;
+    if let Some(ck) = &resumed {
+        let st = &ck.state;
+        model.restore(&Snapshot::from_tensors(ck.part("model")));
+        opt.load_state(&ck.part("optim"))?;
+        if let (Some(s), Some(saved)) = (scaler.as_mut(), st.scaler) {
+            s.restore(saved);
+        }
+        best = st.best.as_ref().map(|(score, epoch, test)| {
+            (
+                *score,
+                *epoch,
+                Snapshot::from_tensors(ck.part("best")),
+                test.clone().map(Evaluation::from_values),
+            )
+        });
+        last_test = st.last_test.clone().map(Evaluation::from_values);
+        tests = TestCount {
+            evaluations: st.test_evaluations,
+            images: st.test_images,
+        };
+        (start_epoch, first_batch, carry) = (st.epoch, st.next_batch, (st.loss_sum, st.loss_steps));
+        elapsed = st.seconds;
+        log.note(&format!(
+            "resumed from the checkpoint at epoch {start_epoch}, batch {first_batch}"
+        ));
+    }
+    let metrics_path = dir.join("metrics.csv");
+    let mut csv = if resumed.is_some() {
+        MetricsLog::resume(&metrics_path, segmentation, start_epoch)?
+    } else {
+        MetricsLog::create(&metrics_path, segmentation)?
+    };
     let all = |s: &dka_data::DecodedSplit| -> Vec<usize> { (0..s.len()).collect() };
-    let mut eval_test = |m: &Model| -> anyhow::Result<Evaluation> {
+    let eval_test = |m: &Model, tests: &mut TestCount| -> anyhow::Result<Evaluation> {
         let (e, n) = evaluate(
             m,
             loader(&test_split, all(&test_split), None, cfg, 0)?,
             &test_split,
             &setup,
         )?;
-        test_evaluations += 1;
-        test_images += n;
+        tests.evaluations += 1;
+        tests.images += n;
         Ok(e)
     };
-    let mut best: Option<(f64, usize, Snapshot, Option<Evaluation>)> = None;
-    let mut last_test: Option<Evaluation> = None;
+    // Large states (full fine-tuning) are checkpointed at most once a minute between epochs.
+    let state_bytes: i64 = model.groups().counts().iter().sum::<i64>()
+        * 4
+        * if best.is_some() || cfg.selection != Selection::Last {
+            4
+        } else {
+            3
+        };
+    let mut last_saved = std::time::Instant::now();
+    let run_started = std::time::Instant::now();
+    let save = |epoch: usize,
+                next_batch: usize,
+                loss: (f64, usize),
+                opt: &Optimizer,
+                scaler: &Option<LossScaler>,
+                best: &Option<(f64, usize, Snapshot, Option<Evaluation>)>,
+                last_test: &Option<Evaluation>,
+                tests: &TestCount|
+     -> anyhow::Result<()> {
+        let state = checkpoint::State {
+            config_sha256: config_sha.clone(),
+            epoch,
+            next_batch,
+            loss_sum: loss.0,
+            loss_steps: loss.1,
+            scaler: scaler.as_ref().map(LossScaler::state),
+            best: best
+                .as_ref()
+                .map(|(s, e, _, t)| (*s, *e, t.as_ref().map(Evaluation::values))),
+            last_test: last_test.as_ref().map(Evaluation::values),
+            test_evaluations: tests.evaluations,
+            test_images: tests.images,
+            seconds: elapsed + run_started.elapsed().as_secs_f64(),
+        };
+        let mut tensors: Vec<(String, Tensor)> = model
+            .snapshot()
+            .tensors()
+            .map(|(n, t)| (format!("model/{n}"), t.shallow_clone()))
+            .collect();
+        tensors.extend(
+            opt.state()
+                .into_iter()
+                .map(|(n, t)| (format!("optim/{n}"), t)),
+        );
+        if let Some((_, _, snap, _)) = best {
+            tensors.extend(
+                snap.tensors()
+                    .map(|(n, t)| (format!("best/{n}"), t.shallow_clone())),
+            );
+        }
+        checkpoint::save(dir, &state, &tensors)
+    };
+    let interrupted = |signal: i32, epoch: usize, batch: usize| -> anyhow::Error {
+        anyhow::Error::new(Interrupted {
+            signal,
+            resume_at: format!("epoch {epoch}, batch {batch} ({})", dir.display()),
+        })
+    };
+
     let bar = crate::progress::bar(cfg.epochs as u64, "epochs");
-    for epoch in 0..cfg.epochs {
+    bar.set_position(start_epoch as u64);
+    for epoch in start_epoch..cfg.epochs {
         let started = std::time::Instant::now();
         opt.set_epoch(epoch, cfg.epochs)?;
-        let (mut sum, mut steps) = (0.0, 0usize);
-        let mut step = |input: &Tensor, y: &Tensor, cached: bool| -> anyhow::Result<()> {
+        let first = if epoch == start_epoch { first_batch } else { 0 };
+        let (mut sum, mut steps) = if epoch == start_epoch {
+            carry
+        } else {
+            (0.0, 0)
+        };
+        let mut batch = first;
+        // One training step; afterwards, a pending signal saves a checkpoint and stops.
+        let step = |input: &Tensor,
+                    y: &Tensor,
+                    cached: bool,
+                    sum: &mut f64,
+                    steps: &mut usize,
+                    opt: &mut Optimizer,
+                    scaler: &mut Option<LossScaler>|
+         -> anyhow::Result<()> {
             let logits = amp
                 .run(|| {
                     if cached {
@@ -181,8 +311,9 @@ pub fn fit(
             let v = l.double_value(&[]);
             if !v.is_finite() && scaler.is_none() {
                 bail!(
-                    "epoch {epoch}, step {steps}: the loss is {v} ({:?}); the run stops \
+                    "epoch {epoch}, step {}: the loss is {v} ({:?}); the run stops \
                      (metrics.csv keeps every finished epoch)",
+                    *steps,
                     cfg.precision
                 );
             }
@@ -192,7 +323,7 @@ pub fn fit(
                 None => l.backward(),
             }
             let outcome = opt.step(scaler.as_mut())?;
-            if let Some(s) = &scaler {
+            if let Some(s) = scaler.as_ref() {
                 if s.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
                     bail!(
                         "epoch {epoch}: {MAX_CONSECUTIVE_SKIPS} fp16 steps in a row had \
@@ -202,28 +333,59 @@ pub fn fit(
                 }
             }
             if !outcome.skipped {
-                sum += v;
-                steps += 1;
+                *sum += v;
+                *steps += 1;
             }
             Ok(())
         };
         match &cache {
             Some(c) => {
-                let all: Vec<usize> = (0..c.len()).collect();
-                let order = epoch_order(&all, cfg.seed, epoch as u64);
-                for chunk in order.chunks(cfg.batch_size) {
+                let order = epoch_order(&(0..c.len()).collect::<Vec<_>>(), cfg.seed, epoch as u64);
+                for chunk in order.chunks(cfg.batch_size).skip(first) {
+                    tch::manual_seed(step_seed(cfg.seed, epoch, batch));
                     let (e, y) = c.batch(chunk, device);
-                    step(&e, &y, true)?;
+                    step(&e, &y, true, &mut sum, &mut steps, &mut opt, &mut scaler)?;
+                    batch += 1;
+                    if let Some(sig) = interrupt::requested() {
+                        save(
+                            epoch,
+                            batch,
+                            (sum, steps),
+                            &opt,
+                            &scaler,
+                            &best,
+                            &last_test,
+                            &tests,
+                        )?;
+                        return Err(interrupted(sig, epoch, batch));
+                    }
                 }
             }
             None => {
                 let order = epoch_order(&all(&train_split), cfg.seed, epoch as u64);
                 // Augmented crops move the padding: normalise whole images then.
                 let pad_now = pad && augment.is_none();
-                for b in loader(&train_split, order, augment, cfg, epoch as u64)? {
+                let batches = loader_from(&train_split, order, augment, cfg, epoch as u64, first)?;
+                for b in batches {
                     let b = b.map_err(|e| anyhow::anyhow!("epoch {epoch}: {e}"))?;
+                    tch::manual_seed(step_seed(cfg.seed, epoch, batch));
                     let (x, y, valid) = to_device(&b, &train_split, pad_now, device);
-                    step(&normalizer.apply(&x, valid.as_ref()), &y, false)?;
+                    let x = normalizer.apply(&x, valid.as_ref());
+                    step(&x, &y, false, &mut sum, &mut steps, &mut opt, &mut scaler)?;
+                    batch += 1;
+                    if let Some(sig) = interrupt::requested() {
+                        save(
+                            epoch,
+                            batch,
+                            (sum, steps),
+                            &opt,
+                            &scaler,
+                            &best,
+                            &last_test,
+                            &tests,
+                        )?;
+                        return Err(interrupted(sig, epoch, batch));
+                    }
                 }
             }
         }
@@ -239,7 +401,7 @@ pub fn fit(
             Selection::BestVal => false,
         } || (cfg.test_every > 0 && (epoch + 1) % cfg.test_every == 0);
         let test = if test_now {
-            Some(eval_test(model)?)
+            Some(eval_test(model, &mut tests)?)
         } else {
             None
         };
@@ -286,19 +448,40 @@ pub fn fit(
             last_test = test;
         }
         bar.inc(1);
+        let signal = interrupt::requested();
+        if signal.is_some()
+            || state_bytes < (256 << 20)
+            || last_saved.elapsed().as_secs() >= 60
+            || last
+        {
+            save(
+                epoch + 1,
+                0,
+                (0.0, 0),
+                &opt,
+                &scaler,
+                &best,
+                &last_test,
+                &tests,
+            )?;
+            last_saved = std::time::Instant::now();
+        }
+        if let Some(sig) = signal {
+            return Err(interrupted(sig, epoch + 1, 0));
+        }
     }
     bar.finish_and_clear();
 
     let (selected_epoch, test) = match (cfg.selection, best) {
         (Selection::Last, _) => (
             cfg.epochs - 1,
-            last_test.expect("the last epoch evaluates the test set"),
+            last_test.context("the last epoch evaluates the test set")?,
         ),
         (Selection::BestTest, Some((_, epoch, snap, test))) => {
             model.restore(&snap);
             (
                 epoch,
-                test.expect("best-test evaluates the test set each epoch"),
+                test.context("best-test evaluates the test set each epoch")?,
             )
         }
         (Selection::BestVal, Some((_, epoch, snap, test))) => {
@@ -306,12 +489,16 @@ pub fn fit(
             // Tested that epoch already (test_every) or now, once.
             let test = match test {
                 Some(t) => t,
-                None => eval_test(model)?,
+                None => eval_test(model, &mut tests)?,
             };
             (epoch, test)
         }
         (_, None) => bail!("no epoch produced a selection score"),
     };
+    let TestCount {
+        evaluations: test_evaluations,
+        images: test_images,
+    } = tests;
     log.note(&format!(
         "selection {}: epoch {selected_epoch}, test {} {:.4}; the test set was evaluated \
          {test_evaluations} time(s) ({test_images} images)",

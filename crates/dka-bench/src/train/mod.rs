@@ -4,6 +4,7 @@
 //! A run, stage by stage: resolve the config (every default written down in `config.json`),
 //! write the split's manifest ([`data`]), build the model ([`model`]), fit it and select an
 //! epoch ([`fit`]), save the selected epoch's trained tensors, report its metrics.
+pub mod checkpoint;
 pub mod data;
 pub mod feature_cache;
 pub mod fit;
@@ -68,6 +69,7 @@ pub fn train(
     log.note(&model.weights_report);
     let fitted = fit::fit(&cfg, &model, data, &mut log, dir, device)?;
     save(&cfg, &model, dir, &mut log)?;
+    checkpoint::remove(dir);
 
     let mut metrics = fitted.test.values();
     metrics.insert("selected_epoch".into(), fitted.selected_epoch as f64);

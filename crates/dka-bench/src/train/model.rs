@@ -227,3 +227,14 @@ impl Model {
 
 /// Values of a model's trainable tensors at one epoch (for `best-val`/`best-test` selection).
 pub struct Snapshot(BTreeMap<String, Tensor>);
+
+impl Snapshot {
+    /// The tensors by name (for checkpoints).
+    pub fn tensors(&self) -> impl Iterator<Item = (&String, &Tensor)> {
+        self.0.iter()
+    }
+
+    pub fn from_tensors(t: impl IntoIterator<Item = (String, Tensor)>) -> Self {
+        Self(t.into_iter().collect())
+    }
+}

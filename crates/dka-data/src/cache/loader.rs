@@ -202,6 +202,20 @@ impl CachedLoader {
         cfg: &LoaderConfig,
         epoch: u64,
     ) -> Result<Self> {
+        Self::starting_at(split, order, augment, cfg, epoch, 0)
+    }
+
+    /// As [`Self::new`], but without the first `first_batch` batches of `order`; the batches
+    /// that follow are exactly those a loader from the start yields (same samples, same
+    /// augmentation), so an interrupted epoch resumes where it stopped.
+    pub fn starting_at(
+        split: Arc<DecodedSplit>,
+        order: Vec<usize>,
+        augment: Option<Augment>,
+        cfg: &LoaderConfig,
+        epoch: u64,
+        first_batch: usize,
+    ) -> Result<Self> {
         if cfg.batch_size == 0 {
             return Err(DataError::config("batch_size must be positive"));
         }
@@ -232,7 +246,7 @@ impl CachedLoader {
         let worker = std::thread::Builder::new()
             .name("dka-cached-prefetch".into())
             .spawn(move || {
-                for (b, chunk) in order.chunks(bs).take(len).enumerate() {
+                for (b, chunk) in order.chunks(bs).take(len).enumerate().skip(first_batch) {
                     let batch = pool
                         .install(|| assemble(&split, chunk, b * bs, augment.as_ref(), seed, epoch));
                     let failed = batch.is_err();
@@ -245,7 +259,7 @@ impl CachedLoader {
         Ok(CachedLoader {
             rx: Some(rx),
             worker: Some(worker),
-            len,
+            len: len.saturating_sub(first_batch),
         })
     }
 

@@ -1,0 +1,149 @@
+//! A run's checkpoint: everything needed to continue a run exactly where it stopped — the
+//! trained tensors, the optimiser state, the loss scaler, the epoch and batch to go on from,
+//! the selection's best epoch so far (with its tensors) — in `<run>/checkpoint/`
+//! (`state.json` + `tensors.safetensors`).
+//!
+//! Written at the end of every epoch (at most once a minute when the state is large, e.g. full
+//! fine-tuning) and when a signal asks the run to stop. A new checkpoint is written to a
+//! temporary folder and swapped in by renames, so a SIGKILL at any moment leaves a complete
+//! checkpoint (the new one or the previous one). Randomness needs no state: every training
+//! step reseeds libtorch from (seed, epoch, batch), and the loader's augmentation is seeded by
+//! (seed, epoch, position), so a resumed run computes what the uninterrupted one would have.
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// The small part of a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// SHA-256 of the resolved config: a checkpoint of other settings is not resumed.
+    pub config_sha256: String,
+    /// The epoch to go on with, and how many of its batches are done.
+    pub epoch: usize,
+    pub next_batch: usize,
+    /// The training loss summed over those batches, and their count.
+    pub loss_sum: f64,
+    pub loss_steps: usize,
+    /// fp16: the loss scaler.
+    pub scaler: Option<crate::precision::ScalerState>,
+    /// Selection: best score, its epoch and (when tested) its test metrics.
+    pub best: Option<(f64, usize, Option<BTreeMap<String, f64>>)>,
+    /// The last test evaluation (for `last` selection after the final epoch).
+    pub last_test: Option<BTreeMap<String, f64>>,
+    pub test_evaluations: usize,
+    pub test_images: usize,
+    pub seconds: f64,
+}
+
+/// A loaded checkpoint: its state and its tensors by name (`model/…`, `optim/…`, `best/…`).
+pub struct Checkpoint {
+    pub state: State,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl Checkpoint {
+    /// Tensors under `prefix/`, with the prefix removed.
+    pub fn part(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        let p = format!("{prefix}/");
+        self.tensors
+            .iter()
+            .filter_map(|(n, t)| {
+                n.strip_prefix(&p)
+                    .map(|s| (s.to_string(), t.shallow_clone()))
+            })
+            .collect()
+    }
+}
+
+fn folder(run: &Path) -> PathBuf {
+    run.join("checkpoint")
+}
+
+fn old(run: &Path) -> PathBuf {
+    run.join("checkpoint.old")
+}
+
+/// SHA-256 of a resolved config's JSON.
+pub fn config_sha256(cfg: &crate::run_config::RunConfig) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(serde_json::to_vec(cfg)?);
+    Ok(d.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a checkpoint of `run` (see the module docs).
+pub fn save(run: &Path, state: &State, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
+    let tmp = run.join(format!("checkpoint.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| tmp.display().to_string())?;
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.detach().to_device(tch::Device::Cpu).contiguous(),
+            )
+        })
+        .collect();
+    Tensor::write_safetensors(&cpu, tmp.join("tensors.safetensors"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    if let Ok(d) = std::fs::File::open(&tmp) {
+        let _ = d.sync_all();
+    }
+    let (cur, old) = (folder(run), old(run));
+    let _ = std::fs::remove_dir_all(&old);
+    if cur.exists() {
+        std::fs::rename(&cur, &old).with_context(|| cur.display().to_string())?;
+    }
+    std::fs::rename(&tmp, &cur).with_context(|| cur.display().to_string())?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The run's checkpoint, if it has a complete one for `config_sha256` (one for other settings
+/// is ignored with a warning).
+pub fn load(run: &Path, config_sha256: &str) -> anyhow::Result<Option<Checkpoint>> {
+    for dir in [folder(run), old(run)] {
+        let state_path = dir.join("state.json");
+        let Ok(text) = std::fs::read_to_string(&state_path) else {
+            continue;
+        };
+        let state: State = match serde_json::from_str(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("{}: unreadable ({e}); not resumed", state_path.display());
+                continue;
+            }
+        };
+        if state.config_sha256 != config_sha256 {
+            tracing::warn!(
+                "{}: a checkpoint of other settings; the run starts from the beginning",
+                dir.display()
+            );
+            return Ok(None);
+        }
+        let tensors = match Tensor::read_safetensors(dir.join("tensors.safetensors")) {
+            Ok(t) => t.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!("{}: unreadable tensors ({e}); not resumed", dir.display());
+                continue;
+            }
+        };
+        return Ok(Some(Checkpoint { state, tensors }));
+    }
+    Ok(None)
+}
+
+/// Removes the run's checkpoint (the run has ended).
+pub fn remove(run: &Path) {
+    let _ = std::fs::remove_dir_all(folder(run));
+    let _ = std::fs::remove_dir_all(old(run));
+}
+
+/// Whether `run` holds a checkpoint to resume.
+pub fn exists(run: &Path) -> bool {
+    folder(run).join("state.json").is_file() || old(run).join("state.json").is_file()
+}
