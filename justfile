@@ -42,6 +42,13 @@ test: setup fixtures assets
 test-slurm: build
     scripts/test_slurm.sh
 
+# Property tests of our own parsers (NIfTI headers, manifests, CSV readers, experiment files,
+# run configs, --shard, Slurm scripts, key renaming, peft folders) with many more cases than
+# `just test` runs (a few minutes); failures are saved to the crates' tests/*.proptest-regressions.
+fuzz cases="5000": setup fixtures
+    PROPTEST_CASES={{cases}} cargo test -p dka-data --test fuzz
+    PROPTEST_CASES={{cases}} cargo test -p dka-bench --test fuzz
+
 # The end-to-end demo: device report, timm-parity feature extraction, then DKA and baselines fine-tuned on real registry MRI.
 demo: build fixtures assets
     scripts/demo.sh

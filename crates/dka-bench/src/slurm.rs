@@ -314,6 +314,15 @@ pub fn script(a: &SlurmArgs, job: &Job, exe: &Path, cwd: &Path) -> anyhow::Resul
     )?;
     let exe_s = utf8("the dka executable", exe)?;
     let exp = utf8("the experiment file", job.experiment)?;
+    // One command line: no argument may hold a line break.
+    for w in [exe_s, exp]
+        .into_iter()
+        .chain(job.forward.iter().map(String::as_str))
+    {
+        if w.contains(['\n', '\r']) {
+            bail!("{w:?}: a line break cannot go into the job script's command line");
+        }
+    }
     // Paths in comments: escaped, so that a line break cannot end a comment.
     let (exp_c, out_c) = (
         exp.escape_debug().to_string(),
@@ -625,6 +634,14 @@ mod tests {
             Path::new("/a\"b")
         )
         .is_err());
+        let newline = ["--data".to_string(), "folder=a\nb".into()];
+        let e = script(
+            &a,
+            &job(&newline, DeviceArg::Auto),
+            Path::new("/dka"),
+            Path::new("/"),
+        );
+        assert!(format!("{:#}", e.unwrap_err()).contains("line break"));
     }
 
     #[test]
