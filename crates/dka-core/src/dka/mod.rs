@@ -316,23 +316,32 @@ impl Dka {
 
 impl TokenModule for Dka {
     fn forward_t(&self, x: &Tensor, l: TokenLayout, train: bool) -> Tensor {
-        let (b, _, _) = x.size3().expect("tokens are [batch, tokens, dim]");
+        let (b, n, _) = x.size3().expect("tokens are [batch, tokens, dim]");
         let z = self.act_in(self.down.forward(x));
         let d = z.size()[2];
-        // [b, h*w, d] -> [b, d, h, w] with channels-last strides: a view, no copy.
-        let grid = z
-            .narrow(1, l.prefix, l.h * l.w)
-            .reshape([b, l.h, l.w, d])
-            .permute([0, 3, 1, 2]);
-        let conv = self
-            .kernels
-            .forward(&grid, self.path)
-            .permute([0, 2, 3, 1])
-            .reshape([b, l.h * l.w, d]);
-        let y = if l.prefix > 0 {
-            Tensor::cat(&[z.narrow(1, 0, l.prefix), conv], 1)
+        let hw = l.h * l.w;
+        // A split, not two narrows: its backward concatenates the two gradients instead of
+        // zero-filling two full-size buffers and adding them.
+        let parts = if l.prefix > 0 {
+            z.split_with_sizes([l.prefix, hw], 1)
         } else {
-            conv
+            vec![z.shallow_clone()]
+        };
+        let patches = parts.last().expect("the patch tokens");
+        // [b, h*w, d] -> [b, d, h, w] with channels-last strides: a view, no copy.
+        let grid = patches.reshape([b, l.h, l.w, d]).permute([0, 3, 1, 2]);
+        let conv = self.kernels.forward(&grid, self.path).permute([0, 2, 3, 1]);
+        // One copy puts the prefix tokens and the convolved grid back in token order (a cat
+        // after a reshape would copy the grid twice); the gradients reach both through views.
+        let y = if l.prefix > 0 {
+            let y = Tensor::empty([b, n, d], (z.kind(), z.device()));
+            y.narrow(1, 0, l.prefix).copy_(&parts[0]);
+            y.narrow(1, l.prefix, hw)
+                .view([b, l.h, l.w, d])
+                .copy_(&conv);
+            y
+        } else {
+            conv.reshape([b, hw, d])
         };
         x + self
             .up
