@@ -85,8 +85,14 @@ bench-dka: build
 bench-data: build
     {{dka}} bench data --output results/bench/data.csv
 
-# Every benchmark.
-bench: bench-dka bench-data
+# One training step of this project side by side with a PyTorch-eager reference (timm + plain
+# modules, benches/reference/): time, GFLOP/s, peak memory, loss parity, interleaved in one run:
+# results/bench/steps.csv (+ .meta.json, .png). `just bench device=cuda` on a GPU: steps-cuda.csv.
+bench: build
+    {{dka}} bench steps --device {{ if device == "" { "cpu" } else { device } }} --output results/bench/steps{{ if device == "" { "" } else if device == "cpu" { "" } else { "-cuda" } }}.csv
+
+# Every benchmark: steps against PyTorch, DKA's convolutions, the data path.
+bench-all: bench bench-dka bench-data
 
 # Trainable/total parameters of ViT-B/16 under every method: results/params.csv.
 params: build

@@ -416,6 +416,9 @@ class Worker:
                 count.__exit__(None, None, None)
         self.sync()
         ms = (time.perf_counter() - t0) * 1e3
+        self.steps = getattr(self, "steps", 0) + 1
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"the loss of step {self.steps} is {loss.item()}")
         out = {"loss": loss.item(), "ms": ms}
         if count:
             out["flops_dense"] = count.dense

@@ -143,6 +143,7 @@ pub struct Worker {
     device: Device,
     checkpoint: bool,
     frozen_features: bool,
+    steps: usize,
 }
 
 /// Every tensor of the case under its exchange name.
@@ -256,12 +257,26 @@ impl Worker {
             device,
             checkpoint,
             frozen_features,
+            steps: 0,
         })
     }
 
     /// The loss of the current batch, with its backward done.
     fn forward_backward(&self) -> Tensor {
         match &self.net {
+            Net::Stack {
+                modules, layout, ..
+            } if self.checkpoint => dka_core::layers::checkpointed_chain(
+                modules.len(),
+                0,
+                &self.x,
+                true,
+                |i, t| {
+                    let m = &modules[i];
+                    m.forward_t(&m.forward_t(t, *layout, true), *layout, true)
+                },
+                |t| t.square().mean(Kind::Float),
+            ),
             Net::Stack {
                 modules, layout, ..
             } => {
@@ -316,7 +331,12 @@ impl Worker {
         self.opt.step(None)?;
         sync(self.device);
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        Ok((loss.double_value(&[]), ms))
+        self.steps += 1;
+        let loss = loss.double_value(&[]);
+        if !loss.is_finite() {
+            bail!("{}: the loss of step {} is {loss}", self.case.name, self.steps);
+        }
+        Ok((loss, ms))
     }
 
     pub fn trainable(&self) -> i64 {
