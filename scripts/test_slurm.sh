@@ -5,8 +5,9 @@
 # controller and a worker on localhost as ../shared/SLURM.md describes (everything under a
 # fresh temporary folder, stopped by their pid files on exit, whatever happens), emits a CPU
 # job array of 3 tasks for a small grid (Figure 8's experiment with a profile of 6 short runs,
-# on `dka data synth` images), cancels one task in the middle of a run, waits for the others,
-# resubmits the cancelled task alone, and checks that runs.csv lists every run of the grid
+# on `dka data synth` images), cancels one task in the middle of a run (its SIGTERM must reach
+# dka, which checkpoints), waits for the others, resubmits the cancelled task alone (it must
+# resume the run from the checkpoint), and checks that runs.csv lists every run of the grid
 # exactly once, with status ok. Every wait is bounded; a failure prints the Slurm and task
 # logs. Needs root (apt-get, and slurmd runs jobs as their user).
 #
@@ -259,6 +260,9 @@ for t in 0 2; do
         die "task $t: $(task_state "$job" "$t"), expected COMPLETED 0:0"
 done
 [ -f "$out/runs/$killed/result.json" ] && die "run $killed was cancelled but has a result.json"
+# scancel's SIGTERM reached dka itself (exec), which saved a checkpoint before exiting.
+grep -q "interrupted by SIGTERM after saving a checkpoint" "$log" ||
+    die "task $victim's log does not show dka receiving SIGTERM and checkpointing"
 n_ok=$(ok_rows | wc -l)
 [ "$n_ok" -eq 4 ] || die "after the cancel, runs.csv should list the other tasks' 4 runs, lists $n_ok"
 say "tasks 0 and 2 completed (4 runs); task 1 cancelled, run $killed left unfinished"
@@ -276,5 +280,6 @@ rows=$(($(wc -l <"$out/runs.csv") - 1))
 [ "$rows" -eq 6 ] || die "runs.csv has $rows rows, expected 6: $(cat "$out/runs.csv")"
 [ "${got[*]}" = "${expected[*]}" ] ||
     die "runs.csv's ok runs (${got[*]}) are not the grid's (${expected[*]}) exactly once"
-grep -q "run $killed" "$out/slurm/${job2}_${victim}.log" || die "the resubmitted task did not redo run $killed"
-say "PASS: runs.csv lists each of the grid's 6 runs exactly once, status ok (run $killed redone)"
+grep -q "run $killed: resuming from its checkpoint" "$out/slurm/${job2}_${victim}.log" ||
+    die "the resubmitted task did not resume run $killed from its checkpoint"
+say "PASS: runs.csv lists each of the grid's 6 runs exactly once, status ok (run $killed resumed from its SIGTERM checkpoint)"
