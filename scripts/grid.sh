@@ -7,7 +7,8 @@
 # Keys (later ones win, so `just profile=quick reproduce-table2` and
 # `just reproduce-table2 profile=quick` mean the same):
 #   data=DIR | data=NAME=PATH,NAME=PATH   a folder with one sub-folder per dataset name, or pairs
-#   weights=FILE.safetensors | none       pretrained backbone weights (none: random-init control)
+#   weights=FILE.safetensors | none       pretrained backbone weights (none: random-init control),
+#     or BACKBONE=FILE,BACKBONE=FILE      one file per backbone (Table 1: resnet50=...,medsam_vit_b=...)
 #   profile=quick|paper|...               a profile of the experiment files
 #   device=auto|cpu|cuda|cuda:N
 #   out=DIR                               output folder (one experiment only)
@@ -57,7 +58,11 @@ else
     IFS=, read -ra pairs <<< "$data"
     for p in "${pairs[@]}"; do common+=(--data "$p"); done
 fi
-[ -n "${kv[weights]:-}" ] && common+=(--weights "${kv[weights]}")
+if [ -n "${kv[weights]:-}" ]; then
+    # FILE, none, or BACKBONE=FILE,BACKBONE=FILE (Table 1: one file per backbone).
+    IFS=, read -ra ws <<< "${kv[weights]}"
+    for w in "${ws[@]}"; do common+=(--weights "$w"); done
+fi
 [ -n "${kv[device]:-}" ] && common+=(--device "${kv[device]}")
 [ -n "${kv[cache]:-}" ] && common+=(--cache-dir "${kv[cache]}")
 if [ -n "${kv[out]:-}" ]; then

@@ -24,10 +24,11 @@ pub struct DataArgs {
     /// A folder holding one sub-folder per dataset name (used for names not given by --data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Pretrained backbone weights (.safetensors) for every run, or `none` for the
-    /// random-initialisation control.
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    /// Pretrained backbone weights (.safetensors) for every run, `none` for the
+    /// random-initialisation control, or `BACKBONE=FILE` for the runs of one backbone
+    /// (repeatable: `--weights resnet50=rad.safetensors --weights medsam_vit_b=medsam.safetensors`).
+    #[arg(long, value_name = "FILE|none|BACKBONE=FILE")]
+    weights: Vec<String>,
     /// auto (CUDA when usable, else CPU; logged), cpu, cuda or cuda:N.
     #[arg(long, default_value_t)]
     device: DeviceArg,
@@ -55,10 +56,20 @@ impl DataArgs {
         }
     }
 
-    /// `cfg` with the command line's weights, if given.
+    /// `cfg` with the command line's weights for its backbone, if given (a `BACKBONE=FILE`
+    /// entry for its backbone first, then a plain one).
     fn resolve(&self, mut cfg: RunConfig) -> RunConfig {
-        if self.weights.is_some() {
-            cfg.weights.clone_from(&self.weights);
+        let keyed = |w: &String| -> Option<(String, String)> {
+            let (k, v) = w.split_once('=')?;
+            (!k.contains('/') && !k.is_empty()).then(|| (k.to_string(), v.to_string()))
+        };
+        let for_backbone = self
+            .weights
+            .iter()
+            .find_map(|w| keyed(w).filter(|(k, _)| *k == cfg.backbone).map(|(_, v)| v));
+        let plain = self.weights.iter().find(|w| keyed(w).is_none()).cloned();
+        if let Some(w) = for_backbone.or(plain) {
+            cfg.weights = Some(PathBuf::from(w));
         }
         cfg
     }
@@ -223,7 +234,8 @@ fn preflight(
     if !prof.random_weights && configs.iter().any(|c| c.weights.is_none()) {
         bail!(
             "{}: profile {profile} needs pretrained backbone weights: pass --weights FILE.safetensors \
-             (just: weights=FILE), or --weights none for the random-initialisation control",
+             (just: weights=FILE; per backbone: BACKBONE=FILE), or --weights none for the \
+             random-initialisation control",
             exp.name
         );
     }
@@ -372,8 +384,8 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
         if let Some(d) = &a.data.data_dir {
             arg("--data-dir", d.display().to_string());
         }
-        if let Some(w) = &a.data.weights {
-            arg("--weights", w.display().to_string());
+        for w in &a.data.weights {
+            arg("--weights", w.clone());
         }
         if let Some(c) = &a.data.cache_dir {
             arg("--cache-dir", c.display().to_string());

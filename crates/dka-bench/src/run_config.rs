@@ -220,6 +220,12 @@ impl RunConfig {
         if c.optimizer.backbone_lr.is_none() {
             c.optimizer.backbone_lr = method.backbone_lr();
         }
+        // Prompt padding is built for the run's input size.
+        if let MethodConfig::Vpt(v) = &mut c.method {
+            if v.image_size.is_none() {
+                v.image_size = Some(c.img_size as i64);
+            }
+        }
         let spec = self.input_spec()?;
         c.input = InputOverride {
             mean: Some(spec.mean),

@@ -13,8 +13,17 @@ use crate::split::{make_split, Split, SplitSpec};
 use crate::{brats, busi, covid, csv_generic, folder, isic2018, isic2019, mni};
 
 /// Names `open_dataset` knows.
-pub const DATASETS: [&str; 10] = [
-    "isic2019", "isic2018", "busi-cls", "busi-seg", "brats", "covid", "folder", "csv", "mni152",
+pub const DATASETS: [&str; 11] = [
+    "isic2019",
+    "isic2018",
+    "busi-cls",
+    "busi-seg",
+    "brats",
+    "covid",
+    "folder",
+    "csv",
+    "mni152",
+    "mni152-slab",
     "colin27",
 ];
 
@@ -35,6 +44,7 @@ fn open_inner(name: &str, root: &Path, opts: &LoaderOptions) -> Result<Box<dyn D
         "folder" => Box::new(folder::open(root, opts)?),
         "csv" => Box::new(csv_generic::open(root, opts)?),
         "mni152" => Box::new(mni::open_mni152(root, opts)?),
+        "mni152-slab" => Box::new(mni::open_mni152_slab(root, opts)?),
         "colin27" => Box::new(mni::open_colin27(root, opts)?),
         _ => {
             return Err(DataError::UnknownDataset {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
 use crate::options::LoaderOptions;
-use crate::sample::Task;
+use crate::sample::{SplitName, Task};
 use crate::slices::{Case, LabelSource, SliceDataset};
 
 pub const MNI_T1: &str = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz";
@@ -51,6 +51,26 @@ pub fn open_mni152(root: &Path, opts: &LoaderOptions) -> Result<SliceDataset> {
     SliceDataset::build("mni152", root, task, vec![case], Vec::new(), false, opts)
 }
 
+/// `mni152-slab`: the MNI152 template's grey/white-matter slices with a held-out test slab
+/// far from every training slice (one subject has no second subject to test on): over the
+/// axial range of the kept slices, the test set is the slab from 55 % to 75 % of the range,
+/// the slices within 8 % of the range on either side of it are dropped (no training slice is
+/// a neighbour of a test slice), and all other slices form the training pool.
+pub fn open_mni152_slab(root: &Path, opts: &LoaderOptions) -> Result<SliceDataset> {
+    let ds = open_mni152(root, opts)?.renamed("mni152-slab");
+    Ok(ds.with_slabs(|z, lo, hi| {
+        let r = (hi - lo).max(1) as f64;
+        let t = (z - lo) as f64 / r;
+        if (0.55..0.75).contains(&t) {
+            Some(SplitName::Test)
+        } else if (0.47..0.83).contains(&t) {
+            None
+        } else {
+            Some(SplitName::Train)
+        }
+    }))
+}
+
 fn atlas_label(v: f32) -> Option<u8> {
     let r = v.round();
     (0.0..=255.0).contains(&r).then_some(r as u8)
@@ -71,6 +91,14 @@ pub fn open_colin27(root: &Path, opts: &LoaderOptions) -> Result<SliceDataset> {
             line: i as u64 + 1,
             problem: format!("`{idx}` is not a label index"),
         })?;
+        // Label maps are 8-bit: an index above 255 cannot occur in the atlas volume.
+        if idx > 255 {
+            return Err(DataError::CsvRow {
+                path: names_path.clone(),
+                line: i as u64 + 1,
+                problem: format!("label index {idx} is above 255 (labels are 8-bit)"),
+            });
+        }
         if classes.len() <= idx {
             classes.resize(idx + 1, String::new());
         }

@@ -18,6 +18,7 @@ use crate::nifti_volume::{
 };
 use crate::options::{EmptySlices, LoaderOptions};
 use crate::rng::{hash_str, Rng};
+use crate::sample::SplitName;
 use crate::sample::{Dataset, RawSample, Record, Skipped, Task};
 
 /// Where a case's label map comes from.
@@ -274,6 +275,31 @@ impl SliceDataset {
             cache: Mutex::new(VecDeque::new()),
             cache_cap: v.cache_volumes.max(1),
         })
+    }
+
+    /// The same slices under another dataset name.
+    pub fn renamed(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// Assigns each slice record a split of the release by its slice index `z` (`Some(split)`)
+    /// or drops it (`None`); `assign(z, z_min, z_max)` sees the range of the kept slices.
+    pub fn with_slabs(mut self, assign: impl Fn(usize, usize, usize) -> Option<SplitName>) -> Self {
+        let z_min = self.index.iter().map(|&(_, z)| z).min().unwrap_or(0);
+        let z_max = self.index.iter().map(|&(_, z)| z).max().unwrap_or(0);
+        let mut records = Vec::new();
+        let mut index = Vec::new();
+        for (mut r, (c, z)) in self.records.drain(..).zip(self.index.drain(..)) {
+            if let Some(split) = assign(z, z_min, z_max) {
+                r.official = Some(split);
+                records.push(r);
+                index.push((c, z));
+            }
+        }
+        self.records = records;
+        self.index = index;
+        self
     }
 
     /// Decodes (or fetches from the cache) case `ci`.
