@@ -102,7 +102,13 @@ impl Bottleneck {
             .act
             .apply(&self.down.forward(z))
             .dropout(self.dropout, train);
-        self.up.forward(&h) * self.scale
+        let u = self.up.forward(&h);
+        // Scale 1 (Adapter, the DKA authors' AdaptFormer and CIAT) costs no extra pass.
+        if self.scale == 1.0 {
+            u
+        } else {
+            u * self.scale
+        }
     }
 }
 
