@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 pub struct SlurmArgs {
     /// Write an sbatch job-array script with N tasks (task i runs shard i/N) to
     /// OUT/grid.sbatch instead of running; submit it with `sbatch`.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["shard", "dry_run", "plan"])]
     pub emit_slurm: Option<usize>,
     /// [slurm] GPUs per array task (`#SBATCH --gres=gpu:N`); 0 asks for none and runs on the
     /// CPU (CPU-only clusters) [default: 1; 0 with --device cpu].
