@@ -209,6 +209,19 @@ grep -q '^#SBATCH --gres' "$script" && die "--gpus-per-task 0 still asks for a G
 grep -q '^exec .* --device cpu$' "$script" || die "the task does not exec dka on the CPU"
 grep -q '^#SBATCH --comment=dka-test-slurm$' "$script" || die "--sbatch-extra not passed through"
 
+# The options the test array does not use, checked by Slurm itself (sbatch --test-only):
+# --requeue, --partition, --account, a longer --time, --term-before. (The GPU request needs a
+# GPU node: unit tests check its lines.)
+"$DKA" "${args[@]:0:6}" --out "$B/out2" --device cpu --emit-slurm 4 --gpus-per-task 0 \
+    --cpus-per-task 2 --mem 1G --time 1-00:00:00 --term-before 300 --requeue --partition debug --account dka \
+    --sbatch-extra "--comment=options" >/dev/null
+for o in "--requeue" "--partition=debug" "--account=dka" "--time=1-00:00:00" "--signal=B:TERM@300"; do
+    grep -q "^#SBATCH $o\$" "$B/out2/grid.sbatch" || die "#SBATCH $o missing from $B/out2/grid.sbatch"
+done
+sbatch --test-only "$B/out2/grid.sbatch" >"$B/test-only.txt" 2>&1 ||
+    die "sbatch --test-only refused the script: $(cat "$B/test-only.txt")"
+say "sbatch --test-only accepts --requeue, --partition, --account, --time and --signal"
+
 submit() { # sets $submitted to the array job's id
     submitted=$(sbatch --parsable "$@" "$script") || die "sbatch $* failed"
     submitted=${submitted%%;*}

@@ -56,7 +56,7 @@ pub struct SlurmArgs {
     pub requeue: bool,
     /// [slurm] One more header line, `#SBATCH --OPTION` or just `--OPTION` (repeatable), e.g.
     /// `--sbatch-extra "#SBATCH --qos=high"`.
-    #[arg(long, value_name = "LINE")]
+    #[arg(long, value_name = "LINE", allow_hyphen_values = true)]
     pub sbatch_extra: Vec<String>,
 }
 
@@ -673,6 +673,34 @@ mod tests {
         }
         assert_eq!(format_time_limit(88_200), "1-00:30:00");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn the_command_line_takes_bare_sbatch_options() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            slurm: SlurmArgs,
+            #[arg(long)]
+            shard: Option<String>,
+            #[arg(long)]
+            dry_run: bool,
+            #[arg(long)]
+            plan: bool,
+        }
+        let c = Cli::try_parse_from([
+            "dka",
+            "--emit-slurm",
+            "4",
+            "--sbatch-extra",
+            "--qos=high",
+            "--sbatch-extra",
+            "#SBATCH --exclusive",
+        ])
+        .unwrap();
+        assert_eq!(c.slurm.sbatch_extra, ["--qos=high", "#SBATCH --exclusive"]);
+        assert!(Cli::try_parse_from(["dka", "--emit-slurm", "4", "--shard", "0/4"]).is_err());
     }
 
     #[test]
