@@ -144,3 +144,53 @@ compare-params *args: build
 # Figure 1: accuracy against training-data fraction.
 data-size-curve *args: build
     scripts/grid.sh experiments/fig1_data_size.toml -- data="{{data}}" weights="{{weights}}" profile="{{profile}}" device="{{device}}" "$@"
+
+# --- Figures 2 and 6 (effective receptive fields, RepLKNet's procedure) and redrawing figures.
+# `just erf grid=results/<experiment> data=...` measures a finished grid's Adapter, LoRA, Convpass
+# and DKA runs (draw 0) at each data fraction and each method at initialisation: results/erf/<grid
+# name>/ (erf_grid.png/.svg, area_ratios.csv, one folder per map). `just profile=demo erf` first
+# trains the four methods on registry MRI with DINOv2-S/14 on the CPU (experiments/erf_demo.toml,
+# results/erf-demo/), then writes results/erf/demo/. Other keys: images=50 out=DIR device=...
+# weights=... (weights override the runs' own).
+
+# Figures 2 and 6: ERF map grid and area ratios of Adapter, LoRA, Convpass, DKA (grid=... data=..., or profile=demo).
+erf *args: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    declare -A kv=([profile]="{{profile}}" [data]="{{data}}" [weights]="{{weights}}" [device]="{{device}}" [grid]="" [images]=50 [out]="")
+    for arg in "$@"; do
+        key=${arg%%=*} val=${arg#*=}
+        case "$key" in
+            grid|profile|data|weights|device|images|out) if [ -n "$val" ]; then kv[$key]=$val; fi ;;
+            *) echo "error: unknown argument '$arg': use grid= profile= data= weights= device= images= out=" >&2; exit 2 ;;
+        esac
+    done
+    common=(--images "${kv[images]}")
+    if [ -n "${kv[device]}" ]; then common+=(--device "${kv[device]}"); fi
+    if [ -n "${kv[weights]}" ]; then common+=(--weights "${kv[weights]}"); fi
+    if [ "${kv[profile]}" = demo ]; then
+        scripts/assets.sh
+        grid=results/erf-demo
+        train=(--data mni152=.assets/mni152 --weights .assets/dinov2/model.safetensors --out "$grid")
+        if [ -n "${kv[device]}" ]; then train+=(--device "${kv[device]}"); fi
+        {{dka}} grid experiments/erf_demo.toml "${train[@]}"
+        data=mni152=.assets/mni152
+        out=${kv[out]:-results/erf/demo}
+    elif [ -n "${kv[profile]}" ]; then
+        echo "error: profile=${kv[profile]}: erf knows profile=demo; for any other grid pass grid=results/<experiment>" >&2; exit 2
+    else
+        grid=${kv[grid]}
+        data=${kv[data]}
+        if [ -z "$grid" ] || [ -z "$data" ]; then
+            echo "error: pass grid=results/<experiment> and data= (a folder of datasets or NAME=PATH,...), or profile=demo" >&2; exit 2
+        fi
+        out=${kv[out]:-results/erf/$(basename "$grid")}
+    fi
+    if [ -d "$data" ]; then common+=(--data-dir "$data"); else common+=(--data "$data"); fi
+    {{dka}} erf --grid "$grid" --methods adapter,dka,lora,convpass --init --out "$out" "${common[@]}"
+    echo "area ratios ($out/area_ratios.csv):"
+    column -s, -t < "$out/area_ratios.csv" | cut -c1-160
+
+# Redraw every figure under results/ from its CSVs and ERF maps, without training (PNG at 300 dpi, SVG).
+plots: build
+    {{dka}} plots --results results

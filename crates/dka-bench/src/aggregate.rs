@@ -10,6 +10,15 @@
 //! runs actually made (backbone, weights, profile, selection, draws per cell), with the
 //! paper's own numbers beside ours where it has them (transcribed from its poster:
 //! `experiments/paper/`, a copy of `shared/paper/`).
+//!
+//! Which differences are real ([`compare`]): in each cell every row is compared with DKA (the
+//! row labelled `dka`) and with the cell's best baseline, paired by draw; `table.csv` ends with
+//! the mean differences (points), their paired t and percentile-bootstrap 95 % intervals, the
+//! paired t-test's p-value and the number of pairs ([`compare::CSV_COLUMNS`]); `table.md`
+//! marks with † a cell whose paired t interval against its reference contains 0, and lists
+//! DKA against the best baseline per column.
+pub mod compare;
+
 use crate::evaluate::metric_title;
 use crate::grid::runs_csv::{write_atomic, RunRecord, Status};
 use anyhow::Context;
@@ -211,6 +220,8 @@ pub fn aggregate(
     };
     type Key = (String, Vec<String>);
     let mut values: BTreeMap<(Key, &str), Vec<f64>> = BTreeMap::new();
+    // The table's metric per cell as (draw, score), for the paired comparisons.
+    let mut by_draw: BTreeMap<Key, Vec<(u64, f64)>> = BTreeMap::new();
     let mut failed: BTreeMap<Key, usize> = BTreeMap::new();
     let metrics: Vec<&str> = std::iter::once(t.metric.as_str())
         .chain(t.extra.iter().map(String::as_str))
@@ -224,13 +235,37 @@ pub fn aggregate(
         }
         for m in &metrics {
             match r.metric(m) {
-                Some(v) => values.entry((k.clone(), m)).or_default().push(100.0 * v),
+                Some(v) => {
+                    values.entry((k.clone(), m)).or_default().push(100.0 * v);
+                    if *m == t.metric {
+                        let draw = r.axes.get("draw").and_then(|d| d.parse().ok());
+                        // Scores to 1e-9 points: equal scores reached through different
+                        // float paths (threads) must not make a spread of 1e-14 "significant".
+                        let score = (100.0 * v * 1e9).round() / 1e9;
+                        by_draw
+                            .entry(k.clone())
+                            .or_default()
+                            .push((draw.unwrap_or(0), score));
+                    }
+                }
                 None if *m == t.metric => no_value += 1,
                 None => {}
             }
         }
     }
     let combos = combinations(&t.col_orders);
+    let tests: Vec<compare::CellTests> = combos
+        .iter()
+        .map(|c| {
+            let cell: BTreeMap<String, Vec<(u64, f64)>> = t
+                .row_order
+                .iter()
+                .filter_map(|r| Some((r.clone(), by_draw.get(&(r.clone(), c.clone()))?.clone())))
+                .collect();
+            compare::compare(&t.row_order, &cell)
+        })
+        .collect();
+    let dka = compare::dka_row(&t.row_order);
     let paper_for = |row: &str, combo: &[String]| -> Option<f64> {
         let d = t.col_axes.iter().position(|c| c == "dataset")?;
         let f = t.col_axes.iter().position(|c| c == "fraction")?;
@@ -268,6 +303,7 @@ pub fn aggregate(
     for m in &t.extra {
         head.extend([format!("{m}_mean"), format!("{m}_std")]);
     }
+    head.extend(compare::CSV_COLUMNS.map(String::from));
     w.write_record(&head)?;
     let mut md = String::new();
     writeln!(
@@ -294,9 +330,11 @@ pub fn aggregate(
     let n_cols = combos.len() * if paper.is_some() { 2 } else { 1 };
     writeln!(md, "|---|{}", "---:|".repeat(n_cols))?;
     let mut any_failed = false;
+    let mut any_dagger = false;
+    let mut any_test = false;
     for row in &t.row_order {
         let mut line = format!("| {row} |");
-        for c in &combos {
+        for (c, tests) in combos.iter().zip(&tests) {
             let ps = paper_for(row, c)
                 .map(|v| format!("{v:.2}"))
                 .unwrap_or_default();
@@ -322,10 +360,20 @@ pub fn aggregate(
                             None => rec.extend([String::new(), String::new()]),
                         }
                     }
+                    rec.extend(compare::csv_fields(tests, row));
                     w.write_record(&rec)?;
                     line += &format!(" {:.2}", x.mean);
                     if x.n > 1 {
                         line += &format!(" ± {:.2}", x.std);
+                    }
+                    match tests.indistinguishable(row) {
+                        Some(true) => {
+                            line += " †";
+                            any_dagger = true;
+                            any_test = true;
+                        }
+                        Some(false) => any_test = true,
+                        None => {}
                     }
                     if x.n < draws.1 {
                         line += &format!(" (n={})", x.n);
@@ -362,6 +410,20 @@ pub fn aggregate(
                 .join(", ")
         ));
     }
+    if any_test {
+        let reference = match dka {
+            Some(d) => format!(
+                "from {d} (for {d}'s own row: from the cell's best baseline, the other row with the highest mean)"
+            ),
+            None => "from the cell's best row (the row with the highest mean)".to_string(),
+        };
+        notes.push(format!(
+            "†: not distinguishable {reference}: the paired t 95 % confidence interval of the mean per-draw difference (same split, same draw index) contains 0{}. Unmarked cells differ at that level, or have fewer than two paired draws (no test). table.csv has every difference in points with its paired t interval (`*_ci_low/high`), a percentile-bootstrap 95 % interval (`*_boot_low/high`, {} resamples, seeded) and the paired t-test's p-value, against {} and against the best baseline.",
+            if any_dagger { "" } else { " (no cell is so marked)" },
+            crate::stats::BOOTSTRAP_RESAMPLES,
+            dka.map_or("DKA (none here)".to_string(), |d| d.clone()),
+        ));
+    }
     if any_failed {
         notes.push("(k failed): runs of the cell that ended with an error (runs.csv, column `error`); they are not in the mean.".into());
     }
@@ -377,6 +439,42 @@ pub fn aggregate(
         ));
     }
     notes.extend(t.notes.iter().cloned());
+    if let Some(d) = dka {
+        let lines: Vec<String> = combos
+            .iter()
+            .zip(&tests)
+            .filter_map(|(c, x)| {
+                let best = x.best.as_ref()?;
+                let p = x.rows.get(d)?.vs_best.as_ref()?;
+                // Only cells with a test (two or more paired draws).
+                p.t_ci95?;
+                let ci = p
+                    .t_ci95
+                    .map_or("–".to_string(), |(lo, hi)| format!("[{lo:.2}, {hi:.2}]"));
+                let pv = p.p_value.map_or("–".to_string(), compare::format_p);
+                Some(format!(
+                    "| {} | {best} | {:+.2} | {ci} | {pv} | {} |",
+                    c.join(" "),
+                    p.mean_diff,
+                    p.n
+                ))
+            })
+            .collect();
+        if !lines.is_empty() {
+            writeln!(
+                md,
+                "\n{d} against the best baseline (points; paired by draw; 95 % paired t interval; paired t-test):\n"
+            )?;
+            writeln!(
+                md,
+                "| column | best baseline | {d} − best | 95 % CI | p | pairs |"
+            )?;
+            writeln!(md, "|---|---|---:|---:|---:|---:|")?;
+            for l in lines {
+                writeln!(md, "{l}")?;
+            }
+        }
+    }
     if !notes.is_empty() {
         writeln!(md)?;
         for n in notes {
@@ -480,9 +578,11 @@ mod tests {
         // its AUC values 35 and 40: mean 37.5, std 3.54.
         assert_eq!(
             csv,
-            "method,dataset,fraction,mean,std,n,failed,paper,metric,auc_mean,auc_std\n\
-             full,busi-cls,1.25%,50.00,0.00,1,1,,accuracy,25.00,0.00\n\
-             dka,busi-cls,1.25%,75.00,7.07,2,0,79.46,accuracy,37.50,3.54\n"
+            "method,dataset,fraction,mean,std,n,failed,paper,metric,auc_mean,auc_std,\
+             diff_vs_dka,diff_vs_dka_ci_low,diff_vs_dka_ci_high,diff_vs_dka_boot_low,diff_vs_dka_boot_high,p_vs_dka,pairs_vs_dka,\
+             best_baseline,diff_vs_best,diff_vs_best_ci_low,diff_vs_best_ci_high,diff_vs_best_boot_low,diff_vs_best_boot_high,p_vs_best,pairs_vs_best\n\
+             full,busi-cls,1.25%,50.00,0.00,1,1,,accuracy,25.00,0.00,-20.00,,,,,,1,full,,,,,,,\n\
+             dka,busi-cls,1.25%,75.00,7.07,2,0,79.46,accuracy,37.50,3.54,,,,,,,,full,20.00,,,,,,1\n"
         );
         let md = std::fs::read_to_string(d.path().join("table.md")).unwrap();
         assert!(md.starts_with("# Table X\n\naccuracy (%) — backbone vit_quick.json (weights: random init); profile quick; selection: last epoch; precision fp32 on cpu; mean ± sample std over 1–2 draw(s) per cell."), "{md}");
@@ -501,6 +601,98 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("- BUSI: 3 classes."), "{md}");
+    }
+
+    #[test]
+    fn differences_against_dka_and_the_best_baseline_are_tested_per_cell() {
+        let d = tempfile::tempdir().unwrap();
+        let mut records = Vec::new();
+        for (m, v) in [
+            ("dka", [0.70, 0.80, 0.75]),
+            ("lora", [0.69, 0.81, 0.74]),
+            ("full", [0.50, 0.55, 0.52]),
+        ] {
+            for (i, x) in v.iter().enumerate() {
+                records.push(rec(&format!("{m}{i}"), m, i as u32, Some(*x), false));
+            }
+        }
+        let refs: Vec<&RunRecord> = records.iter().collect();
+        aggregate(d.path(), &spec(None), &refs, 0).unwrap();
+        let mut r = csv::Reader::from_path(d.path().join("table.csv")).unwrap();
+        let h = r.headers().unwrap().clone();
+        let rows: Vec<BTreeMap<String, String>> = r
+            .records()
+            .map(|x| {
+                h.iter()
+                    .zip(x.unwrap().iter())
+                    .map(|(a, b)| (a.into(), b.into()))
+                    .collect()
+            })
+            .collect();
+        let by = |m: &str| rows.iter().find(|x| x["method"] == m).unwrap();
+        // Expected values from SciPy 1.17.1 (ttest_rel; t.interval(0.95, n-1, loc, sem)):
+        // lora − dka = [-1, 1, -1]: interval (-3.2018, 2.5351), p = 0.6667;
+        // full − dka = [-20, -25, -23]: interval (-28.9183, -16.4151), p = 0.004084;
+        // full − lora (the best baseline) = [-19, -26, -22]: (-31.0573, -13.6093), p = 0.008142;
+        // dka − lora = [1, -1, 1]: (-2.5351, 3.2018), p = 0.6667.
+        let l = by("lora");
+        assert_eq!(
+            [
+                &l["diff_vs_dka"],
+                &l["diff_vs_dka_ci_low"],
+                &l["diff_vs_dka_ci_high"],
+                &l["p_vs_dka"],
+                &l["pairs_vs_dka"]
+            ],
+            ["-0.33", "-3.20", "2.54", "0.6667", "3"]
+        );
+        assert_eq!(l["best_baseline"], "lora");
+        assert_eq!(l["diff_vs_best"], "", "the best baseline against itself");
+        let f = by("full");
+        assert_eq!(
+            [
+                &f["diff_vs_dka"],
+                &f["diff_vs_dka_ci_low"],
+                &f["diff_vs_dka_ci_high"],
+                &f["p_vs_dka"]
+            ],
+            ["-22.67", "-28.92", "-16.42", "0.0041"]
+        );
+        assert_eq!(
+            [
+                &f["diff_vs_best"],
+                &f["diff_vs_best_ci_low"],
+                &f["diff_vs_best_ci_high"],
+                &f["p_vs_best"]
+            ],
+            ["-22.33", "-31.06", "-13.61", "0.0081"]
+        );
+        let k = by("dka");
+        assert_eq!(
+            [
+                &k["diff_vs_best"],
+                &k["diff_vs_best_ci_low"],
+                &k["diff_vs_best_ci_high"],
+                &k["p_vs_best"]
+            ],
+            ["0.33", "-2.54", "3.20", "0.6667"]
+        );
+        assert_eq!(k["diff_vs_dka"], "");
+        // The bootstrap interval lies within the range of the differences.
+        let (lo, hi): (f64, f64) = (
+            k["diff_vs_best_boot_low"].parse().unwrap(),
+            k["diff_vs_best_boot_high"].parse().unwrap(),
+        );
+        assert!((-1.0..=1.0).contains(&lo) && (-1.0..=1.0).contains(&hi) && lo <= hi);
+        let md = std::fs::read_to_string(d.path().join("table.md")).unwrap();
+        assert!(md.contains("| lora | 74.67 ± 6.03 † |"), "{md}");
+        assert!(md.contains("| full | 52.33 ± 2.52 |"), "{md}");
+        assert!(md.contains("| dka | 75.00 ± 5.00 † |"), "{md}");
+        assert!(md.contains("†: not distinguishable from dka"), "{md}");
+        assert!(
+            md.contains("| busi-cls 1.25% | lora | +0.33 | [-2.54, 3.20] | 0.6667 | 3 |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -72,9 +72,10 @@ pub struct Experiment {
     /// Column of that file that names the rows (`method`, `d_hat`, `variant`).
     #[serde(default = "default_paper_rows")]
     pub paper_rows: String,
-    /// Figure drawn from the table (`bars`, `lines`, `heatmap`).
+    /// The figure drawn from the table (`bars`, `gain`, `params`, `heatmap`, `kernels`,
+    /// `branches`: see `plots`).
     #[serde(default)]
-    pub plot: crate::plot::PlotKind,
+    pub plot: crate::plots::PlotKind,
     /// Notes printed under the table: the data choices a reader needs.
     #[serde(default)]
     pub notes: Vec<String>,

@@ -5,8 +5,8 @@
 
 use clap::{Parser, Subcommand};
 use dka_bench::{
-    bench, bench_data, bench_steps, bench_worker, convert, data, features, gpu_check, info, params,
-    run_cmd,
+    bench, bench_data, bench_steps, bench_worker, convert, data, erf_cmd, features, gpu_check,
+    info, params, plots, run_cmd,
 };
 use std::process::ExitCode;
 
@@ -48,6 +48,11 @@ enum Command {
     /// Check this build on the GPU: forward parity (fp32, bf16), a training step of every
     /// method with time and peak memory, a short grid; writes results/gpu/check.csv.
     GpuCheck(gpu_check::Args),
+    /// Effective receptive field (RepLKNet's procedure) of a trained run, a method at
+    /// initialisation, or a grid's runs: score maps, area ratios, heatmaps (Figures 2 and 6).
+    Erf(erf_cmd::Args),
+    /// Redraw every figure under a results folder from its CSVs (no training).
+    Plots(plots::Args),
 }
 
 #[derive(Subcommand)]
@@ -80,6 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Steps(a)) => bench_steps::run(a),
         Command::Bench(BenchCommand::Worker) => bench_worker::serve(),
         Command::GpuCheck(a) => gpu_check::run(a),
+        Command::Erf(a) => erf_cmd::run(a),
+        Command::Plots(a) => plots::run(a),
     }
 }
 

@@ -549,7 +549,7 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
             .unwrap_or_default(),
         draws
     );
-    crate::plot::plot(
+    crate::plots::plot(
         &out,
         exp.plot,
         &figure_title,

@@ -161,7 +161,7 @@ fn every_experiment_runs_its_quick_profile_end_to_end() {
     assert!(md.contains("foreground IoU (%)"), "{md}");
     let csv = std::fs::read_to_string(tmp.path().join("table2_segmentation/table.csv")).unwrap();
     assert!(
-        csv.starts_with("method,dataset,fraction,mean,std,n,failed,paper,metric,miou_mean,miou_std,dice_foreground_mean,dice_foreground_std\n"),
+        csv.starts_with("method,dataset,fraction,mean,std,n,failed,paper,metric,miou_mean,miou_std,dice_foreground_mean,dice_foreground_std,diff_vs_dka,"),
         "{csv}"
     );
     assert!(csv.contains(",miou_foreground,"), "{csv}");

@@ -1,0 +1,536 @@
+//! `dka erf`: the effective receptive field (ERF) of a backbone as a method leaves it, by
+//! RepLKNet's procedure (`dka_core::erf`, METHODS.md): the gradient of the centre of the last
+//! feature map with respect to the input, `relu`, summed over colour channels, averaged over
+//! the test images of the run's split, preprocessed with the backbone's input convention.
+//!
+//! Three ways in:
+//! - `--run DIR`: a trained run (its `config.json` gives backbone, weights, dataset and split;
+//!   its `adapter/` the trained tensors);
+//! - `--method NAME|JSON` with `--backbone`, `--weights`, `--dataset`: the method at
+//!   initialisation;
+//! - `--grid DIR`: every run of a grid whose method is in `--methods` (one draw), and with
+//!   `--init` each of those methods at initialisation (same config, nothing loaded): one
+//!   folder per map, `area_ratios.csv` over all maps, and the map grid `erf_grid.png`
+//!   (Figures 2 and 6).
+//!
+//! Each map's folder holds `erf.safetensors` (`sum` and `mean` of the scores, `[H, W]` f64),
+//! `erf.csv` (the high-contribution area ratios at t = 0.2, 0.3, 0.5, 0.99, read from the
+//! normalised log map of the mean, as RepLKNet's `analyze_erf.py`), `erf.json` (what was
+//! measured) and `erf.png`/`.svg` (the heatmap with a colour bar).
+use crate::device::{pick, DeviceArg};
+use crate::grid::runs_csv::{read_record, write_atomic, Status};
+use crate::plots::fig2_erf::{self, ErfMap, RatioRow};
+use crate::plots::{short_name, style};
+use crate::run_config::{Precision, RunConfig};
+use crate::train::data::{loader, manifest_of, preprocess, to_device, Normalizer, RunData};
+use crate::train::model::Model;
+use anyhow::{bail, Context};
+use dka_baselines::MethodConfig;
+use dka_core::erf::{backbone_feature_map, high_contribution_area_ratios, ErfAccumulator};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A trained run's folder (`dka train --out`, or a grid's `runs/<id>`).
+    #[arg(long, conflicts_with_all = ["method", "grid"])]
+    run: Option<PathBuf>,
+    /// A method at initialisation: a name (`dka`, `adapter`, ...) or a JSON method config
+    /// (`{"name": "dka", "d_hat": 16}`); needs --backbone (and --weights, --dataset).
+    #[arg(long, conflicts_with = "grid")]
+    method: Option<String>,
+    /// A grid's folder: the ERF of each of its runs whose method is in --methods (one draw).
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    /// With --grid: the methods (by method name) whose runs are measured.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "adapter,dka,lora,convpass"
+    )]
+    methods: Vec<String>,
+    /// With --grid: also each method at initialisation (its run's config, nothing loaded).
+    #[arg(long)]
+    init: bool,
+    /// With --grid: which draw (default: the smallest present).
+    #[arg(long)]
+    draw: Option<u32>,
+    /// Backbone preset or JSON config (--method; with --run it comes from config.json).
+    #[arg(long)]
+    backbone: Option<String>,
+    /// Backbone weights (.safetensors) or `none`; with --run/--grid, overrides config.json's.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// The dataset whose test images are used (--method; default: the one --data names).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Input size (--method; default 224).
+    #[arg(long)]
+    img_size: Option<u32>,
+    /// A dataset's folder, `NAME=PATH` (repeatable, or comma-separated).
+    #[arg(long = "data", value_name = "NAME=PATH", value_delimiter = ',')]
+    data: Vec<String>,
+    /// A folder holding one sub-folder per dataset name.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Test images to average over (fewer when the split has fewer).
+    #[arg(long, default_value_t = 50)]
+    images: usize,
+    /// Images per backward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value_t)]
+    device: DeviceArg,
+    /// Cache folder (file hashes, decoded images) [default: results/.cache].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+impl Args {
+    fn root(&self, dataset: &str) -> anyhow::Result<PathBuf> {
+        for d in &self.data {
+            let Some((name, path)) = d.split_once('=') else {
+                bail!("--data {d}: expected NAME=PATH")
+            };
+            if name == dataset {
+                return Ok(PathBuf::from(path));
+            }
+        }
+        match &self.data_dir {
+            Some(dir) => Ok(dir.join(dataset)),
+            None => bail!("no folder for dataset '{dataset}': pass --data {dataset}=PATH"),
+        }
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("results/.cache"))
+    }
+}
+
+/// One map to measure: a config, the trained tensors (none: at initialisation), its labels.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub cfg: RunConfig,
+    /// The run folder whose `adapter/` is loaded; `None`: the method at initialisation.
+    pub run: Option<PathBuf>,
+    /// The method's label (the grid's axis label).
+    pub label: String,
+    /// The training-data fraction, or `init`.
+    pub fraction: String,
+}
+
+/// What a map measured (`erf.json`).
+#[derive(Debug, serde::Serialize)]
+struct MapInfo<'a> {
+    method: &'a str,
+    method_config: &'a MethodConfig,
+    fraction: &'a str,
+    run: Option<&'a Path>,
+    backbone: &'a str,
+    weights: Option<&'a Path>,
+    dataset: &'a str,
+    draw: u32,
+    split_sha256: &'a str,
+    img_size: u32,
+    input: String,
+    images: usize,
+    skipped_not_finite: usize,
+    test_images_in_split: usize,
+    procedure: &'static str,
+}
+
+/// The scores of `t` over the first `images` test images of its split.
+pub fn measure(
+    t: &Target,
+    root: &Path,
+    images: usize,
+    batch: usize,
+    device: Device,
+    cache_dir: &Path,
+) -> anyhow::Result<(ErfAccumulator, RunData, usize)> {
+    let mut cfg = t.cfg.clone();
+    // Gradients in fp32 whatever the run trained in; the config's loader threads may be another
+    // machine's.
+    cfg.precision = Precision::Fp32;
+    cfg.loader_threads = 0;
+    let cfg = cfg.resolve(device)?;
+    let data = RunData::open(&cfg, root, cache_dir)?;
+    if let Some(run) = &t.run {
+        anyhow::ensure!(
+            data.split_sha256 == manifest_of(run)?,
+            "{}: the data at {} is not the data this run was trained on (its manifest.json differs)",
+            run.display(),
+            root.display()
+        );
+    }
+    let task = data.ds.task();
+    // The trainer's seed: a method's initialisation (and a random-init backbone) as in training.
+    tch::manual_seed(cfg.seed as i64);
+    let mut model = Model::build(
+        &cfg,
+        task.classes().len() as i64,
+        task.is_segmentation(),
+        device,
+    )?;
+    if let Some(run) = &t.run {
+        model.load_trained(&run.join("adapter"))?;
+    }
+    let spec = cfg.input_spec()?;
+    let pad = spec.resize == dka_core::input::ResizeMode::LongestSidePad;
+    let normalizer = Normalizer::new(&spec, device);
+    let (split, _) = data.decoded(
+        dka_data::SplitName::Test,
+        &preprocess(&cfg, &spec),
+        cfg.loader_threads.max(1),
+    )?;
+    let available = split.len();
+    anyhow::ensure!(available > 0, "{}: the test split is empty", cfg.dataset);
+    let mut lcfg = cfg.clone();
+    lcfg.batch_size = batch.max(1);
+    let size = cfg.img_size as i64;
+    let mut acc = ErfAccumulator::new(size, size);
+    let feature_map = |x: &Tensor| backbone_feature_map(&model.backbone, x);
+    for b in loader(&split, (0..images.min(available)).collect(), None, &lcfg, 0)? {
+        let b = b.context("an ERF batch")?;
+        let (x, _, valid) = to_device(&b, &split, pad, device);
+        let x = normalizer.apply(&x, valid.as_ref());
+        acc.add(&feature_map, &x)?;
+    }
+    anyhow::ensure!(
+        acc.images() > 0,
+        "every image's scores were not finite ({} skipped)",
+        acc.skipped()
+    );
+    Ok((acc, data, available))
+}
+
+/// Writes a map's folder (`erf.safetensors`, `erf.csv`, `erf.json`, `erf.png`/`.svg`) and
+/// returns its area-ratio rows (`map` = the folder's name).
+fn write_map(
+    dir: &Path,
+    t: &Target,
+    acc: &ErfAccumulator,
+    data: &RunData,
+    available: usize,
+) -> anyhow::Result<Vec<RatioRow>> {
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let mean = acc.mean();
+    crate::features::write_atomic(
+        &dir.join("erf.safetensors"),
+        &[
+            ("sum", acc.sum().shallow_clone()),
+            ("mean", mean.shallow_clone()),
+        ],
+    )?;
+    let map_name = dir
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_else(|| ".".into());
+    let rows: Vec<RatioRow> = high_contribution_area_ratios(&mean)
+        .into_iter()
+        .map(|(th, r)| RatioRow {
+            method: t.label.clone(),
+            fraction: t.fraction.clone(),
+            backbone: t.cfg.backbone.clone(),
+            dataset: t.cfg.dataset.clone(),
+            images: acc.images(),
+            map: map_name.clone(),
+            t: th,
+            side: r.map(|r| r.side),
+            area_ratio: r.map(|r| r.ratio),
+        })
+        .collect();
+    write_rows(&dir.join("erf.csv"), &rows)?;
+    let info = MapInfo {
+        method: &t.label,
+        method_config: &t.cfg.method,
+        fraction: &t.fraction,
+        run: t.run.as_deref(),
+        backbone: &t.cfg.backbone,
+        weights: t.cfg.weights_file(),
+        dataset: &t.cfg.dataset,
+        draw: t.cfg.draw,
+        split_sha256: &data.split_sha256,
+        img_size: t.cfg.img_size,
+        input: t.cfg.input_spec()?.source,
+        images: acc.images(),
+        skipped_not_finite: acc.skipped(),
+        test_images_in_split: available,
+        procedure: "RepLKNet: relu(out[:, :, h/2, w/2]).sum() back-propagated to the normalised input, relu, summed over channels, mean over images; ratios from log10(mean + 1)/max",
+    };
+    write_atomic(
+        &dir.join("erf.json"),
+        serde_json::to_string_pretty(&info)?.as_bytes(),
+    )?;
+    if style::font_available() {
+        let (h, w) = mean.size2()?;
+        let values = Vec::<f64>::try_from(mean.to_kind(Kind::Double).contiguous().view([-1]))?;
+        let map = ErfMap {
+            h: h as usize,
+            w: w as usize,
+            values: fig2_erf::normalised_log(&values),
+            ratios: rows.iter().map(|r| (r.t, r.area_ratio)).collect(),
+            images: acc.images(),
+        };
+        let title = format!(
+            "ERF of {}, {}, {}, {} {} image(s)",
+            short_name(&t.cfg.backbone),
+            style::display(&t.label),
+            if t.fraction == "init" {
+                "at initialisation".to_string()
+            } else {
+                format!("trained on {} of the data", t.fraction)
+            },
+            acc.images(),
+            style::dataset_label(&t.cfg.dataset),
+        );
+        style::save(
+            &fig2_erf::MapFigure {
+                map: &map,
+                title: &title,
+            },
+            &dir.join("erf"),
+        )?;
+    } else {
+        tracing::warn!("{}", style::no_font_warning("erf.png"));
+    }
+    Ok(rows)
+}
+
+fn write_rows(path: &Path, rows: &[RatioRow]) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    write_atomic(path, &w.into_inner()?)
+}
+
+fn read_config(path: &Path) -> anyhow::Result<RunConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    serde_json::from_str(&text).with_context(|| path.display().to_string())
+}
+
+/// A folder name for a label: lower case, `%` as `pct`, anything else odd as `-`.
+pub fn slug(s: &str) -> String {
+    s.replace('%', "pct")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// The maps of a grid: per (method label, fraction) the latest finished run of `draw` (default:
+/// the smallest draw among the selected methods' runs) whose method is in `methods`; with
+/// `init`, each method at initialisation with its smallest fraction's config.
+pub fn grid_targets(
+    grid: &Path,
+    methods: &[String],
+    draw: Option<u32>,
+    init: bool,
+) -> anyhow::Result<Vec<Target>> {
+    let runs_dir = grid.join("runs");
+    let mut found: Vec<(RunConfig, PathBuf, String, String)> = Vec::new();
+    for e in std::fs::read_dir(&runs_dir).with_context(|| runs_dir.display().to_string())? {
+        let dir = e?.path();
+        let Some(rec) = read_record(&dir) else {
+            continue;
+        };
+        if rec.status != Status::Ok {
+            continue;
+        }
+        let cfg = read_config(&dir.join("config.json"))?;
+        if !methods.iter().any(|m| m == cfg.method.method().name()) {
+            continue;
+        }
+        let label = rec
+            .axes
+            .get("method")
+            .cloned()
+            .unwrap_or_else(|| cfg.method.method().name().to_string());
+        found.push((cfg, dir, label, rec.finished_utc));
+    }
+    let Some(draw) = draw.or_else(|| found.iter().map(|f| f.0.draw).min()) else {
+        bail!(
+            "{}: no finished run of {} in this grid",
+            grid.display(),
+            methods.join(", ")
+        );
+    };
+    let mut latest: BTreeMap<(String, String), (RunConfig, PathBuf, String)> = BTreeMap::new();
+    for (cfg, dir, label, fin) in found.into_iter().filter(|f| f.0.draw == draw) {
+        let key = (label, cfg.fraction.clone());
+        if latest.get(&key).is_none_or(|old| old.2 <= fin) {
+            latest.insert(key, (cfg, dir, fin));
+        }
+    }
+    let mut targets: Vec<Target> = latest
+        .iter()
+        .map(|((label, fraction), (cfg, dir, _))| Target {
+            cfg: cfg.clone(),
+            run: Some(dir.clone()),
+            label: label.clone(),
+            fraction: fraction.clone(),
+        })
+        .collect();
+    if init {
+        let mut smallest: BTreeMap<String, &Target> = BTreeMap::new();
+        for t in &targets {
+            let f = dka_data::parse_fraction(&t.fraction).unwrap_or(f64::MAX);
+            match smallest.get(&t.label) {
+                Some(o) if dka_data::parse_fraction(&o.fraction).unwrap_or(f64::MAX) <= f => {}
+                _ => {
+                    smallest.insert(t.label.clone(), t);
+                }
+            }
+        }
+        let inits: Vec<Target> = smallest
+            .into_values()
+            .map(|t| Target {
+                cfg: t.cfg.clone(),
+                run: None,
+                label: t.label.clone(),
+                fraction: "init".into(),
+            })
+            .collect();
+        targets.extend(inits);
+    }
+    Ok(targets)
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let device = pick(a.device)?;
+    let cache = a.cache_dir();
+    let with_weights = |mut cfg: RunConfig| {
+        if a.weights.is_some() {
+            cfg.weights.clone_from(&a.weights);
+        }
+        cfg
+    };
+    let targets: Vec<(Target, PathBuf)> = if let Some(run) = &a.run {
+        let cfg = with_weights(read_config(&run.join("config.json"))?);
+        let label = read_record(run)
+            .and_then(|r| r.axes.get("method").cloned())
+            .unwrap_or_else(|| cfg.method.method().name().to_string());
+        let fraction = cfg.fraction.clone();
+        vec![(
+            Target {
+                cfg,
+                run: Some(run.clone()),
+                label,
+                fraction,
+            },
+            a.out.clone(),
+        )]
+    } else if let Some(m) = &a.method {
+        let method: MethodConfig = if m.trim_start().starts_with('{') {
+            serde_json::from_str(m).with_context(|| format!("--method {m}"))?
+        } else {
+            MethodConfig::by_name(m).with_context(|| format!("--method {m}: no such method"))?
+        };
+        let backbone = a
+            .backbone
+            .clone()
+            .context("--method needs --backbone (and --weights, --dataset)")?;
+        let dataset = match (&a.dataset, a.data.as_slice()) {
+            (Some(d), _) => d.clone(),
+            (None, [one]) => one
+                .split_once('=')
+                .map(|x| x.0.to_string())
+                .unwrap_or_default(),
+            _ => bail!("--method needs --dataset when --data names several datasets"),
+        };
+        let label = method.method().name().to_string();
+        let cfg = RunConfig {
+            backbone,
+            weights: a.weights.clone(),
+            method,
+            dataset,
+            img_size: a.img_size.unwrap_or(224),
+            ..RunConfig::default()
+        };
+        cfg.validate()?;
+        vec![(
+            Target {
+                cfg,
+                run: None,
+                label,
+                fraction: "init".into(),
+            },
+            a.out.clone(),
+        )]
+    } else if let Some(grid) = &a.grid {
+        grid_targets(grid, &a.methods, a.draw, a.init)?
+            .into_iter()
+            .map(|mut t| {
+                t.cfg = with_weights(t.cfg);
+                let dir = a
+                    .out
+                    .join(format!("{}_{}", slug(&t.label), slug(&t.fraction)));
+                (t, dir)
+            })
+            .collect()
+    } else {
+        bail!("say what to measure: --run DIR, --method NAME or --grid DIR");
+    };
+    let mut all = Vec::new();
+    for (t, dir) in &targets {
+        tracing::info!(
+            "ERF of {} ({}) on {} test images of {}",
+            t.label,
+            t.fraction,
+            a.images,
+            t.cfg.dataset
+        );
+        let (acc, data, available) = measure(
+            t,
+            &a.root(&t.cfg.dataset)?,
+            a.images,
+            a.batch,
+            device,
+            &cache,
+        )?;
+        let rows = write_map(dir, t, &acc, &data, available)?;
+        for r in &rows {
+            println!(
+                "{} {}: t = {}: area ratio {}",
+                t.label,
+                t.fraction,
+                r.t,
+                r.area_ratio.map_or("–".into(), |x| format!("{x:.4}"))
+            );
+        }
+        all.extend(rows);
+    }
+    if a.grid.is_some() {
+        write_rows(&a.out.join("area_ratios.csv"), &all)?;
+        if let Some(p) = crate::plots::draw_erf_grid(&a.out)? {
+            println!("wrote {}", p.display());
+        }
+    }
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_names_from_labels() {
+        assert_eq!(slug("DKA d6"), "dka-d6");
+        assert_eq!(slug("1.25%"), "1.25pct");
+        assert_eq!(slug("init"), "init");
+    }
+}

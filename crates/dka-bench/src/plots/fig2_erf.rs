@@ -1,0 +1,465 @@
+//! Figures 2 and 6: effective receptive fields as a grid of maps, methods (rows) × training-data
+//! fractions (columns, "init" first: the method at initialisation), each map RepLKNet's
+//! `log10(x + 1)` of the mean contribution scores scaled to [0, 1] by its own maximum, with its
+//! high-contribution area ratios at t = 0.2 and 0.99 under it; and one map alone (`dka erf`'s
+//! `erf.png`).
+//!
+//! Read from an ERF folder (`dka erf --grid ... --out DIR`): `area_ratios.csv` (one row per map
+//! and threshold, by column name) and each map's `erf.safetensors` (tensors `sum`, `mean`).
+use super::parts::colour_bar;
+use super::style::{self, font, Figure};
+use super::tables::order;
+use anyhow::Context;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One row of `area_ratios.csv` (and of a map's `erf.csv`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RatioRow {
+    /// The method's label (the grid's axis label, or the method name).
+    pub method: String,
+    /// The training-data fraction, or `init` for the method at initialisation.
+    pub fraction: String,
+    pub backbone: String,
+    /// The dataset whose images the map averages over.
+    pub dataset: String,
+    /// Images averaged over.
+    pub images: usize,
+    /// The map's folder, relative to the CSV's folder.
+    pub map: String,
+    pub t: f64,
+    /// Side of the smallest centred square holding more than `t` of the total (pixels).
+    pub side: Option<i64>,
+    /// `(side / H) · (side / W)`.
+    pub area_ratio: Option<f64>,
+}
+
+/// A map of mean contribution scores `[h, w]`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    pub h: usize,
+    pub w: usize,
+    pub values: Vec<f64>,
+}
+
+/// One map as drawn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErfMap {
+    pub h: usize,
+    pub w: usize,
+    /// `log10(x + 1)` scaled to [0, 1] by its maximum, row-major.
+    pub values: Vec<f64>,
+    /// (t, area ratio) in threshold order.
+    pub ratios: Vec<(f64, Option<f64>)>,
+    pub images: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErfGrid {
+    pub rows: Vec<String>,
+    pub cols: Vec<String>,
+    pub maps: Vec<Vec<Option<ErfMap>>>,
+    pub backbone: String,
+    pub dataset: String,
+}
+
+/// RepLKNet's `log10(x + 1) / max` (zeros stay zeros); the same as
+/// `dka_core::erf::normalised_log_map`.
+pub fn normalised_log(values: &[f64]) -> Vec<f64> {
+    let l: Vec<f64> = values.iter().map(|x| (x + 1.0).log10()).collect();
+    let max = l.iter().cloned().fold(0.0f64, f64::max);
+    if max > 0.0 {
+        l.iter().map(|x| x / max).collect()
+    } else {
+        l
+    }
+}
+
+/// Reads an ERF folder: its `area_ratios.csv` rows and each map's mean scores.
+pub fn load(dir: &Path) -> anyhow::Result<(Vec<RatioRow>, BTreeMap<String, Scores>)> {
+    let csv_path = dir.join("area_ratios.csv");
+    let mut r =
+        csv::Reader::from_path(&csv_path).with_context(|| csv_path.display().to_string())?;
+    let rows: Vec<RatioRow> = r
+        .deserialize()
+        .collect::<Result<_, _>>()
+        .with_context(|| csv_path.display().to_string())?;
+    let mut maps = BTreeMap::new();
+    for m in order(rows.iter().map(|r| r.map.clone())) {
+        maps.insert(
+            m.clone(),
+            read_scores(&dir.join(&m).join("erf.safetensors"))?,
+        );
+    }
+    Ok((rows, maps))
+}
+
+/// The `mean` tensor of an `erf.safetensors`.
+pub fn read_scores(path: &Path) -> anyhow::Result<Scores> {
+    let t = tch::Tensor::read_safetensors(path)
+        .with_context(|| path.display().to_string())?
+        .into_iter()
+        .find_map(|(n, t)| (n == "mean").then_some(t))
+        .with_context(|| format!("{}: no tensor 'mean'", path.display()))?;
+    let (h, w) = t
+        .size2()
+        .with_context(|| format!("{}: 'mean' is not [H, W]", path.display()))?;
+    let values = Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).contiguous().view([-1]))?;
+    Ok(Scores {
+        h: h as usize,
+        w: w as usize,
+        values,
+    })
+}
+
+/// Rows in the paper's order (Adapter, LoRA, Convpass, then DKA last), columns `init` first
+/// then by fraction.
+pub fn data(rows: &[RatioRow], scores: &BTreeMap<String, Scores>) -> ErfGrid {
+    let rank = |m: &String| match style::method_key(m).as_str() {
+        "adapter" => 0,
+        "lora" => 1,
+        "convpass" => 2,
+        "dka" => 9,
+        _ => 5,
+    };
+    let mut methods = order(rows.iter().map(|r| r.method.clone()));
+    methods.sort_by_key(rank);
+    let mut cols = order(rows.iter().map(|r| r.fraction.clone()));
+    cols.sort_by(|a, b| {
+        let k = |s: &String| style::numeric(s).unwrap_or(-1.0);
+        k(a).total_cmp(&k(b))
+    });
+    let maps = methods
+        .iter()
+        .map(|m| {
+            cols.iter()
+                .map(|f| {
+                    let mine: Vec<&RatioRow> = rows
+                        .iter()
+                        .filter(|r| &r.method == m && &r.fraction == f)
+                        .collect();
+                    let first = mine.first()?;
+                    let s = scores.get(&first.map)?;
+                    Some(ErfMap {
+                        h: s.h,
+                        w: s.w,
+                        values: normalised_log(&s.values),
+                        ratios: mine.iter().map(|r| (r.t, r.area_ratio)).collect(),
+                        images: first.images,
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    ErfGrid {
+        backbone: rows.first().map(|r| r.backbone.clone()).unwrap_or_default(),
+        dataset: rows.first().map(|r| r.dataset.clone()).unwrap_or_default(),
+        rows: methods,
+        cols,
+        maps,
+    }
+}
+
+/// The RGB pixels of `map` resampled (nearest) to `side × side`, through viridis.
+fn pixels(map: &ErfMap, side: u32) -> Vec<u8> {
+    let mut buf = Vec::with_capacity((side * side * 3) as usize);
+    for y in 0..side as usize {
+        let sy = (y * map.h / side as usize).min(map.h - 1);
+        for x in 0..side as usize {
+            let sx = (x * map.w / side as usize).min(map.w - 1);
+            let c = style::viridis(map.values[sy * map.w + sx]);
+            buf.extend([c.0, c.1, c.2]);
+        }
+    }
+    buf
+}
+
+fn draw_map<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    map: &ErfMap,
+    side: u32,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let (w, _) = area.dim_in_pixel();
+    let x = (w.saturating_sub(side) / 2) as i32;
+    let img = BitMapElement::with_owned_buffer((x, 0), (side, side), pixels(map, side))
+        .context("an ERF bitmap of the wrong size")?;
+    area.draw(&img)?;
+    area.draw(&Rectangle::new(
+        [(x, 0), (x + side as i32, side as i32)],
+        BLACK.stroke_width(1),
+    ))?;
+    Ok(())
+}
+
+fn ratio_text(map: &ErfMap, t: f64) -> String {
+    match map.ratios.iter().find(|r| (r.0 - t).abs() < 1e-9) {
+        Some((_, Some(r))) => format!("r{t}: {r:.3}"),
+        Some((_, None)) => format!("r{t}: –"),
+        None => String::new(),
+    }
+}
+
+fn col_label(f: &str) -> String {
+    if f == "init" {
+        "at init".into()
+    } else {
+        format!("{f} data")
+    }
+}
+
+const COLOUR_LABEL: &str = "log10(x + 1), scaled to [0, 1]";
+
+pub struct Draw<'a> {
+    pub data: &'a ErfGrid,
+    pub title: &'a str,
+}
+
+impl Draw<'_> {
+    fn geometry(&self) -> (u32, u32, u32) {
+        // Row labels, map cells, colour bar.
+        let label_w = 200;
+        let bar_w = 190;
+        let cols = self.data.cols.len().max(1) as u32;
+        let side = ((style::COLUMN_PX - label_w - bar_w) / cols - 16).min(300);
+        (label_w, bar_w, side)
+    }
+
+    fn caption(&self) -> String {
+        let images = self
+            .data
+            .maps
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|m| m.images)
+            .collect::<std::collections::BTreeSet<_>>();
+        format!(
+            "Effective receptive field (RepLKNet's procedure) of the centre of the last feature \
+             map, {} image(s) per map; each map scaled by its own maximum. r_t: the smallest \
+             centred square holding more than t of the total, as a fraction of the image \
+             (larger: wider ERF); –: not even the largest centred square that fits does.",
+            images
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        )
+    }
+}
+
+impl Figure for Draw<'_> {
+    fn size(&self) -> (u32, u32) {
+        let (_, _, side) = self.geometry();
+        let cell_h = side + style::CELL * 3;
+        (
+            style::COLUMN_PX,
+            style::frame_height(style::COLUMN_PX, self.title, &self.caption())
+                + style::LABEL * 2
+                + cell_h * self.data.rows.len().max(1) as u32,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let d = self.data;
+        let (label_w, bar_w, side) = self.geometry();
+        let body = style::frame(root, self.title, &self.caption())?;
+        let (bw, _) = body.dim_in_pixel();
+        let (grid, bar) = body.split_horizontally(bw - bar_w);
+        let (head, cells) = grid.split_vertically(style::LABEL * 2);
+        let (_, head) = head.split_horizontally(label_w);
+        let centred = |size| {
+            font(size).pos(text_anchor::Pos::new(
+                text_anchor::HPos::Center,
+                text_anchor::VPos::Center,
+            ))
+        };
+        for (area, c) in head
+            .split_evenly((1, d.cols.len().max(1)))
+            .iter()
+            .zip(&d.cols)
+        {
+            let (w, h) = area.dim_in_pixel();
+            area.draw(&Text::new(
+                col_label(c),
+                (w as i32 / 2, h as i32 / 2),
+                centred(style::LABEL),
+            ))?;
+        }
+        for (r, row_area) in cells
+            .split_evenly((d.rows.len().max(1), 1))
+            .iter()
+            .enumerate()
+        {
+            let (label, maps) = row_area.split_horizontally(label_w);
+            let lines = style::wrap(&style::display(&d.rows[r]), 10);
+            let line_h = style::LABEL as i32 * 5 / 4;
+            let top = side as i32 / 2 - (lines.len() as i32 - 1) * line_h / 2;
+            for (i, line) in lines.iter().enumerate() {
+                label.draw(&Text::new(
+                    line.clone(),
+                    (label_w as i32 / 2, top + i as i32 * line_h),
+                    centred(style::LABEL),
+                ))?;
+            }
+            for (c, area) in maps
+                .split_evenly((1, d.cols.len().max(1)))
+                .iter()
+                .enumerate()
+            {
+                let Some(m) = &d.maps[r][c] else {
+                    let (w, _) = area.dim_in_pixel();
+                    area.draw(&Text::new(
+                        "no map",
+                        (w as i32 / 2, side as i32 / 2),
+                        centred(style::CELL),
+                    ))?;
+                    continue;
+                };
+                draw_map(area, m, side)?;
+                let (w, _) = area.dim_in_pixel();
+                for (k, t) in [0.2, 0.99].iter().enumerate() {
+                    area.draw(&Text::new(
+                        ratio_text(m, *t),
+                        (
+                            w as i32 / 2,
+                            side as i32 + 6 + (k as i32) * style::CELL as i32 * 5 / 4,
+                        ),
+                        font(style::CELL).pos(text_anchor::Pos::new(
+                            text_anchor::HPos::Center,
+                            text_anchor::VPos::Top,
+                        )),
+                    ))?;
+                }
+            }
+        }
+        colour_bar(&bar, 0.0, 1.0, COLOUR_LABEL, style::viridis)
+    }
+}
+
+/// One map alone, with its colour bar (`dka erf`'s `erf.png`).
+pub struct MapFigure<'a> {
+    pub map: &'a ErfMap,
+    pub title: &'a str,
+}
+
+impl Figure for MapFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        let caption = self.caption();
+        (
+            style::COLUMN_PX,
+            style::frame_height(style::COLUMN_PX, self.title, &caption) + 760,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let body = style::frame(root, self.title, &self.caption())?;
+        let (w, _) = body.dim_in_pixel();
+        let (left, bar) = body.split_horizontally(w - 220);
+        let (_, left) = left.split_vertically(20);
+        draw_map(&left, self.map, 720)?;
+        colour_bar(&bar, 0.0, 1.0, COLOUR_LABEL, style::viridis)
+    }
+}
+
+impl MapFigure<'_> {
+    fn caption(&self) -> String {
+        let r: Vec<String> = self
+            .map
+            .ratios
+            .iter()
+            .map(|(t, r)| match r {
+                Some(r) => format!("t = {t}: {r:.3}"),
+                None => format!("t = {t}: –"),
+            })
+            .collect();
+        format!(
+            "High-contribution area ratio (smallest centred square holding more than t of the total, as a fraction of the {}×{} image): {}.",
+            self.map.h,
+            self.map.w,
+            r.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(method: &str, fraction: &str, map: &str, t: f64, r: Option<f64>) -> RatioRow {
+        RatioRow {
+            method: method.into(),
+            fraction: fraction.into(),
+            backbone: "b".into(),
+            dataset: "d".into(),
+            images: 5,
+            map: map.into(),
+            t,
+            side: r.map(|_| 3),
+            area_ratio: r,
+        }
+    }
+
+    #[test]
+    fn the_log_map_matches_the_libraries() {
+        let v = vec![0.0, 1.0, 9.0, 99.0];
+        let t = tch::Tensor::from_slice(&v).view([2, 2]);
+        let lib = Vec::<f64>::try_from(
+            dka_core::erf::normalised_log_map(&t)
+                .contiguous()
+                .view([-1]),
+        )
+        .unwrap();
+        let ours = normalised_log(&v);
+        for (a, b) in ours.iter().zip(&lib) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        assert_eq!((ours[0], ours[2], ours[3]), (0.0, 0.5, 1.0));
+        assert!((ours[1] - 2f64.log10() / 2.0).abs() < 1e-15);
+        assert_eq!(normalised_log(&[0.0, 0.0]), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn methods_by_rows_fractions_by_columns_init_first_dka_last() {
+        let rows = vec![
+            row("dka", "1.25%", "dka_1", 0.2, Some(0.1)),
+            row("dka", "1.25%", "dka_1", 0.99, Some(0.9)),
+            row("adapter", "100%", "ad_100", 0.2, None),
+            row("adapter", "init", "ad_init", 0.2, Some(0.05)),
+        ];
+        let s = |v: f64| Scores {
+            h: 1,
+            w: 2,
+            values: vec![0.0, v],
+        };
+        let scores: BTreeMap<String, Scores> = [
+            ("dka_1".to_string(), s(9.0)),
+            ("ad_100".to_string(), s(99.0)),
+            ("ad_init".to_string(), s(0.0)),
+        ]
+        .into_iter()
+        .collect();
+        let g = data(&rows, &scores);
+        assert_eq!(g.rows, ["adapter", "dka"]);
+        assert_eq!(g.cols, ["init", "1.25%", "100%"]);
+        assert!(g.maps[1][0].is_none(), "no dka map at init");
+        let m = g.maps[1][1].as_ref().unwrap();
+        assert_eq!(m.values, vec![0.0, 1.0]);
+        assert_eq!(m.ratios, vec![(0.2, Some(0.1)), (0.99, Some(0.9))]);
+        assert_eq!(ratio_text(m, 0.99), "r0.99: 0.900");
+        assert_eq!(g.maps[0][0].as_ref().unwrap().values, vec![0.0, 0.0]);
+        assert_eq!(ratio_text(g.maps[0][2].as_ref().unwrap(), 0.2), "r0.2: –");
+    }
+}
