@@ -198,12 +198,18 @@ where
     Ok(())
 }
 
-fn ratio_text(map: &ErfMap, t: f64) -> String {
-    match map.ratios.iter().find(|r| (r.0 - t).abs() < 1e-9) {
-        Some((_, Some(r))) => format!("r{t}: {r:.3}"),
-        Some((_, None)) => format!("r{t}: –"),
-        None => String::new(),
-    }
+/// `t: r_t` for each threshold of `ts` found in the map, as `0.2: .050` (`–`: no square).
+fn ratio_text(map: &ErfMap, ts: &[f64]) -> String {
+    ts.iter()
+        .filter_map(|t| {
+            let (_, r) = map.ratios.iter().find(|r| (r.0 - t).abs() < 1e-9)?;
+            Some(match r {
+                Some(r) => format!("{t}: {}", format!("{r:.3}").trim_start_matches('0')),
+                None => format!("{t}: –"),
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 fn col_label(f: &str) -> String {
@@ -242,9 +248,10 @@ impl Draw<'_> {
             .collect::<std::collections::BTreeSet<_>>();
         format!(
             "Effective receptive field (RepLKNet's procedure) of the centre of the last feature \
-             map, {} image(s) per map; each map scaled by its own maximum. r_t: the smallest \
-             centred square holding more than t of the total, as a fraction of the image \
-             (larger: wider ERF); –: not even the largest centred square that fits does.",
+             map, {} image(s) per map; each map scaled by its own maximum. Under each map, t: r_t \
+             for t = 0.2, 0.3, 0.5, 0.99, where r_t is the smallest centred square holding more \
+             than t of the total, as a fraction of the image (larger: wider ERF; –: not even \
+             the largest centred square that fits does).",
             images
                 .iter()
                 .map(|i| i.to_string())
@@ -327,9 +334,9 @@ impl Figure for Draw<'_> {
                 };
                 draw_map(area, m, side)?;
                 let (w, _) = area.dim_in_pixel();
-                for (k, t) in [0.2, 0.99].iter().enumerate() {
+                for (k, ts) in [[0.2, 0.3], [0.5, 0.99]].iter().enumerate() {
                     area.draw(&Text::new(
-                        ratio_text(m, *t),
+                        ratio_text(m, ts),
                         (
                             w as i32 / 2,
                             side as i32 + 6 + (k as i32) * style::CELL as i32 * 5 / 4,
@@ -458,8 +465,11 @@ mod tests {
         let m = g.maps[1][1].as_ref().unwrap();
         assert_eq!(m.values, vec![0.0, 1.0]);
         assert_eq!(m.ratios, vec![(0.2, Some(0.1)), (0.99, Some(0.9))]);
-        assert_eq!(ratio_text(m, 0.99), "r0.99: 0.900");
+        assert_eq!(ratio_text(m, &[0.2, 0.99]), "0.2: .100  0.99: .900");
         assert_eq!(g.maps[0][0].as_ref().unwrap().values, vec![0.0, 0.0]);
-        assert_eq!(ratio_text(g.maps[0][2].as_ref().unwrap(), 0.2), "r0.2: –");
+        assert_eq!(
+            ratio_text(g.maps[0][2].as_ref().unwrap(), &[0.2, 0.3]),
+            "0.2: –"
+        );
     }
 }

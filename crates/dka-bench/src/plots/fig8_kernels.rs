@@ -18,9 +18,9 @@ pub fn data(cells: &[Cell], row_axis: &str, col_axes: &[String], metric: &str) -
 }
 
 /// The caption's note on kernels larger than the token grid.
-pub const GRID_NOTE: &str = "On a 14 × 14 token grid (ViT-B/16 at 224 px) a tap more than 13 \
-     rows or columns from the centre only ever meets padding: every kernel of 27 × 27 or more \
-     acts exactly as 27 × 27, so rows from 27 up differ only by initialisation and training \
+pub const GRID_NOTE: &str = "On a 14×14 token grid (ViT-B/16 at 224 px) a tap more than 13 \
+     rows or columns from the centre only ever meets padding: every kernel of 27×27 or more \
+     acts exactly as 27×27, so rows from 27 up differ only by initialisation and training \
      noise.";
 
 pub fn figure<'a>(heat: &'a Heat, title: &'a str) -> HeatFigure<'a> {
@@ -53,6 +53,6 @@ mod tests {
         assert_eq!(h.cols, ["3×3", "5×5"]);
         assert_eq!(h.values[1], vec![None, Some((80.0, 1.0, 3))]);
         assert_eq!(h.y_label, "large kernel size (px)");
-        assert!(figure(&h, "t").caption.contains("acts exactly as 27 × 27"));
+        assert!(figure(&h, "t").caption.contains("acts exactly as 27×27"));
     }
 }
