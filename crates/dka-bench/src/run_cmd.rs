@@ -107,9 +107,20 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     crate::interrupt::install()?;
     let cfg = a.data.resolve(read_run_config(&a.config)?);
     let device = pick(a.data.device)?;
-    let data = RunData::open(&cfg, &a.data.root(&cfg.dataset)?, &a.data.cache_dir())?;
+    let data = RunData::open(&cfg, &a.data.root(&cfg.dataset)?, &a.data.cache_dir())
+        .with_context(|| a.config.display().to_string())?;
+    let created = !a.out.exists();
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
-    let out = crate::train::train(&cfg, &data, &a.out, device)?;
+    let out = match crate::train::train(&cfg, &data, &a.out, device) {
+        Ok(o) => o,
+        Err(e) => {
+            // A run that failed before writing anything leaves no empty folder behind.
+            if created && std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_none()) {
+                let _ = std::fs::remove_dir(&a.out);
+            }
+            return Err(e.context(format!("the run of {}", a.config.display())));
+        }
+    };
     for (k, v) in &out.metrics {
         println!("{k}: {v:.6}");
     }
@@ -239,10 +250,18 @@ fn preflight(
             exp.name
         );
     }
+    // Each weights file is loaded once into its backbone now, so a wrong file fails the grid
+    // before any run instead of failing every run the same way.
+    let mut checked = BTreeSet::new();
     for c in &configs {
         if let Some(w) = c.weights_file() {
             if !w.is_file() {
                 bail!("--weights {}: no such file", w.display());
+            }
+            if checked.insert((c.backbone.clone(), w.to_path_buf())) {
+                check_weights(&c.backbone, w).with_context(|| {
+                    format!("{}: weights for backbone {}", exp.name, c.backbone)
+                })?;
             }
         }
     }
@@ -263,6 +282,17 @@ fn preflight(
             missing.join("; ")
         );
     }
+    Ok(())
+}
+
+/// Loads `weights` into a `backbone` on the CPU (the load report fails on missing, unused or
+/// mis-shaped keys other than the head's).
+fn check_weights(backbone: &str, weights: &Path) -> anyhow::Result<()> {
+    let mut cfg = dka_core::BackboneConfig::from_spec(backbone)?;
+    cfg.set_num_classes(0);
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let _model = dka_core::Backbone::new(&vs.root(), &cfg)?;
+    dka_core::weights::load_into(&mut vs, weights, cfg.head_prefix())?;
     Ok(())
 }
 

@@ -193,6 +193,33 @@ impl Default for RunConfig {
 
 impl RunConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
+        // Every number must be finite (JSON, hence config.json, cannot hold NaN or infinity).
+        let value = toml::Value::try_from(self)?;
+        if let Some(path) = non_finite(&value, "") {
+            anyhow::bail!("{path} is not a finite number");
+        }
+        for (name, v) in [
+            ("test_fraction", self.test_fraction),
+            ("val_fraction", self.val_fraction),
+        ] {
+            anyhow::ensure!((0.0..1.0).contains(&v), "{name} = {v} must be in [0, 1)");
+        }
+        anyhow::ensure!(
+            self.test_fraction + self.val_fraction < 1.0,
+            "test_fraction + val_fraction = {} leaves no training data",
+            self.test_fraction + self.val_fraction
+        );
+        let o = &self.optimizer;
+        for (name, v) in [
+            ("optimizer.head_lr", Some(o.head_lr)),
+            ("optimizer.adapter_lr", Some(o.adapter_lr)),
+            ("optimizer.backbone_lr", o.backbone_lr),
+            ("optimizer.weight_decay", Some(o.weight_decay)),
+        ] {
+            if let Some(v) = v {
+                anyhow::ensure!(v >= 0.0, "{name} = {v} must not be negative");
+            }
+        }
         anyhow::ensure!(
             self.epochs > 0 && self.batch_size > 0,
             "epochs and batch_size must be positive"
@@ -295,4 +322,28 @@ pub fn default_loader_threads() -> usize {
         .map_or(1, |n| n.get())
         .saturating_sub(1)
         .max(1)
+}
+
+/// The dotted path of the first float in `v` that is not finite.
+fn non_finite(v: &toml::Value, path: &str) -> Option<String> {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some(if path.is_empty() {
+            "a value".into()
+        } else {
+            path.to_string()
+        }),
+        toml::Value::Table(t) => t.iter().find_map(|(k, x)| non_finite(x, &join(k))),
+        toml::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| non_finite(x, &format!("{path}[{i}]"))),
+        _ => None,
+    }
 }

@@ -95,7 +95,10 @@ pub fn open(root: &Path, opts: &LoaderOptions) -> Result<ImageDataset> {
         let cell = |k: Option<usize>| k.and_then(|k| row.get(k)).unwrap_or("").to_string();
         let (image, target) = (cell(Some(image_col)), cell(Some(target_col)));
         let split = cell(split_col);
-        let problem = if image.is_empty() {
+        let problem = if row.iter().any(|f| f.contains(['\n', '\r'])) {
+            // No path, label or split holds a line break: a quote left open swallowed lines.
+            Some("a quoted field runs over several lines (a quote left open?)".to_string())
+        } else if image.is_empty() {
             Some(format!("empty `{}`", c.image_column))
         } else if target.is_empty() {
             Some(format!("empty `{}`", header[target_col]))

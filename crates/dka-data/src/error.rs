@@ -15,7 +15,7 @@ pub enum DataError {
     MissingFile { path: PathBuf, what: String },
     #[error("{path}: {problem}")]
     Layout { path: PathBuf, problem: String },
-    #[error("{path}: cannot decode image: {source}")]
+    #[error("{path}: cannot decode image")]
     Decode {
         path: PathBuf,
         #[source]

@@ -263,7 +263,26 @@ fn finish(
 ) -> Result<Parsed> {
     let ty: NiftiType = num_from_i16(datatype)
         .ok_or_else(|| DataError::nifti(path, format!("unknown datatype code {datatype}")))?;
+    if matches!(
+        ty,
+        NiftiType::Rgb24
+            | NiftiType::Rgba32
+            | NiftiType::Complex64
+            | NiftiType::Complex128
+            | NiftiType::Complex256
+    ) {
+        return Err(DataError::nifti(
+            path,
+            format!(
+                "{ty:?} voxels are not supported (expected a scalar intensity or label volume)"
+            ),
+        ));
+    }
     let per_voxel = ty.size_of();
+    // The voxel size is the datatype's: a header whose bitpix disagrees (it is redundant in
+    // NIfTI, and some writers leave it 0) is decoded by its datatype.
+    let _ = bitpix;
+    let bitpix = (8 * per_voxel) as i16;
     let nbytes = dims
         .iter()
         .try_fold(per_voxel, |acc, &d| acc.checked_mul(d))

@@ -414,7 +414,11 @@ fn sixteen_bit_pngs_scale_to_eight_bits() {
 fn a_loader_started_at_a_batch_yields_what_the_full_loader_yields_from_there() {
     let dir = tempdir().unwrap();
     folder(&dir.path().join("data"));
-    let (ds, m) = open("folder", &dir.path().join("data"), &LoaderOptions::default());
+    let (ds, m) = open(
+        "folder",
+        &dir.path().join("data"),
+        &LoaderOptions::default(),
+    );
     let pre = Preprocess {
         size: (16, 16),
         ..Preprocess::default()

@@ -85,19 +85,67 @@ fn loss(logits: &Tensor, y: &Tensor, seg_loss: SegLoss) -> Tensor {
     ce + (1.0 - dice.mean(Kind::Float))
 }
 
-/// Trains `model` on `data`'s training split for `cfg.epochs` and leaves it holding the
-/// selected epoch's tensors.
+/// The decoded splits a run reads.
+pub struct Splits {
+    pub train: Arc<dka_data::DecodedSplit>,
+    pub test: Arc<dka_data::DecodedSplit>,
+    /// Only for `best-val` selection.
+    pub val: Option<Arc<dka_data::DecodedSplit>>,
+    /// What opening them did (for the run's log).
+    pub notes: Vec<String>,
+}
+
+/// Every split the run reads, decoded once per machine (u8, memory-mapped) at the run's
+/// geometry: opened before the run writes anything, so a bad image fails it cleanly.
+pub fn open_splits(cfg: &RunConfig, data: &RunData) -> anyhow::Result<Splits> {
+    let spec = cfg.input_spec()?;
+    let pre: Preprocess = super::data::preprocess(cfg, &spec);
+    let mut notes = Vec::new();
+    let mut decode = |which: SplitName| -> anyhow::Result<Arc<dka_data::DecodedSplit>> {
+        let (split, stats) = data.decoded(which, &pre, cfg.loader_threads)?;
+        notes.push(format!(
+            "decoded {} split: {} ({} image(s) decoded, {:.1} s, {:.1} MB at {})",
+            which.as_str(),
+            match stats.outcome {
+                CacheOutcome::Reused => "reused from the cache",
+                CacheOutcome::Built => "built",
+                CacheOutcome::Rebuilt => "rebuilt (the cached copy was broken)",
+            },
+            stats.decoded,
+            stats.seconds,
+            stats.bytes as f64 / 1e6,
+            stats.dir.display()
+        ));
+        Ok(split)
+    };
+    let train = decode(SplitName::Train)?;
+    let test = decode(SplitName::Test)?;
+    let val = if cfg.selection == Selection::BestVal {
+        Some(decode(SplitName::Val)?)
+    } else {
+        None
+    };
+    Ok(Splits {
+        train,
+        test,
+        val,
+        notes,
+    })
+}
+
+/// Trains `model` on the training split for `cfg.epochs` and leaves it holding the selected
+/// epoch's tensors.
 pub fn fit(
     cfg: &RunConfig,
     model: &Model,
     data: &RunData,
+    splits: Splits,
     log: &mut RunLog,
     dir: &Path,
     device: Device,
 ) -> anyhow::Result<Fitted> {
     let segmentation = model.segmentation;
     let spec = cfg.input_spec()?;
-    let pre: Preprocess = super::data::preprocess(cfg, &spec);
     let pad = spec.resize == dka_core::input::ResizeMode::LongestSidePad;
     let normalizer = Normalizer::new(&spec, device);
     let amp = Amp::new(cfg.precision, device);
@@ -113,32 +161,12 @@ pub fn fit(
     };
     let augment = cfg.augment.then(dka_data::Augment::default);
 
-    // Every split this run reads, decoded once per machine (u8, memory-mapped).
-    let mut decode = |which: SplitName| -> anyhow::Result<Arc<dka_data::DecodedSplit>> {
-        let (split, stats) = data.decoded(which, &pre, cfg.loader_threads)?;
-        log.note(&format!(
-            "decoded {} split: {} ({} image(s) decoded, {:.1} s, {:.1} MB at {})",
-            which.as_str(),
-            match stats.outcome {
-                CacheOutcome::Reused => "reused from the cache",
-                CacheOutcome::Built => "built",
-                CacheOutcome::Rebuilt => "rebuilt (the cached copy was broken)",
-            },
-            stats.decoded,
-            stats.seconds,
-            stats.bytes as f64 / 1e6,
-            stats.dir.display()
-        ));
-        Ok(split)
-    };
-    let train_split = decode(SplitName::Train)?;
-    let test_split = decode(SplitName::Test)?;
-    let val_split = if cfg.selection == Selection::BestVal {
-        Some(decode(SplitName::Val)?)
-    } else {
-        None
-    };
-
+    let Splits {
+        train: train_split,
+        test: test_split,
+        val: val_split,
+        ..
+    } = splits;
     let method = cfg.method.method();
     let cache = if method.frozen_features() {
         let c = FeatureCache::build(model, &train_split, pad, cfg, &normalizer, amp, device)?;

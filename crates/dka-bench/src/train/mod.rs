@@ -38,7 +38,22 @@ pub fn train(
 ) -> anyhow::Result<Outcome> {
     cfg.validate()?;
     let cfg = cfg.resolve(device)?;
+    anyhow::ensure!(
+        !data.split.train.is_empty() && !data.split.test.is_empty(),
+        "{}: the split has no training or no test samples",
+        cfg.dataset
+    );
+    // Everything that can fail on bad input (weights, images) comes before anything is
+    // written into the run's folder.
     tch::manual_seed(cfg.seed as i64);
+    let task = data.ds.task();
+    let model = Model::build(
+        &cfg,
+        task.classes().len() as i64,
+        task.is_segmentation(),
+        device,
+    )?;
+    let splits = fit::open_splits(&cfg, data)?;
     let mut log = RunLog::start(dir, &cfg, device)?;
     data.manifest.write(&dir.join("manifest.json"))?;
     log.note(&format!(
@@ -54,20 +69,11 @@ pub fn train(
             data.ds.skipped().len()
         ));
     }
-    anyhow::ensure!(
-        !data.split.train.is_empty() && !data.split.test.is_empty(),
-        "{}: the split has no training or no test samples",
-        cfg.dataset
-    );
-    let task = data.ds.task();
-    let model = Model::build(
-        &cfg,
-        task.classes().len() as i64,
-        task.is_segmentation(),
-        device,
-    )?;
     log.note(&model.weights_report);
-    let fitted = fit::fit(&cfg, &model, data, &mut log, dir, device)?;
+    for n in &splits.notes {
+        log.note(n);
+    }
+    let fitted = fit::fit(&cfg, &model, data, splits, &mut log, dir, device)?;
     save(&cfg, &model, dir, &mut log)?;
     checkpoint::remove(dir);
 

@@ -342,10 +342,6 @@ pub fn cases() -> Vec<Case> {
                     &QUICK.replace("experiments/backbones/vit_quick.json", "vit_huge_nonsense"),
                 )
                 .says("unknown backbone preset 'vit_huge_nonsense'")
-                .gap(
-                    "dka train writes config.json, log.txt and manifest.json before the backbone \
-                     is built; the config error does not name the config file; train/ (lead)",
-                )
             },
         },
         Case {
@@ -574,10 +570,7 @@ pub fn cases() -> Vec<Case> {
                 let cfg = quick_config(d);
                 let mut f = train(d, &cfg).names(&w).says("patch_embed.proj.weight");
                 f.args.extend(["--weights".into(), s(&w)]);
-                f.gap(
-                    "dka train writes config.json, log.txt and manifest.json before the weights \
-                     are loaded; train/ (lead)",
-                )
+                f
             },
         },
         Case {
@@ -599,10 +592,6 @@ pub fn cases() -> Vec<Case> {
                 grid(d, &p, &["--weights", &s(&w)])
                     .names(&w)
                     .says("not a readable safetensors file")
-                    .gap(
-                        "dka grid does not open the weights before running: every run fails the \
-                         same way and is recorded as failed; run_cmd.rs preflight (lead)",
-                    )
             },
         },
         Case {
