@@ -562,21 +562,20 @@ pub fn grid(a: GridArgs) -> anyhow::Result<()> {
         .collect::<BTreeSet<_>>()
         .len()
         .max(1);
+    // Say what the runs were: every backbone and weights file behind the figure.
+    let distinct = |f: &dyn Fn(&runs_csv::RunRecord) -> Option<String>| -> String {
+        let v: BTreeSet<String> = current.iter().filter_map(|r| f(r)).collect();
+        match v.len() {
+            0 => "?".into(),
+            1..=2 => v.into_iter().collect::<Vec<_>>().join(", "),
+            n => format!("{n} backbones/weights"),
+        }
+    };
     let figure_title = format!(
-        "{} — {}, {}, {} draw(s)",
+        "{} — {} ({}), {} draw(s)",
         exp.title,
-        current
-            .first()
-            .and_then(|r| r.info.get("backbone"))
-            .map(|b| Path::new(b)
-                .file_name()
-                .map_or(b.clone(), |f| f.to_string_lossy().to_string()))
-            .unwrap_or_default(),
-        current
-            .first()
-            .and_then(|r| r.info.get("weights"))
-            .cloned()
-            .unwrap_or_default(),
+        distinct(&|r| r.info.get("backbone").map(|b| crate::plots::short_name(b))),
+        distinct(&|r| r.info.get("weights").cloned()),
         draws
     );
     crate::plots::plot(
