@@ -22,6 +22,7 @@ stderr). Commands: setup, step, reset_peak, memory, gemm, quit (see `handle`).
 """
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -292,8 +293,11 @@ class Model(nn.Module):
 
 
 class FlopCount(TorchDispatchMode):
-    """FLOPs of the ops PyTorch's flop counter knows (matmuls, convolutions, attention), split
-    into GEMM-like work and depthwise convolutions (groups > 1)."""
+    """FLOPs of matmuls, attention and convolutions, split into GEMM-like work and depthwise
+    convolutions (groups > 1). Matmuls and attention use PyTorch's flop formulas; convolutions
+    are counted here (2 x output elements x input channels per group x kernel taps, once per
+    computed gradient), because PyTorch's formula for the weight gradient ignores groups and
+    overcounts a depthwise convolution by its channel count."""
 
     def __init__(self):
         super().__init__()
@@ -303,11 +307,16 @@ class FlopCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        packet = func._overloadpacket
-        name = str(packet)
-        flops = 0
-        if packet in flop_registry:
-            flops = flop_registry[packet](*args, **kwargs, out_val=out)
+        name = str(func._overloadpacket)
+        flops, groups = 0, 1
+        if name in ("aten.convolution", "aten._convolution"):
+            w, groups = args[1], args[8]
+            flops = 2 * out.numel() * math.prod(w.shape[1:])
+        elif name == "aten.convolution_backward":
+            grad_out, w, groups, mask = args[0], args[2], args[9], args[10]
+            flops = 2 * grad_out.numel() * math.prod(w.shape[1:]) * (int(mask[0]) + int(mask[1]))
+        elif func._overloadpacket in flop_registry:
+            flops = flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
         elif name == "aten._scaled_dot_product_flash_attention_for_cpu":
             q, k, v = args[:3]
             b, h, n, e = q.shape
@@ -317,16 +326,10 @@ class FlopCount(TorchDispatchMode):
             q, k, v = args[1:4]
             b, h, n, e = q.shape
             flops = 2 * 2 * b * h * n * k.shape[-2] * (e + v.shape[-1])
-        if flops:
-            groups = 1
-            if name in ("aten.convolution", "aten._convolution"):
-                groups = args[8]
-            elif name == "aten.convolution_backward":
-                groups = args[9]
-            if groups > 1:
-                self.depthwise += flops
-            else:
-                self.dense += flops
+        if groups > 1:
+            self.depthwise += flops
+        else:
+            self.dense += flops
         return out
 
 
@@ -464,6 +467,8 @@ class Worker:
 
 
 def main():
+    if os.environ.get("DKA_BENCH_FLUSH_DENORMAL"):
+        torch.set_flush_denormal(True)  # before the thread pool starts, so its threads inherit it
     w = Worker()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

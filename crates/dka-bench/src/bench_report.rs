@@ -174,6 +174,8 @@ pub fn meta(
             "note": "fp32 n x n matmul, median of interleaved rounds, in each implementation's own process"},
         "protocol": {
             "parity_steps": args.parity_steps, "reps": args.reps, "loss_tol": args.loss_tol,
+            "threads": args.threads.map_or("libtorch's default (the CPU cores)".to_string(), |n| n.to_string()),
+            "subnormals": if args.keep_subnormals { "kept" } else { "flushed to zero in both implementations (torch.set_flush_denormal(True) / MXCSR FTZ+DAZ), set before either starts its thread pool: arithmetic on subnormals is many times slower on x86 and whether a step meets them depends on the weights and data (from random weights the reference's 51x51 depthwise convolutions met them in their first steps and ran up to 8x slower)" },
             "timing": "each implementation in its own process; steps interleaved (A B A B ..., order rotated every round) after the parity steps; median, min, max over the timed rounds (3 when a reference step exceeds 20 s on the CPU); the device is synchronised before and after each step",
             "memory": "CPU: VmHWM of the process (reset with /proc/self/clear_refs after setup, so loading the weights does not count; the interpreter's or binary's libraries and the frozen weights do), base = resident set after setup; CUDA: caching allocator's peak allocated bytes since the reset after setup, base = allocated after setup",
             "flops": "counted on the reference's first step with a TorchDispatchMode over PyTorch's flop formulas (matmuls, attention, convolutions; depthwise convolutions at their direct cost); gflop_dense excludes depthwise convolutions; gemm_bound_frac = (gflop_dense / gemm_gflops) / median time",
@@ -276,10 +278,12 @@ pub fn plot(path: &Path, rows: &[Row], device: &str) -> anyhow::Result<()> {
                 }
             })
             .x_desc(if k == 0 {
-                "time ratio (log)"
+                "time ratio (log scale)"
             } else {
-                "memory ratio (log)"
+                "memory ratio (log scale)"
             })
+            .x_labels(8)
+            .light_line_style(WHITE)
             .x_label_formatter(&|x| format!("{x:.2}"))
             .draw()?;
         for (vi, variant) in variants.iter().enumerate() {

@@ -56,6 +56,16 @@ pub struct Args {
     /// Skip the bar chart.
     #[arg(long)]
     pub no_plot: bool,
+    /// Threads of each implementation (OMP_NUM_THREADS and MKL_NUM_THREADS of the workers);
+    /// default: libtorch's (the CPU cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Keep subnormal floats. By default both implementations flush them to zero
+    /// (`torch.set_flush_denormal(True)`): arithmetic on subnormals is many times slower on
+    /// x86 and whether a step meets them depends on the weights and data (the reference's
+    /// depthwise convolutions met them in the first steps from random weights, 8x slower).
+    #[arg(long)]
+    pub keep_subnormals: bool,
 }
 
 /// One implementation of a case.
@@ -418,20 +428,39 @@ pub struct Launcher {
     pub reference: PathBuf,
     /// `None`: this project's workers run in this process (tests).
     pub worker_exe: Option<PathBuf>,
+    /// Environment of every worker (threads, subnormals).
+    pub env: Vec<(String, String)>,
 }
 
 impl Launcher {
+    pub fn new(args: &Args, worker_exe: Option<PathBuf>) -> Self {
+        let mut env = Vec::new();
+        if let Some(n) = args.threads {
+            env.push(("OMP_NUM_THREADS".into(), n.to_string()));
+            env.push(("MKL_NUM_THREADS".into(), n.to_string()));
+        }
+        if !args.keep_subnormals {
+            env.push((crate::bench_worker::FLUSH_DENORMAL_ENV.into(), "1".into()));
+        }
+        Self {
+            python: args.python.clone(),
+            reference: args.reference.clone(),
+            worker_exe,
+            env,
+        }
+    }
+
     pub fn start(&self, imp: Impl) -> anyhow::Result<Endpoint> {
         match imp {
             Impl::Reference => {
                 let mut c = Command::new(&self.python);
-                c.arg(&self.reference);
+                c.arg(&self.reference).envs(self.env.iter().cloned());
                 Endpoint::spawn("pytorch", c)
             }
             Impl::Ours { .. } => match &self.worker_exe {
                 Some(exe) => {
                     let mut c = Command::new(exe);
-                    c.args(["bench", "worker"]);
+                    c.args(["bench", "worker"]).envs(self.env.iter().cloned());
                     c.env("RUST_LOG", "warn");
                     Endpoint::spawn("dka", c)
                 }
@@ -819,11 +848,7 @@ pub fn run_with(args: &Args, launcher: &Launcher) -> anyhow::Result<Vec<Row>> {
 
 /// `dka bench steps`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let launcher = Launcher {
-        python: args.python.clone(),
-        reference: args.reference.clone(),
-        worker_exe: Some(std::env::current_exe()?),
-    };
+    let launcher = Launcher::new(&args, Some(std::env::current_exe()?));
     run_with(&args, &launcher).map(|_| ())
 }
 
@@ -853,12 +878,10 @@ mod tests {
             python,
             reference: root.join("benches/reference/steps.py"),
             no_plot: false,
+            threads: None,
+            keep_subnormals: false,
         };
-        let launcher = Launcher {
-            python: args.python.clone(),
-            reference: args.reference.clone(),
-            worker_exe: None,
-        };
+        let launcher = Launcher::new(&args, None);
         let rows = run_with(&args, &launcher).unwrap();
         assert_eq!(rows.len(), 2 + 3);
         for r in &rows {

@@ -334,7 +334,11 @@ impl Worker {
         self.steps += 1;
         let loss = loss.double_value(&[]);
         if !loss.is_finite() {
-            bail!("{}: the loss of step {} is {loss}", self.case.name, self.steps);
+            bail!(
+                "{}: the loss of step {} is {loss}",
+                self.case.name,
+                self.steps
+            );
         }
         Ok((loss, ms))
     }
@@ -508,8 +512,28 @@ impl Server {
     }
 }
 
+/// Set (to any value) by the driver when both implementations flush subnormal floats to zero.
+pub const FLUSH_DENORMAL_ENV: &str = "DKA_BENCH_FLUSH_DENORMAL";
+
+/// Flushes subnormal floats to zero on this thread and the threads it starts later (what
+/// `torch.set_flush_denormal(True)` does): arithmetic on subnormals is many times slower on
+/// x86, and whether a step meets them depends on the weights and the data. Call it before
+/// libtorch starts its thread pool.
+pub fn flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(deprecated)]
+    // SAFETY: only sets the FTZ (bit 15) and DAZ (bit 6) flags of this thread's MXCSR.
+    unsafe {
+        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+        _mm_setcsr(_mm_getcsr() | 0x8040);
+    }
+}
+
 /// `dka bench worker`: serve requests from stdin until `quit` or end of input.
 pub fn serve() -> anyhow::Result<()> {
+    if std::env::var_os(FLUSH_DENORMAL_ENV).is_some() {
+        flush_denormals();
+    }
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::json!({ "ready": true }))?;
