@@ -53,6 +53,10 @@ pub struct Args {
     /// With --grid: also each method at initialisation (its run's config, nothing loaded).
     #[arg(long)]
     init: bool,
+    /// With --grid: only runs whose grid axis has this value, `AXIS=VALUE` (repeatable), e.g.
+    /// `--where "backbone=DINOv2-S (natural)"`.
+    #[arg(long = "where", value_name = "AXIS=VALUE")]
+    filter: Vec<String>,
     /// With --grid: which draw (default: the smallest present).
     #[arg(long)]
     draw: Option<u32>,
@@ -337,6 +341,7 @@ pub fn slug(s: &str) -> String {
 pub fn grid_targets(
     grid: &Path,
     methods: &[String],
+    filter: &[(String, String)],
     draw: Option<u32>,
     init: bool,
 ) -> anyhow::Result<Vec<Target>> {
@@ -347,7 +352,7 @@ pub fn grid_targets(
         let Some(rec) = read_record(&dir) else {
             continue;
         };
-        if rec.status != Status::Ok {
+        if rec.status != Status::Ok || filter.iter().any(|(k, v)| rec.axes.get(k) != Some(v)) {
             continue;
         }
         let cfg = read_config(&dir.join("config.json"))?;
@@ -471,7 +476,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             a.out.clone(),
         )]
     } else if let Some(grid) = &a.grid {
-        grid_targets(grid, &a.methods, a.draw, a.init)?
+        let filter: Vec<(String, String)> = a
+            .filter
+            .iter()
+            .map(|w| {
+                w.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .with_context(|| format!("--where {w}: expected AXIS=VALUE"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        grid_targets(grid, &a.methods, &filter, a.draw, a.init)?
             .into_iter()
             .map(|mut t| {
                 t.cfg = with_weights(t.cfg);

@@ -271,7 +271,7 @@ fn step_rows(
 #[derive(Parser)]
 struct GridCli {
     #[command(flatten)]
-    grid: crate::run_cmd::GridArgs,
+    grid: crate::grid_cmd::GridArgs,
 }
 
 /// A two-epoch grid (tiny ViT, synthetic images, three methods) on `device`.
@@ -310,7 +310,7 @@ fn grid_row(device: Device) -> Row {
             "--cache-dir".into(),
             tmp.join("cache").display().to_string(),
         ])?;
-        crate::run_cmd::grid(args.grid)?;
+        crate::grid_cmd::grid(args.grid)?;
         let _ = std::fs::remove_dir_all(&tmp);
         Ok(())
     })();

@@ -6,7 +6,7 @@
 use clap::{Parser, Subcommand};
 use dka_bench::{
     bench, bench_data, bench_steps, bench_worker, convert, data, erf_cmd, features, gpu_check,
-    info, params, plots, run_cmd,
+    grid_cmd, info, params, plan_cmd, plots, run_cmd,
 };
 use std::process::ExitCode;
 
@@ -30,11 +30,11 @@ enum Command {
     /// Train one run from a RunConfig file (TOML or JSON).
     Train(run_cmd::TrainArgs),
     /// The runs of one or more grids still to do and an estimate of their time on this device.
-    Plan(run_cmd::PlanArgs),
+    Plan(plan_cmd::PlanArgs),
     /// Evaluate a trained run's saved tensors on its split (default: test).
     Eval(run_cmd::EvalArgs),
     /// Run an experiment's grid (resumable, shardable) and write its table like the paper's.
-    Grid(run_cmd::GridArgs),
+    Grid(grid_cmd::GridArgs),
     /// Datasets: inspect a release, draw a split, write its manifest.
     #[command(subcommand)]
     Data(data::Command),
@@ -77,9 +77,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Params(a) => params::run(a),
         Command::Data(c) => data::run(c),
         Command::Train(a) => run_cmd::train(a),
-        Command::Grid(a) => run_cmd::grid(a),
+        Command::Grid(a) => grid_cmd::grid(a),
         Command::Eval(a) => run_cmd::eval(a),
-        Command::Plan(a) => run_cmd::plan_cmd(a),
+        Command::Plan(a) => plan_cmd::plan_cmd(a),
         Command::Bench(BenchCommand::Conv(a)) => bench::run(a),
         Command::Bench(BenchCommand::Data(a)) => bench_data::run(a),
         Command::Bench(BenchCommand::Steps(a)) => bench_steps::run(a),
