@@ -280,8 +280,17 @@ pub fn estimate(
     let mut rows = Vec::new();
     for runs in groups.values() {
         let (c0, s0) = runs[0];
-        let cost = measure(c0, s0, device, steps)
-            .with_context(|| format!("timing {} {}", c0.backbone, c0.method.method().name()))?;
+        // steps = 0: count only (no model is built or timed).
+        let cost = if steps == 0 {
+            StepCost {
+                train_s: f64::NAN,
+                eval_s: f64::NAN,
+                batch: c0.batch_size,
+            }
+        } else {
+            measure(c0, s0, device, steps)
+                .with_context(|| format!("timing {} {}", c0.backbone, c0.method.method().name()))?
+        };
         let secs: f64 = runs
             .iter()
             .map(|(c, s)| run_seconds(c, s, &cost) + s.decode_s / runs.len() as f64)
@@ -350,12 +359,17 @@ pub fn report(
     }
     let todo: usize = rows.iter().map(|r| r.runs).sum();
     let hours: f64 = rows.iter().map(|r| r.hours).sum();
+    let timed = hours.is_finite();
     let tflop: Option<f64> = rows.iter().map(|r| r.tflop).sum();
-    println!(
-        "{total_runs} run(s) in all, {done} done, {todo} to do: about {hours:.1} h on {} (measured here{})",
-        crate::train::device_name(device),
-        if device.is_cuda() { "" } else { "; the CPU steps were timed at a small batch and scaled" }
-    );
+    if timed {
+        println!(
+            "{total_runs} run(s) in all, {done} done, {todo} to do: about {hours:.1} h on {} (measured here{})",
+            crate::train::device_name(device),
+            if device.is_cuda() { "" } else { "; the CPU steps were timed at a small batch and scaled" }
+        );
+    } else {
+        println!("{total_runs} run(s) in all, {done} done, {todo} to do (not timed: --plan-steps 0)");
+    }
     if let Some(t) = tflop {
         println!(
             "floating-point work {t:.0} TFLOP: about {:.1} h on a GPU at {GPU_TFLOPS:.0} TFLOP/s effective (an estimate from FLOPs: H200 bf16 dense peak 989 TFLOP/s at 40 % utilisation; data loading not counted)",
@@ -371,7 +385,19 @@ pub fn report(
             w.serialize(r)?;
         }
         crate::grid::runs_csv::write_atomic(path, &w.into_inner()?)?;
-        println!("plan: {}", path.display());
+        let summary = serde_json::json!({
+            "runs": total_runs, "done": done, "to_do": todo,
+            "hours_here": timed.then_some(hours), "device": crate::train::device_name(device),
+            "tflop": tflop, "gpu_hours_estimate": tflop.map(|t| t / GPU_TFLOPS / 3600.0),
+            "gpu_assumption": format!("{GPU_TFLOPS} TFLOP/s effective (H200 bf16 dense peak 989 TFLOP/s at 40 % utilisation), from FLOPs, data loading not counted"),
+            "nominal_sizes": rows.iter().any(|r| r.nominal_sizes),
+            "machine": crate::info::machine(),
+        });
+        crate::grid::runs_csv::write_atomic(
+            &path.with_extension("json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
+        println!("plan: {} (+ .json)", path.display());
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ pub struct PlanOptions {
     /// Output folder of the grid (to see which runs are done; plan.csv goes there).
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
-    /// Timed steps per distinct model.
+    /// Timed steps per distinct model (0: count runs and FLOPs only, time nothing).
     #[arg(long, default_value_t = 2)]
     pub(crate) plan_steps: usize,
     #[command(flatten)]
