@@ -130,22 +130,28 @@ pub fn fft_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
     } else {
         Kind::Float
     };
-    // NCHW-contiguous planes transform faster than the strided views of token grids.
+    // One axis at a time: the rows are transformed before the zero rows are added, and the
+    // inverse transforms only the `h` rows that are kept; NCHW-contiguous planes transform
+    // faster than the strided views of token grids.
     let zf = z
         .to_kind(work)
         .contiguous()
-        .fft_rfft2([nh, nw].as_slice(), [-2i64, -1], "backward");
-    // Tap (dy, dx) from the centre goes to (dy mod nh, dx mod nw); correlation = product
-    // with the conjugate spectrum of a real kernel.
+        .fft_rfft(nw, -1, "backward")
+        .fft_fft(nh, -2, "backward");
+    // Correlation with K is convolution with K flipped: the flipped tap at offset (dy, dx)
+    // from the centre goes to (dy mod nh, dx mod nw), and the product needs no conjugate.
     let kf = k
         .to_kind(work)
         .reshape([c, kh, kw])
+        .flip([-2i64, -1])
         .constant_pad_nd([0, nw - kw, 0, nh - kh])
         .roll([-rh, -rw], [-2i64, -1])
-        .fft_rfft2(None::<&[i64]>, [-2i64, -1], "backward")
-        .conj();
-    let y = (zf * kf).fft_irfft2([nh, nw].as_slice(), [-2i64, -1], "backward");
-    let y = y.narrow(2, 0, h).narrow(3, 0, w).to_kind(z.kind());
+        .fft_rfft2(None::<&[i64]>, [-2i64, -1], "backward");
+    let y = (zf * kf)
+        .fft_ifft(None, -2, "backward")
+        .narrow(2, 0, h)
+        .fft_irfft(nw, -1, "backward");
+    let y = y.narrow(3, 0, w).to_kind(z.kind());
     match bias {
         Some(b) => y + b.view([1, c, 1, 1]),
         None => y,
