@@ -298,7 +298,7 @@ pub fn cases(quick: bool) -> Vec<CaseSpec> {
             ),
             impls: with_ckpt.clone(),
         },
-        stack(32, 2, plain.clone()),
+        stack(32, 2, with_ckpt.clone()),
         stack(64, 1, with_ckpt.clone()),
         CaseSpec {
             case: mk(
