@@ -50,9 +50,29 @@ impl Mlp {
         fc2: &Option<Rc<dyn LinearDelta>>,
         train: bool,
     ) -> Tensor {
-        let h = linear_with(&self.fc1, fc1, x, train).gelu("none");
+        let h = linear_with(&self.fc1, fc1, x, train);
+        // In place when nothing needs autograd (a frozen forward): no second hidden buffer.
+        let h = if h.requires_grad() {
+            h.gelu("none")
+        } else {
+            let mut h = h;
+            let _ = h.gelu_("none");
+            h
+        };
         linear_with(&self.fc2, fc2, &h, train)
     }
+}
+
+/// `branch + x` for a residual connection. When neither needs autograd (a frozen forward:
+/// linear probing's features, evaluation) the sum is written into `branch`, which must be a
+/// tensor the caller owns (a layer's fresh output): no new buffer. Same value either way.
+pub(crate) fn residual(branch: Tensor, x: &Tensor) -> Tensor {
+    if branch.requires_grad() || x.requires_grad() {
+        return branch + x;
+    }
+    let mut b = branch;
+    let _ = b.g_add_(x);
+    b
 }
 
 /// LayerNorm over the channels of an NCHW map (timm's `LayerNorm2d`).

@@ -9,7 +9,7 @@
 use crate::error::{CoreError, Result};
 use crate::layers::{
     block_trains, checkpointed_chain, layer_norm, linear, linear_tensors, norm_tensors,
-    resample_grid_nhwc, Mlp,
+    resample_grid_nhwc, residual, Mlp,
 };
 use crate::sites::{add_parallel, apply_token, linear_with, BlockSites, PromptModule, TokenLayout};
 use serde::{Deserialize, Serialize};
@@ -226,8 +226,13 @@ impl VitBlock {
         if let Some(g) = &self.ls1 {
             a = a * g;
         }
-        let a = apply_token(&s.attn_branch, a, layout, train);
-        let x = add_parallel(&s.attn_parallel, x + a, x, &normed, layout, train);
+        // Our own fresh branch output can take the sum in place in a frozen forward.
+        let sum = if s.attn_branch.is_none() {
+            residual(a, x)
+        } else {
+            x + apply_token(&s.attn_branch, a, layout, train)
+        };
+        let x = add_parallel(&s.attn_parallel, sum, x, &normed, layout, train);
         let x = apply_token(&s.after_attn, x, layout, train);
 
         let normed = self.norm2.forward(&x);
@@ -235,8 +240,12 @@ impl VitBlock {
         if let Some(g) = &self.ls2 {
             m = m * g;
         }
-        let m = apply_token(&s.mlp_branch, m, layout, train);
-        let x = add_parallel(&s.mlp_parallel, &x + m, &x, &normed, layout, train);
+        let sum = if s.mlp_branch.is_none() {
+            residual(m, &x)
+        } else {
+            &x + apply_token(&s.mlp_branch, m, layout, train)
+        };
+        let x = add_parallel(&s.mlp_parallel, sum, &x, &normed, layout, train);
         apply_token(&s.after_mlp, x, layout, train)
     }
 }
