@@ -560,3 +560,91 @@ method = { name = "dka", d_hat = 8 }
         "the same training loss every epoch"
     );
 }
+
+#[test]
+fn concurrent_shards_killed_and_restarted_record_every_run_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("synth"));
+    let out = tmp.path().join("out");
+    let p = tmp.path().join("exp.toml");
+    std::fs::write(
+        &p,
+        r#"
+name = "t"
+title = "T"
+metric = "accuracy"
+rows = "method"
+columns = ["dataset"]
+
+[base]
+backbone = "experiments/backbones/vit_quick.json"
+img_size = 32
+epochs = 6
+batch_size = 4
+augment = false
+
+[grid]
+method = [{ name = "linear" }, { name = "lora" }, { name = "dka" }]
+dataset = ["folder"]
+draw = [0, 1, 2]
+"#,
+    )
+    .unwrap();
+    let args = |shard: &str| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "grid",
+            p.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--data",
+            &data,
+            "--weights",
+            "none",
+        ]
+        .map(String::from)
+        .to_vec();
+        if !shard.is_empty() {
+            a.extend(["--shard".to_string(), shard.to_string()]);
+        }
+        a
+    };
+    let spawn = |shard: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dka"))
+            .args(args(shard))
+            .current_dir(repo())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Three shards and an unsharded process on one folder at once; shard 1 is killed early.
+    let mut procs: Vec<std::process::Child> =
+        ["0/3", "1/3", "2/3", ""].iter().map(|s| spawn(s)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _ = procs[1].kill();
+    for c in procs.iter_mut() {
+        let _ = c.wait();
+    }
+    // Restart everything (a resubmitted array): each run must end up recorded exactly once.
+    let mut again: Vec<std::process::Child> =
+        ["0/3", "1/3", "2/3"].iter().map(|s| spawn(s)).collect();
+    for c in again.iter_mut() {
+        let _ = c.wait();
+    }
+    let last = dka(&args("").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(last.status.success(), "{}", stderr(&last));
+    assert!(
+        String::from_utf8_lossy(&last.stdout).contains("0 run(s) finished now, 9 already done"),
+        "{}",
+        String::from_utf8_lossy(&last.stdout)
+    );
+    let r = rows(&out);
+    let ids: std::collections::BTreeSet<&String> = r.iter().map(|x| &x["id"]).collect();
+    assert_eq!(r.len(), 9, "every run exactly once");
+    assert_eq!(ids.len(), 9);
+    assert!(r.iter().all(|x| x["status"] == "ok"));
+    assert_eq!(table_ns(&out), ["3", "3", "3"]);
+}

@@ -3,8 +3,8 @@
 //! the selection's best epoch so far (with its tensors) — in `<run>/checkpoint/`
 //! (`state.json` + `tensors.safetensors`).
 //!
-//! Written at the end of every epoch (at most once a minute when the state is large, e.g. full
-//! fine-tuning) and when a signal asks the run to stop. A new checkpoint is written to a
+//! Written at the end of an epoch when the last one is 10 s old (a minute when the state is
+//! large, e.g. full fine-tuning), after the last epoch, and when a signal asks the run to stop. A new checkpoint is written to a
 //! temporary folder and swapped in by renames, so a SIGKILL at any moment leaves a complete
 //! checkpoint (the new one or the previous one). Randomness needs no state: every training
 //! step reseeds libtorch from (seed, epoch, batch), and the loader's augmentation is seeded by

@@ -246,7 +246,6 @@ pub fn fit(
         tests.images += n;
         Ok(e)
     };
-    // Large states (full fine-tuning) are checkpointed at most once a minute between epochs.
     let state_bytes: i64 = model.groups().counts().iter().sum::<i64>()
         * 4
         * if best.is_some() || cfg.selection != Selection::Last {
@@ -477,11 +476,10 @@ pub fn fit(
         }
         bar.inc(1);
         let signal = interrupt::requested();
-        if signal.is_some()
-            || state_bytes < (256 << 20)
-            || last_saved.elapsed().as_secs() >= 60
-            || last
-        {
+        // Checkpoints cost a write: at most every 10 s (a minute for large states), so a
+        // SIGKILL loses that much work, or the epoch in flight when epochs are longer.
+        let every = if state_bytes < (256 << 20) { 10 } else { 60 };
+        if signal.is_some() || last_saved.elapsed().as_secs() >= every || last {
             save(
                 epoch + 1,
                 0,
