@@ -368,7 +368,9 @@ pub fn report(
             if device.is_cuda() { "" } else { "; the CPU steps were timed at a small batch and scaled" }
         );
     } else {
-        println!("{total_runs} run(s) in all, {done} done, {todo} to do (not timed: --plan-steps 0)");
+        println!(
+            "{total_runs} run(s) in all, {done} done, {todo} to do (not timed: --plan-steps 0)"
+        );
     }
     if let Some(t) = tflop {
         println!(
