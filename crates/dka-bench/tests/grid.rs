@@ -300,7 +300,7 @@ fn a_killed_grid_resumes_without_redoing_or_duplicating_runs() {
         "{stdout}"
     );
     let after = runs(&out);
-    assert_eq!(after.len(), 6, "every run exactly once"); // 2 methods x 3 fractions
+    assert_eq!(after.len(), 9, "every run exactly once"); // 3 methods x 3 fractions
     for (id, t) in before_mtimes {
         let now = std::fs::metadata(out.join("runs").join(&id).join("metrics.csv"))
             .unwrap()
