@@ -68,6 +68,11 @@ pub fn run_identity(
         // the input convention came from change nothing.
         o.remove("weights");
         o.remove("loader_threads");
+        // Off (the default) leaves the ids of runs made before the option existed unchanged;
+        // on, dropout draws its masks in another order, so it is part of the identity.
+        if o.get("checkpoint_blocks") == Some(&serde_json::Value::Bool(false)) {
+            o.remove("checkpoint_blocks");
+        }
         if let Some(input) = o.get_mut("input").and_then(|i| i.as_object_mut()) {
             input.remove("source");
         }

@@ -158,6 +158,12 @@ pub struct RunConfig {
     pub seed: u64,
     /// Data-loading threads (libtorch keeps its own); 0 = the available cores minus one.
     pub loader_threads: usize,
+    /// Activation checkpointing of the backbone's blocks (ViT and SAM ViT; others ignore it):
+    /// the forward keeps only each block's input and the backward recomputes the block, one
+    /// more forward of the blocks for about half the memory at large inputs (MedSAM's 1024
+    /// input; `results/bench/steps.csv`, the `dka+ckpt` rows). Same gradients up to the order
+    /// of float sums; dropout masks are drawn in another order than without it.
+    pub checkpoint_blocks: bool,
 }
 
 impl Default for RunConfig {
@@ -187,6 +193,7 @@ impl Default for RunConfig {
             augment: true,
             seed: 0,
             loader_threads: 0,
+            checkpoint_blocks: false,
         }
     }
 }

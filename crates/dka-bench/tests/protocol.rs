@@ -443,6 +443,61 @@ fn plan_lists_the_runs_to_do_and_estimates_their_time() {
 }
 
 #[test]
+fn checkpointed_blocks_train_to_the_same_numbers_and_are_a_different_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("synth"));
+    let run = |checkpoint: bool| -> (BTreeMap<String, f64>, String) {
+        let cfg = tmp.path().join(format!("run-{checkpoint}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+backbone = "experiments/backbones/vit_quick.json"
+dataset = "folder"
+img_size = 32
+epochs = 4
+batch_size = 8
+augment = false
+checkpoint_blocks = {checkpoint}
+method = {{ name = "dka", d_hat = 8, dropout = 0.0 }}
+optimizer = {{ head_lr = 1e-2, adapter_lr = 1e-2 }}
+"#
+            ),
+        )
+        .unwrap();
+        let out = tmp.path().join(format!("out-{checkpoint}"));
+        let o = dka(&[
+            "train",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--data",
+            &data,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+        let mut m = metrics_of(&o);
+        let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+        let col = r.headers().unwrap().iter().position(|c| c == "train_loss").unwrap();
+        let last = r.records().last().unwrap().unwrap()[col].parse().unwrap();
+        m.insert("last_train_loss".into(), last);
+        (m, config)
+    };
+    let (plain, plain_cfg) = run(false);
+    let (ckpt, ckpt_cfg) = run(true);
+    assert!(ckpt_cfg.contains("\"checkpoint_blocks\": true"), "{ckpt_cfg}");
+    assert!(plain_cfg.contains("\"checkpoint_blocks\": false"), "{plain_cfg}");
+    // Without dropout the gradients are the same up to the order of float sums: 4 epochs of
+    // Adam end at the same losses and test metrics to well within one test sample.
+    for m in ["accuracy", "macro_f1", "last_train_loss"] {
+        let (a, b) = (plain[m], ckpt[m]);
+        assert!((a - b).abs() <= 1e-3 * a.abs().max(1.0), "{m}: plain {a}, checkpointed {b}");
+    }
+}
+
+#[test]
 fn sigterm_checkpoints_and_the_resumed_run_ends_as_the_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
     let data = dka(&[

@@ -325,17 +325,46 @@ pub fn fit(
                     opt: &mut Optimizer,
                     scaler: &mut Option<LossScaler>|
          -> anyhow::Result<()> {
-            let logits = amp
-                .run(|| {
-                    if cached {
-                        model.head_logits(input, size, true)
-                    } else {
-                        model.head_logits(&model.embed(input, true), size, true)
+            let v = if cfg.checkpoint_blocks && !cached {
+                // The backbone runs its own backward (activation checkpointing): gradients are
+                // cleared first; a non-finite fp32 loss still stops the run before any update.
+                opt.zero_grad()?;
+                let mut value = f64::NAN;
+                let _detached_loss = amp.run(|| {
+                    model.backbone.forward_backward(input, true, true, |f| {
+                        let logits = model
+                            .head_logits(&model.embed_features(f), size, true)
+                            .to_kind(Kind::Float);
+                        let l = loss(&logits, y, cfg.seg_loss);
+                        value = l.double_value(&[]);
+                        match scaler.as_mut() {
+                            Some(s) => s.scaled(&l),
+                            None => l,
+                        }
+                    })
+                });
+                value
+            } else {
+                let logits = amp
+                    .run(|| {
+                        if cached {
+                            model.head_logits(input, size, true)
+                        } else {
+                            model.head_logits(&model.embed(input, true), size, true)
+                        }
+                    })
+                    .to_kind(Kind::Float);
+                let l = loss(&logits, y, cfg.seg_loss);
+                let v = l.double_value(&[]);
+                if v.is_finite() || scaler.is_some() {
+                    opt.zero_grad()?;
+                    match scaler.as_mut() {
+                        Some(s) => s.scaled(&l).backward(),
+                        None => l.backward(),
                     }
-                })
-                .to_kind(Kind::Float);
-            let l = loss(&logits, y, cfg.seg_loss);
-            let v = l.double_value(&[]);
+                }
+                v
+            };
             if !v.is_finite() && scaler.is_none() {
                 bail!(
                     "epoch {epoch}, step {}: the loss is {v} ({:?}); the run stops \
@@ -343,11 +372,6 @@ pub fn fit(
                     *steps,
                     cfg.precision
                 );
-            }
-            opt.zero_grad()?;
-            match scaler.as_mut() {
-                Some(s) => s.scaled(&l).backward(),
-                None => l.backward(),
             }
             let outcome = opt.step(scaler.as_mut())?;
             if let Some(s) = scaler.as_ref() {

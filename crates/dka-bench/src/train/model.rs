@@ -98,11 +98,15 @@ impl Model {
 
     /// What the head reads: pooled features, or the feature map for dense prediction.
     pub fn embed(&self, x: &Tensor, train: bool) -> Tensor {
-        let f = self.backbone.forward_features(x, train);
+        self.embed_features(&self.backbone.forward_features(x, train))
+    }
+
+    /// [`Model::embed`] from the backbone's features.
+    pub fn embed_features(&self, f: &Features) -> Tensor {
         if self.segmentation {
-            dense_map(&f)
+            dense_map(f)
         } else {
-            self.backbone.pool(&f)
+            self.backbone.pool(f)
         }
     }
 
