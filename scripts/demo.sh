@@ -59,10 +59,11 @@ elapsed=$(( $(date +%s) - started ))
     echo "- wall time of the whole demo: ${elapsed} s"
     echo
     echo '```'
-    $dka info 2>&1
+    $dka info 2>&1 | sed "s/\x1b\[[0-9;]*m//g"
     echo '```'
 } > results/demo/MADE.md
 cat results/demo/table.md
 echo
 echo "(figure: results/demo/figure.png; ERF maps: results/demo/erf/erf_grid.png;"
-echo " every run: results/demo/runs/<id>/; how it was made: results/demo/MADE.md; ${elapsed} s in all)"
+echo " every run: results/demo/runs/<id>/; how it was made: results/demo/MADE.md; ${elapsed} s in all;"
+echo " the README's demo block is rewritten from these files by python3 scripts/readme_demo.py)"
