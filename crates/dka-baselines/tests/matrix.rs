@@ -237,7 +237,12 @@ fn shared_checks(cfg: &BackboneConfig, case: &Case) {
             .collect();
         let mut params: Vec<Tensor> = trainable(&m).into_iter().map(|(_, t)| t).collect();
         params.extend(m.head_vs.trainable_variables());
-        let loss = logits(&m, &x, true).cross_entropy_for_logits(&y);
+        // Dropout in a training forward draws from libtorch's process-wide generator: under
+        // the lock, or it could land between another test thread's seed and its init.
+        let loss = {
+            let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
+            logits(&m, &x, true).cross_entropy_for_logits(&y)
+        };
         for p in params.iter_mut() {
             p.zero_grad();
         }
@@ -495,6 +500,8 @@ fn lora_slices_follow_tinyvits_per_head_qkv_rows() {
         ..Default::default()
     });
     let mut m = build(&cfg, &method, 1).unwrap();
+    // Random draws from libtorch's process-wide generator, under the lock (see `build`).
+    let guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::no_grad(|| {
         for (_, mut t) in m.adapter_vs.variables() {
             t.copy_(&t.randn_like());
@@ -504,6 +511,7 @@ fn lora_slices_follow_tinyvits_per_head_qkv_rows() {
     let (dim, sites) = m.backbone.token_blocks_mut().into_iter().next().unwrap();
     assert_eq!(info[0].qkv, QkvLayout::PerHead { heads: 2 });
     let x = Tensor::randn([3, 5, dim], (Kind::Float, Device::Cpu));
+    drop(guard);
     let delta = tch::no_grad(|| sites.qkv.as_ref().unwrap().delta(&x, false));
     // [tokens, heads, (q, k, v), head_dim]
     let per_head = delta.view([3, 5, 2, 3, dim / 2]);

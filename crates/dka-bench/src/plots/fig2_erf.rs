@@ -334,14 +334,17 @@ impl Figure for Draw<'_> {
                 };
                 draw_map(area, m, side)?;
                 let (w, _) = area.dim_in_pixel();
+                // "0.2: .103  0.3: .154" is about 10.5 font sizes wide: shrink the font where
+                // the cells are narrow, so neighbouring captions never run into each other.
+                let size = style::CELL.min((w as f64 / 11.5) as u32).max(12);
                 for (k, ts) in [[0.2, 0.3], [0.5, 0.99]].iter().enumerate() {
                     area.draw(&Text::new(
                         ratio_text(m, ts),
                         (
                             w as i32 / 2,
-                            side as i32 + 6 + (k as i32) * style::CELL as i32 * 5 / 4,
+                            side as i32 + 6 + (k as i32) * size as i32 * 5 / 4,
                         ),
-                        font(style::CELL).pos(text_anchor::Pos::new(
+                        font(size).pos(text_anchor::Pos::new(
                             text_anchor::HPos::Center,
                             text_anchor::VPos::Top,
                         )),
