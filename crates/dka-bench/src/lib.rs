@@ -4,6 +4,7 @@
 //! dispatches here, so the runner can be driven and tested without spawning the binary.
 pub mod aggregate;
 pub mod bench;
+pub mod bench_cases;
 pub mod bench_data;
 pub mod bench_report;
 pub mod bench_steps;

@@ -480,20 +480,34 @@ optimizer = {{ head_lr = 1e-2, adapter_lr = 1e-2 }}
         let config = std::fs::read_to_string(out.join("config.json")).unwrap();
         let mut m = metrics_of(&o);
         let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
-        let col = r.headers().unwrap().iter().position(|c| c == "train_loss").unwrap();
+        let col = r
+            .headers()
+            .unwrap()
+            .iter()
+            .position(|c| c == "train_loss")
+            .unwrap();
         let last = r.records().last().unwrap().unwrap()[col].parse().unwrap();
         m.insert("last_train_loss".into(), last);
         (m, config)
     };
     let (plain, plain_cfg) = run(false);
     let (ckpt, ckpt_cfg) = run(true);
-    assert!(ckpt_cfg.contains("\"checkpoint_blocks\": true"), "{ckpt_cfg}");
-    assert!(plain_cfg.contains("\"checkpoint_blocks\": false"), "{plain_cfg}");
+    assert!(
+        ckpt_cfg.contains("\"checkpoint_blocks\": true"),
+        "{ckpt_cfg}"
+    );
+    assert!(
+        plain_cfg.contains("\"checkpoint_blocks\": false"),
+        "{plain_cfg}"
+    );
     // Without dropout the gradients are the same up to the order of float sums: 4 epochs of
     // Adam end at the same losses and test metrics to well within one test sample.
     for m in ["accuracy", "macro_f1", "last_train_loss"] {
         let (a, b) = (plain[m], ckpt[m]);
-        assert!((a - b).abs() <= 1e-3 * a.abs().max(1.0), "{m}: plain {a}, checkpointed {b}");
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs().max(1.0),
+            "{m}: plain {a}, checkpointed {b}"
+        );
     }
 }
 
