@@ -4,50 +4,12 @@
 //! area-ratio table, the map grid), the redraw by `dka plots`, and the refusal of data the run
 //! was not trained on.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+mod common;
+use common::{dka, ok};
 
-fn dka(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dka"))
-        .args(args)
-        .current_dir(repo())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn synth(dir: &Path, seed: &str) -> String {
-    ok(dka(&[
-        "data",
-        "synth",
-        "--out",
-        dir.to_str().unwrap(),
-        "--classes",
-        "3",
-        "--per-class",
-        "20",
-        "--size",
-        "32",
-        "--seed",
-        seed,
-    ]));
-    format!("folder={}", dir.display())
+fn synth(dir: &Path, seed: u64) -> String {
+    common::synth(dir, 20, seed)
 }
 
 /// A small grid: Adapter and DKA at two fractions, one epoch each.
@@ -106,7 +68,7 @@ fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
 fn erf_of_runs_of_methods_at_init_and_of_a_grid() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let data = synth(&t.join("synth"), "0");
+    let data = synth(&t.join("synth"), 0);
     let grid = t.join("grid");
     ok(dka(&[
         "grid",
@@ -170,7 +132,7 @@ fn erf_of_runs_of_methods_at_init_and_of_a_grid() {
     assert_eq!(one.join("erf.png").is_file(), font);
 
     // Another dataset than the run's: refused.
-    let other = synth(&t.join("other"), "7");
+    let other = synth(&t.join("other"), 7);
     let o = dka(&[
         "erf",
         "--run",

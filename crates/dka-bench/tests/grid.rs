@@ -3,44 +3,14 @@
 //! writes runs.csv, table.csv and table.md; a SIGKILLed grid resumes without redoing or
 //! duplicating runs; two shards cover a grid once; the same seed gives the same metrics.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn dka(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dka"))
-        .args(args)
-        .current_dir(repo())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{dka, repo};
 
 fn synth(dir: &Path) -> String {
-    let out = dka(&[
-        "data",
-        "synth",
-        "--out",
-        dir.to_str().unwrap(),
-        "--classes",
-        "3",
-        "--per-class",
-        "24",
-        "--size",
-        "32",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    format!("folder={}", dir.display())
+    common::synth(dir, 24, 0)
 }
 
 fn mni() -> String {

@@ -1,0 +1,92 @@
+//! What the end-to-end tests of the `dka` binary share: the repository root, running the
+//! binary there, and a synthetic image folder made by `dka data synth`.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// `dka ARGS` in the repository root, logging warnings only.
+pub fn dka(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dka"))
+        .args(args)
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// A synthetic 3-class folder of 32x32 images (`per_class` each, seeded) at `dir`, as the
+/// `--data` value that names it.
+pub fn synth(dir: &Path, per_class: usize, seed: u64) -> String {
+    ok(dka(&[
+        "data",
+        "synth",
+        "--out",
+        dir.to_str().unwrap(),
+        "--classes",
+        "3",
+        "--per-class",
+        &per_class.to_string(),
+        "--size",
+        "32",
+        "--seed",
+        &seed.to_string(),
+    ]));
+    format!("folder={}", dir.display())
+}
+
+/// runs.csv rows as column -> value maps.
+pub fn rows(out: &Path) -> Vec<BTreeMap<String, String>> {
+    let mut r = csv::Reader::from_path(out.join("runs.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            h.iter()
+                .zip(rec.unwrap().iter())
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// `name: value` lines of a command's output.
+pub fn metrics_of(o: &Output) -> BTreeMap<String, f64> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// table.csv's `n` column.
+pub fn table_ns(out: &Path) -> Vec<String> {
+    let mut r = csv::Reader::from_path(out.join("table.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    let n = h.iter().position(|c| c == "n").unwrap();
+    r.records().map(|x| x.unwrap()[n].to_string()).collect()
+}
