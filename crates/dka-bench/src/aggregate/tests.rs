@@ -10,19 +10,7 @@ fn paper_file(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-const METHODS: [&str; 11] = [
-    "full",
-    "linear",
-    "bitfit",
-    "vpt",
-    "lora",
-    "adapter",
-    "adaptformer",
-    "convpass",
-    "ciat",
-    "aim",
-    "dka",
-];
+const METHODS: [&str; 11] = dka_baselines::NAMES;
 const FRACTIONS: [&str; 3] = ["0.63%", "1.25%", "100%"];
 
 fn rec(id: &str, method: &str, draw: u32, acc: Option<f64>, failed: bool) -> RunRecord {

@@ -87,23 +87,12 @@ pub const PAPER: RGBColor = RGBColor(0, 0, 0);
 /// A fixed colour per method (so a method looks the same in every figure), else the
 /// palette's `i`-th colour.
 pub fn color(label: &str, i: usize) -> RGBColor {
-    let known = [
-        "full",
-        "linear",
-        "bitfit",
-        "vpt",
-        "lora",
-        "adapter",
-        "adaptformer",
-        "convpass",
-        "ciat",
-        "aim",
-    ];
     let key = method_key(label);
     if key == "dka" {
         return DKA;
     }
-    match known.iter().position(|k| *k == key) {
+    // The baselines in the paper's order (DKA has its own colour).
+    match dka_baselines::NAMES.iter().position(|k| *k == key) {
         Some(p) => PALETTE[p],
         None => PALETTE[i % PALETTE.len()],
     }
