@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod bench;
 pub mod bench_cases;
 pub mod bench_data;
+pub mod bench_endpoint;
 pub mod bench_report;
 pub mod bench_steps;
 pub mod bench_worker;
