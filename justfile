@@ -47,7 +47,7 @@ test-slurm: build
 # `just test` runs (a few minutes); failures are saved to the crates' tests/*.proptest-regressions.
 fuzz cases="5000": setup fixtures
     PROPTEST_CASES={{cases}} cargo test -p dka-data --test fuzz
-    PROPTEST_CASES={{cases}} cargo test -p dka-bench --test fuzz
+    PROPTEST_CASES={{cases}} cargo test -p dka-bench --test fuzz --test fuzz_cli
 
 # The end-to-end demo: device report, timm-parity feature extraction, then DKA and baselines fine-tuned on real registry MRI.
 demo: build fixtures assets

@@ -2,6 +2,7 @@
 //! binary there, and a synthetic image folder made by `dka data synth`.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use proptest::test_runner::{Config, FileFailurePersistence};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -89,4 +90,19 @@ pub fn table_ns(out: &Path) -> Vec<String> {
     let h = r.headers().unwrap().clone();
     let n = h.iter().position(|c| c == "n").unwrap();
     r.records().map(|x| x.unwrap()[n].to_string()).collect()
+}
+
+/// `default` cases unless `PROPTEST_CASES` says otherwise.
+pub fn cases(default: u32) -> Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    Config {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        ..Config::default()
+    }
 }
