@@ -16,6 +16,8 @@ mod common;
 mod data;
 #[path = "faults/files.rs"]
 mod files;
+#[path = "faults/models.rs"]
+mod models;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -264,7 +266,7 @@ fn run_case(c: &Case) -> Outcome {
 }
 
 fn cases() -> Vec<Case> {
-    [data::cases(), files::cases()].concat()
+    [data::cases(), files::cases(), models::cases()].concat()
 }
 
 /// The number of cases is in the test's name; the table below is printed with each case's

@@ -1,19 +1,19 @@
 //! Fault cases of the files users hand to `dka`: run configs (TOML/JSON), experiment files,
-//! manifests and run folders (`dka eval`), weights, inputs, peft and dka adapters, backbone
-//! configs, and results folders that cannot be written.
+//! manifests and run folders (`dka eval`); weights, adapters and unwritable folders are in
+//! `models.rs`, which shares the helpers here.
 use crate::data::quick_config;
 use crate::{fixture, s, Case, Fault};
 use dka_data::testing::write_rgb;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn write(p: &Path, bytes: impl AsRef<[u8]>) {
+pub fn write(p: &Path, bytes: impl AsRef<[u8]>) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, bytes).unwrap();
 }
 
 /// A 3-class image folder; returns `folder=ROOT`.
-fn folder(d: &Path) -> String {
+pub fn folder(d: &Path) -> String {
     let root = d.join("ds");
     for c in ["a", "b", "c"] {
         for i in 0..4 {
@@ -24,7 +24,7 @@ fn folder(d: &Path) -> String {
 }
 
 /// `dka train CONFIG` on the folder dataset into `d/run`, which must not be created.
-fn train(d: &Path, config: &Path) -> Fault {
+pub fn train(d: &Path, config: &Path) -> Fault {
     let out = d.join("run");
     Fault::run([
         "train",
@@ -43,7 +43,7 @@ fn train(d: &Path, config: &Path) -> Fault {
 }
 
 /// `dka train` on a config file holding `text` (named `name`); the error names the file.
-fn bad_config(d: &Path, name: &str, text: &str) -> Fault {
+pub fn bad_config(d: &Path, name: &str, text: &str) -> Fault {
     let p = d.join(name);
     write(&p, text);
     train(d, &p).names(&p)
@@ -54,7 +54,7 @@ const QUICK: &str = "backbone = \"experiments/backbones/vit_quick.json\"\ndatase
 
 /// `dka grid EXP` into `d/out`, which must hold no file afterwards (random weights unless
 /// `extra` names some).
-fn grid(d: &Path, exp: &Path, extra: &[&str]) -> Fault {
+pub fn grid(d: &Path, exp: &Path, extra: &[&str]) -> Fault {
     let out = d.join("out");
     let mut args = vec![
         "grid".to_string(),
@@ -76,7 +76,7 @@ fn grid(d: &Path, exp: &Path, extra: &[&str]) -> Fault {
 }
 
 /// An experiment file: a valid small grid with `edit` applied to its text.
-fn experiment(d: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+pub fn experiment(d: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let text = "name = \"faulty\"\ntitle = \"a faulty experiment\"\nmetric = \"accuracy\"\n\
                 rows = \"method\"\ncolumns = [\"draw\"]\n\n[base]\n"
         .to_string()
@@ -88,13 +88,13 @@ fn experiment(d: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     p
 }
 
-fn bad_experiment(d: &Path, edit: impl Fn(String) -> String) -> Fault {
+pub fn bad_experiment(d: &Path, edit: impl Fn(String) -> String) -> Fault {
     let p = experiment(d, edit);
     grid(d, &p, &[]).names(&p)
 }
 
 /// A safetensors file: each tensor `(name, dtype, shape)` filled with zeros.
-fn safetensors(tensors: &[(&str, &str, &[usize])]) -> Vec<u8> {
+pub fn safetensors(tensors: &[(&str, &str, &[usize])]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, dtype, shape) in tensors {
@@ -120,7 +120,7 @@ fn safetensors(tensors: &[(&str, &str, &[usize])]) -> Vec<u8> {
 
 /// `dka features` on the peft LoRA fixture (ViT, its weights and input), with `change` applied
 /// to the arguments; the output must not be written.
-fn features(d: &Path, change: impl Fn(&mut Vec<String>)) -> Fault {
+pub fn features(d: &Path, change: impl Fn(&mut Vec<String>)) -> Fault {
     let f = fixture("peft_lora");
     let out = d.join("features.safetensors");
     let mut args: Vec<String> = [
@@ -143,13 +143,13 @@ fn features(d: &Path, change: impl Fn(&mut Vec<String>)) -> Fault {
     Fault::run(args).absent(out).clean(d)
 }
 
-fn set_arg(args: &mut [String], flag: &str, value: &Path) {
+pub fn set_arg(args: &mut [String], flag: &str, value: &Path) {
     let i = args.iter().position(|a| a == flag).unwrap();
     args[i + 1] = s(value);
 }
 
 /// A copy of the peft fixture's adapter folder.
-fn peft_adapter(d: &Path) -> PathBuf {
+pub fn peft_adapter(d: &Path) -> PathBuf {
     let src = fixture("peft_lora").join("adapter");
     let dst = d.join("adapter");
     std::fs::create_dir_all(&dst).unwrap();
@@ -160,13 +160,13 @@ fn peft_adapter(d: &Path) -> PathBuf {
     dst
 }
 
-fn with_adapter(d: &Path, adapter: &Path) -> Fault {
+pub fn with_adapter(d: &Path, adapter: &Path) -> Fault {
     let a = adapter.to_path_buf();
     features(d, move |args| args.extend(["--adapter".into(), s(&a)]))
 }
 
 /// Copies a folder tree.
-fn copy_tree(from: &Path, to: &Path) {
+pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -180,7 +180,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// A copy, in `d`, of one tiny trained run (1 epoch, trained once per test process) and of
 /// its data; returns (run folder, `--data`).
-fn trained_run(d: &Path) -> (PathBuf, String) {
+pub fn trained_run(d: &Path) -> (PathBuf, String) {
     static TRAINED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let src = TRAINED.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("faults-trained-run");
@@ -212,17 +212,17 @@ fn trained_run(d: &Path) -> (PathBuf, String) {
     (d.join("run"), format!("folder={}", d.join("ds").display()))
 }
 
-fn eval(run: &Path, data: &str) -> Fault {
+pub fn eval(run: &Path, data: &str) -> Fault {
     let cache = run.parent().unwrap().join("cache");
     Fault::run(["eval", &s(run), "--data", data, "--device", "cpu"])
         .also(["--cache-dir", &s(cache)])
 }
 
 /// Mounts a 64 KiB tmpfs and fills it; unmounted when dropped.
-struct FullDisk(PathBuf);
+pub struct FullDisk(PathBuf);
 
 impl FullDisk {
-    fn new(at: &Path) -> Result<Self, String> {
+    pub fn new(at: &Path) -> Result<Self, String> {
         std::fs::create_dir_all(at).unwrap();
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
@@ -511,328 +511,6 @@ pub fn cases() -> Vec<Case> {
             setup: |d| {
                 let run = d.join("no-run");
                 eval(&run, &folder(d)).names(run.join("config.json"))
-            },
-        },
-        // --- weights --------------------------------------------------------------------------
-        Case {
-            name: "weights: not safetensors (dka features)",
-            setup: |d| {
-                let w = d.join("w.safetensors");
-                write(&w, "PK\x03\x04 this is a zip, or a pickle");
-                features(d, |a| set_arg(a, "--weights", &d.join("w.safetensors")))
-                    .names(&w)
-                    .says("not a readable safetensors file")
-            },
-        },
-        Case {
-            name: "weights: truncated (dka features)",
-            setup: |d| {
-                let w = d.join("w.safetensors");
-                let b = std::fs::read(fixture("peft_lora").join("model.safetensors")).unwrap();
-                write(&w, &b[..b.len() - 1000]);
-                features(d, |a| set_arg(a, "--weights", &d.join("w.safetensors")))
-                    .names(&w)
-                    .says("not a readable safetensors file")
-            },
-        },
-        Case {
-            name: "weights: header cut inside (dka features)",
-            setup: |d| {
-                let w = d.join("w.safetensors");
-                let b = std::fs::read(fixture("peft_lora").join("model.safetensors")).unwrap();
-                write(&w, &b[..200]);
-                features(d, |a| set_arg(a, "--weights", &d.join("w.safetensors")))
-                    .names(&w)
-                    .says("not a readable safetensors file")
-            },
-        },
-        Case {
-            name: "weights: empty file (dka features)",
-            setup: |d| {
-                let w = d.join("w.safetensors");
-                write(&w, "");
-                features(d, |a| set_arg(a, "--weights", &d.join("w.safetensors")))
-                    .names(&w)
-                    .says("not a readable safetensors file")
-            },
-        },
-        Case {
-            name: "weights: wrong rank and wrong keys (dka train)",
-            setup: |d| {
-                let w = d.join("w.safetensors");
-                write(
-                    &w,
-                    safetensors(&[
-                        ("patch_embed.proj.weight", "F32", &[32]),
-                        ("not_a_key", "F32", &[2, 2]),
-                    ]),
-                );
-                let cfg = quick_config(d);
-                let mut f = train(d, &cfg).names(&w).says("patch_embed.proj.weight");
-                f.args.extend(["--weights".into(), s(&w)]);
-                f
-            },
-        },
-        Case {
-            name: "weights: file missing (dka grid)",
-            setup: |d| {
-                let p = experiment(d, |t| t);
-                let w = d.join("missing.safetensors");
-                grid(d, &p, &["--weights", &s(&w)])
-                    .names(&w)
-                    .says("no such file")
-            },
-        },
-        Case {
-            name: "weights: not safetensors (dka grid)",
-            setup: |d| {
-                let p = experiment(d, |t| t);
-                let w = d.join("w.safetensors");
-                write(&w, "garbage");
-                grid(d, &p, &["--weights", &s(&w)])
-                    .names(&w)
-                    .says("not a readable safetensors file")
-            },
-        },
-        Case {
-            name: "input: not safetensors (dka features)",
-            setup: |d| {
-                let i = d.join("in.safetensors");
-                write(&i, "garbage");
-                features(d, |a| set_arg(a, "--input", &d.join("in.safetensors")))
-                    .names(&i)
-                    .says("not a readable safetensors file")
-            },
-        },
-        Case {
-            name: "input: no tensor named input (dka features)",
-            setup: |d| {
-                let i = d.join("in.safetensors");
-                write(&i, safetensors(&[("pixels", "F32", &[1, 3, 16, 16])]));
-                features(d, |a| set_arg(a, "--input", &d.join("in.safetensors")))
-                    .names(&i)
-                    .says("input")
-            },
-        },
-        Case {
-            name: "convert: input not safetensors (dka convert)",
-            setup: |d| {
-                let i = d.join("model.safetensors");
-                let o = d.join("timm.safetensors");
-                write(&i, "\u{80}\u{2}ctorch pickle");
-                Fault::run(["convert", "--input", &s(&i), "--output", &s(&o)])
-                    .names(&i)
-                    .absent(o)
-                    .clean(d)
-            },
-        },
-        // --- adapters -------------------------------------------------------------------------
-        Case {
-            name: "peft adapter: adapter_config.json cut short",
-            setup: |d| {
-                let a = peft_adapter(d);
-                let c = a.join("adapter_config.json");
-                write(&c, "{\"r\": 4,");
-                with_adapter(d, &a).names(&c).says("invalid config")
-            },
-        },
-        Case {
-            name: "peft adapter: not a LoRA adapter",
-            setup: |d| {
-                let a = peft_adapter(d);
-                let c = a.join("adapter_config.json");
-                let t = std::fs::read_to_string(&c).unwrap();
-                write(&c, t.replace("\"LORA\"", "\"IA3\""));
-                with_adapter(d, &a).names(&c).says("IA3")
-            },
-        },
-        Case {
-            name: "peft adapter: rank of the wrong type",
-            setup: |d| {
-                let a = peft_adapter(d);
-                let c = a.join("adapter_config.json");
-                let t = std::fs::read_to_string(&c).unwrap();
-                write(&c, t.replace("\"r\": 4", "\"r\": \"four\""));
-                with_adapter(d, &a).names(&c).says("r")
-            },
-        },
-        Case {
-            name: "peft adapter: weights missing",
-            setup: |d| {
-                let a = peft_adapter(d);
-                let w = a.join("adapter_model.safetensors");
-                std::fs::remove_file(&w).unwrap();
-                with_adapter(d, &a).names(&w).says("no such file")
-            },
-        },
-        Case {
-            name: "peft adapter: weights truncated",
-            setup: |d| {
-                let a = peft_adapter(d);
-                let w = a.join("adapter_model.safetensors");
-                let b = std::fs::read(&w).unwrap();
-                write(&w, &b[..b.len() / 2]);
-                with_adapter(d, &a)
-                    .names(&w)
-                    .says("not a readable safetensors file")
-            },
-        },
-        Case {
-            name: "peft adapter: weights of another rank than the config",
-            setup: |d| {
-                let a = peft_adapter(d);
-                let c = a.join("adapter_config.json");
-                let t = std::fs::read_to_string(&c).unwrap();
-                write(&c, t.replace("\"r\": 4", "\"r\": 8"));
-                with_adapter(d, &a)
-                    .names(&a)
-                    .says("blocks.0.attn.qkv.lora_A.weight: model [8, 48], file [4, 48]")
-            },
-        },
-        Case {
-            name: "adapter: an empty folder",
-            setup: |d| {
-                let a = d.join("adapter");
-                std::fs::create_dir_all(&a).unwrap();
-                with_adapter(d, &a).names(&a).says("neither method.json")
-            },
-        },
-        Case {
-            name: "dka adapter: method.json not JSON",
-            setup: |d| {
-                let a = d.join("adapter");
-                write(&a.join("method.json"), "{\"name\": \"dka\",,}");
-                write(&a.join("adapter.safetensors"), safetensors(&[]));
-                with_adapter(d, &a).names(a.join("method.json"))
-            },
-        },
-        // --- results folders and data folders ---------------------------------------------------
-        Case {
-            name: "results: folder under a regular file (dka grid)",
-            setup: |d| {
-                let p = experiment(d, |t| t);
-                let file = d.join("a-file");
-                write(&file, "x");
-                let out = file.join("out");
-                let mut f = grid(d, &p, &[]);
-                let i = f.args.iter().position(|a| a == "--out").unwrap();
-                f.args[i + 1] = s(&out);
-                f.names(&out).says("Not a directory")
-            },
-        },
-        Case {
-            name: "results: folder under /proc (dka grid)",
-            setup: |d| {
-                let p = experiment(d, |t| t);
-                let out = PathBuf::from("/proc/dka-fault-suite/out");
-                let mut f = grid(d, &p, &[]);
-                let i = f.args.iter().position(|a| a == "--out").unwrap();
-                f.args[i + 1] = s(&out);
-                f.names(&out)
-            },
-        },
-        Case {
-            name: "results: full disk (dka grid, a full 64 KiB tmpfs)",
-            setup: |d| {
-                let mnt = d.join("full");
-                let disk = match FullDisk::new(&mnt) {
-                    Ok(disk) => disk,
-                    Err(why) => return Fault::skip(why),
-                };
-                let p = experiment(d, |t| t);
-                let out = mnt.join("out");
-                let mut f = grid(d, &p, &[]);
-                let i = f.args.iter().position(|a| a == "--out").unwrap();
-                f.args[i + 1] = s(&out);
-                f.empty.clear();
-                f.keep.push(Box::new(disk));
-                f.names(&out)
-                    .says("No space left on device")
-                    .absent(out.join("runs"))
-            },
-        },
-        Case {
-            name: "results: run folder under a regular file (dka train)",
-            setup: |d| {
-                let file = d.join("a-file");
-                write(&file, "x");
-                let out = file.join("run");
-                let mut f = train(d, &quick_config(d));
-                let i = f.args.iter().position(|a| a == "--out").unwrap();
-                f.args[i + 1] = s(&out);
-                f.names(&out)
-            },
-        },
-        Case {
-            name: "results: manifest under a regular file (dka data inspect)",
-            setup: |d| {
-                let file = d.join("a-file");
-                write(&file, "x");
-                let m = file.join("m.json");
-                let data = folder(d);
-                let root = data.trim_start_matches("folder=").to_string();
-                Fault::run([
-                    "data",
-                    "inspect",
-                    "--dataset",
-                    "folder",
-                    "--root",
-                    &root,
-                    "--manifest",
-                    &s(&m),
-                ])
-                .names(file)
-                .clean(d)
-            },
-        },
-        Case {
-            name: "results: output folder missing (dka features)",
-            setup: |d| {
-                let o = d.join("no/such/folder/features.safetensors");
-                features(d, |a| {
-                    set_arg(
-                        a,
-                        "--output",
-                        &d.join("no/such/folder/features.safetensors"),
-                    )
-                })
-                .names(&o)
-                .absent(o.clone())
-            },
-        },
-        Case {
-            name: "data: two dataset folders missing, each named once (dka grid)",
-            setup: |d| {
-                let p = experiment(d, |t| {
-                    t.replace("draw = [0]", "draw = [0]\ndataset = [\"folder\", \"csv\"]")
-                });
-                let out = d.join("out");
-                Fault::run([
-                    "grid",
-                    &s(&p),
-                    "--out",
-                    &s(&out),
-                    "--device",
-                    "cpu",
-                    "--data-dir",
-                    &s(d.join("datasets")),
-                    "--weights",
-                    "none",
-                ])
-                .says("2 dataset folder(s) missing, nothing was run")
-                .names(d.join("datasets/folder"))
-                .names(d.join("datasets/csv"))
-                .empty(out)
-            },
-        },
-        Case {
-            name: "data: --data without NAME=PATH (dka grid)",
-            setup: |d| {
-                let p = experiment(d, |t| t);
-                let mut f = grid(d, &p, &[]);
-                let i = f.args.iter().position(|a| a == "--data").unwrap();
-                f.args[i + 1] = s(d.join("ds"));
-                f.says("expected NAME=PATH")
             },
         },
     ]
