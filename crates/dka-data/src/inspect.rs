@@ -13,7 +13,7 @@ use crate::split::{make_split, Split, SplitSpec};
 use crate::{brats, busi, covid, csv_generic, folder, isic2018, isic2019, mni};
 
 /// Names `open_dataset` knows.
-pub const DATASETS: [&str; 11] = [
+pub const DATASETS: [&str; 12] = [
     "isic2019",
     "isic2018",
     "busi-cls",
@@ -25,6 +25,7 @@ pub const DATASETS: [&str; 11] = [
     "mni152",
     "mni152-slab",
     "colin27",
+    "colin27-gm-slab",
 ];
 
 fn open_inner(name: &str, root: &Path, opts: &LoaderOptions) -> Result<Box<dyn Dataset>> {
@@ -46,6 +47,7 @@ fn open_inner(name: &str, root: &Path, opts: &LoaderOptions) -> Result<Box<dyn D
         "mni152" => Box::new(mni::open_mni152(root, opts)?),
         "mni152-slab" => Box::new(mni::open_mni152_slab(root, opts)?),
         "colin27" => Box::new(mni::open_colin27(root, opts)?),
+        "colin27-gm-slab" => Box::new(mni::open_colin27_gm_slab(root, opts)?),
         _ => {
             return Err(DataError::UnknownDataset {
                 name: name.to_string(),

@@ -6,6 +6,10 @@
 //!   the argmax of (1 - gm - wm, gm, wm) over the grey/white-matter probability maps.
 //! - `colin27` (root `.assets/colin27`): the Colin27 T1 (`ch2.nii.gz`) from Debian's
 //!   mricron-data with the AAL atlas (116 regions) as labels; class names from `aal.nii.txt`.
+//! - `colin27-gm-slab` (same root): Colin27's brain-extracted T1 (`ch2bet.nii.gz`) labelled
+//!   background / grey matter, grey matter being the union of the AAL atlas's 116 regions
+//!   (cortical and deep grey matter, cerebellum), with the same held-out test slab as
+//!   `mni152-slab`.
 //!
 //! Both are one subject, so each slice is its own split group.
 
@@ -57,23 +61,59 @@ pub fn open_mni152(root: &Path, opts: &LoaderOptions) -> Result<SliceDataset> {
 /// the slices within 8 % of the range on either side of it are dropped (no training slice is
 /// a neighbour of a test slice), and all other slices form the training pool.
 pub fn open_mni152_slab(root: &Path, opts: &LoaderOptions) -> Result<SliceDataset> {
-    let ds = open_mni152(root, opts)?.renamed("mni152-slab");
-    Ok(ds.with_slabs(|z, lo, hi| {
-        let r = (hi - lo).max(1) as f64;
-        let t = (z - lo) as f64 / r;
-        if (0.55..0.75).contains(&t) {
-            Some(SplitName::Test)
-        } else if (0.47..0.83).contains(&t) {
-            None
-        } else {
-            Some(SplitName::Train)
-        }
-    }))
+    Ok(open_mni152(root, opts)?
+        .renamed("mni152-slab")
+        .with_slabs(held_out_slab))
+}
+
+/// The split of axial slice `z` of the kept range `lo..=hi`: the test slab from 55 % to 75 %
+/// of the range, nothing within 8 % of the range on either side of it, training elsewhere.
+fn held_out_slab(z: usize, lo: usize, hi: usize) -> Option<SplitName> {
+    let r = (hi - lo).max(1) as f64;
+    let t = (z - lo) as f64 / r;
+    if (0.55..0.75).contains(&t) {
+        Some(SplitName::Test)
+    } else if (0.47..0.83).contains(&t) {
+        None
+    } else {
+        Some(SplitName::Train)
+    }
 }
 
 fn atlas_label(v: f32) -> Option<u8> {
     let r = v.round();
     (0.0..=255.0).contains(&r).then_some(r as u8)
+}
+
+/// Any AAL region is grey matter (1); outside the atlas is background (0).
+fn atlas_grey_matter(v: f32) -> Option<u8> {
+    atlas_label(v).map(|l| u8::from(l > 0))
+}
+
+/// `colin27-gm-slab`: Colin27's brain-extracted T1 with grey matter (the union of the AAL
+/// regions) as the one foreground class, and the held-out slab split of `mni152-slab`.
+pub fn open_colin27_gm_slab(root: &Path, opts: &LoaderOptions) -> Result<SliceDataset> {
+    let case = Case {
+        id: "colin27".into(),
+        channels: vec![require(root, "ch2bet.nii.gz")?],
+        labels: LabelSource::Volume {
+            path: require(root, "aal.nii.gz")?,
+            map: atlas_grey_matter,
+        },
+    };
+    let task = Task::Segmentation {
+        classes: vec!["background".into(), "grey matter".into()],
+    };
+    Ok(SliceDataset::build(
+        "colin27-gm-slab",
+        root,
+        task,
+        vec![case],
+        Vec::new(),
+        false,
+        opts,
+    )?
+    .with_slabs(held_out_slab))
 }
 
 /// Colin27 with the AAL atlas.

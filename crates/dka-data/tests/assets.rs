@@ -170,3 +170,62 @@ fn colin27_with_the_aal_atlas() {
     let labels: BTreeSet<u8> = mask.pixels().map(|p| p.0[0]).collect();
     assert!(labels.len() > 10 && labels.iter().all(|&l| l <= 116));
 }
+
+#[test]
+fn colin27_grey_matter_has_a_held_out_slab_and_two_classes() {
+    if std::env::var_os("DKA_ASSETS_NO_APT").is_some() {
+        eprintln!("colin27-gm-slab skipped: DKA_ASSETS_NO_APT is set");
+        return;
+    }
+    require("colin27/ch2bet.nii.gz");
+    require("colin27/aal.nii.gz");
+    let ds = open_dataset(
+        "colin27-gm-slab",
+        &assets().join("colin27"),
+        &LoaderOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(ds.task().classes(), ["background", "grey matter"]);
+    let z = |r: &Record| -> usize { r.id.rsplit("/z").next().unwrap().parse().unwrap() };
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for r in ds.records() {
+        match r.official {
+            Some(SplitName::Train) => train.push(z(r)),
+            Some(SplitName::Test) => test.push(z(r)),
+            other => panic!("{}: split {other:?}", r.id),
+        }
+    }
+    // Every slice the atlas touches, minus the gap around the test slab.
+    let (lo, hi) = (train.iter().min().unwrap(), train.iter().max().unwrap());
+    let range = (hi - lo) as f64;
+    let n = test.len() as f64;
+    assert!(
+        n >= 0.19 * range && n <= 0.21 * range + 1.0,
+        "{n} test slices"
+    );
+    let (t0, t1) = (*test.iter().min().unwrap(), *test.iter().max().unwrap());
+    // No training slice within 8 % of the range of a test slice (7 % allows for rounding).
+    for &s in &train {
+        let d = if s < t0 {
+            t0 - s
+        } else if s > t1 {
+            s - t1
+        } else {
+            0
+        };
+        assert!(
+            d as f64 >= 0.07 * range,
+            "training slice {s} is {d} slices from the test slab"
+        );
+    }
+    let ids: Vec<usize> = ds.records().iter().map(z).collect();
+    let mid = ids.iter().position(|&s| s == (t0 + t1) / 2).unwrap();
+    let mask = ds.read(mid).unwrap().mask.unwrap();
+    let labels: BTreeSet<u8> = mask.pixels().map(|p| p.0[0]).collect();
+    assert_eq!(labels, BTreeSet::from([0, 1]));
+    let grey = mask.pixels().filter(|p| p.0[0] == 1).count() as f64 / mask.pixels().len() as f64;
+    assert!(
+        (0.05..0.5).contains(&grey),
+        "grey matter covers {grey:.3} of a mid-slab slice"
+    );
+}

@@ -159,6 +159,7 @@ pub fn dataset_label(d: &str) -> String {
         "brats" => "BraTS".into(),
         "mni152" => "MNI152".into(),
         "mni152-slab" => "MNI152 slab".into(),
+        "colin27-gm-slab" => "Colin27 grey matter".into(),
         "folder" => "synthetic".into(),
         other => other.into(),
     }
