@@ -47,7 +47,7 @@ done
 echo
 echo "== Fine-tuning on real MRI (Colin27 grey matter, a held-out test slab): DINOv2-S/14"
 echo "   (natural) and LiteMedSAM's TinyViT (medical), each also with random weights; linear"
-echo "   probing, full fine-tuning, LoRA, Adapter, Convpass, DKA; 3 % and 8 % of the slices,"
+echo "   probing, full fine-tuning, LoRA, Adapter, Convpass, DKA; 3 % (2) and 8 % (7) of the slices,"
 echo "   3 draws (144 runs; about 13 minutes on 2 CPU cores)"
 $dka grid experiments/demo.toml --data colin27-gm-slab=$colin --out results/demo
 echo
