@@ -53,6 +53,11 @@ fuzz cases="5000": setup fixtures
 demo: build fixtures assets
     scripts/demo.sh
 
+# How far the demo's 30 steps are from convergence: its settings for 120 epochs (one draw, 8 %), into results/demo_convergence/ (about 2.5 min).
+demo-convergence: build assets
+    {{dka}} grid experiments/demo_convergence.toml --data colin27-gm-slab=.assets/colin27 --out results/demo_convergence
+    .venv/bin/python scripts/curves.py results/demo_convergence
+
 # Check this build on the GPU: dka info, fixtures' forward on CPU and CUDA (fp32, bf16), a bf16
 # training step of every method on ViT-B/16 with time and peak memory, a 2-epoch grid on CUDA:
 # results/gpu/check.csv. Without CUDA it says so and runs the CPU part.

@@ -50,6 +50,8 @@ echo "   (natural) and LiteMedSAM's TinyViT (medical), each also with random wei
 echo "   probing, full fine-tuning, LoRA, Adapter, Convpass, DKA; 3 % (2) and 8 % (7) of the slices,"
 echo "   3 draws (144 runs; about 13 minutes on 2 CPU cores)"
 $dka grid experiments/demo.toml --data colin27-gm-slab=$colin --out results/demo
+# The run folders are not committed: every run's training curve goes into one CSV that is.
+.venv/bin/python scripts/curves.py results/demo
 echo
 echo "== Effective receptive fields of the trained adapters (DINOv2-S, first draw)"
 rm -rf results/demo/erf
@@ -74,6 +76,6 @@ elapsed=$(( $(date +%s) - started ))
 } > results/demo/MADE.md
 cat results/demo/table.md
 echo
-echo "(figure: results/demo/figure.png; ERF maps: results/demo/erf/erf_grid.png;"
+echo "(figure: results/demo/figure.png; ERF maps: results/demo/erf/erf_grid.png; training curves: results/demo/curves.csv;"
 echo " every run: results/demo/runs/<id>/; how it was made: results/demo/MADE.md; ${elapsed} s in all;"
 echo " the README's demo block is rewritten from these files by python3 scripts/readme_demo.py)"
