@@ -1,0 +1,60 @@
+//! The committed results and the README agree: the README's demo block is what
+//! `scripts/readme_demo.py` writes from `results/demo/` and `results/demo_convergence/`, and
+//! every run of the demo's `runs.csv` has its training curve in `curves.csv`.
+mod common;
+use common::repo;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn python(repo: &Path) -> PathBuf {
+    let venv = repo.join(".venv/bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+#[test]
+fn the_readme_demo_block_is_written_from_the_committed_results() {
+    let repo = repo();
+    let out = Command::new(python(&repo))
+        .arg(repo.join("scripts/readme_demo.py"))
+        .arg("--check")
+        .current_dir(&repo)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "README.md's demo block differs from what `python3 scripts/readme_demo.py` writes from \
+         results/demo (rerun it after `just demo`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn column(path: &Path, name: &str) -> Vec<String> {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let i = r
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("{}: no column {name}", path.display()));
+    r.records().map(|rec| rec.unwrap()[i].to_string()).collect()
+}
+
+#[test]
+fn every_demo_run_has_its_training_curve_committed() {
+    for grid in ["results/demo", "results/demo_convergence"] {
+        let dir = repo().join(grid);
+        let runs: BTreeSet<String> = column(&dir.join("runs.csv"), "id").into_iter().collect();
+        let curves: BTreeSet<String> = column(&dir.join("curves.csv"), "run").into_iter().collect();
+        assert!(!runs.is_empty(), "{grid}: no runs");
+        let missing: Vec<_> = runs.difference(&curves).collect();
+        assert!(
+            missing.is_empty(),
+            "{grid}: runs without a curve: {missing:?}"
+        );
+    }
+}
