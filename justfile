@@ -96,11 +96,12 @@ bench-data: build
 bench: build
     {{dka}} bench steps --device {{ if device == "" { "cpu" } else { device } }} --output results/bench/steps{{ if device == "" { "" } else if device == "cpu" { "" } else { "-cuda" } }}.csv
 
-# The DKA d192 / Adapter step ratio that eager PyTorch reaches with dka's own FFT path, under dka's thread policy (PASSIVE) and libgomp's default: results/bench/fft_eager.csv.
+# Eager PyTorch on dka's own FFT path: the DKA d192 / Adapter ViT-B step ratio (PASSIVE and libgomp's default) and the 32x32 DKA stack: results/bench/fft_eager.csv.
 bench-fft-eager: setup
     rm -f results/bench/fft_eager.csv
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benches/reference/fft_eager.py --out results/bench/fft_eager.csv
     env -u OMP_WAIT_POLICY .venv/bin/python benches/reference/fft_eager.py --out results/bench/fft_eager.csv
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benches/reference/fft_eager.py --stack 32 --out results/bench/fft_eager.csv
 
 # Every benchmark: steps against PyTorch, DKA's convolutions, the data path.
 bench-all: bench bench-dka bench-data bench-fft-eager

@@ -134,6 +134,74 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def stack(a):
+    """`dka bench steps`' "dka stack d192 HxH b2" case: 12 DKA layers, each applied twice, on
+    [2, H*H, 768] tokens, loss = mean of squares, Adam."""
+    torch.manual_seed(0)
+    torch.set_flush_denormal(True)
+    h = a.stack
+    cfg = dict(d_hat=192, bias=True, large_kernel=51, small_kernel=5, activation="authors",
+               dropout=0.0)
+    kinds = ["dka d192 fft"] + (["dka d192 direct"] if a.direct else [])
+    models = {}
+    for k in kinds:
+        torch.manual_seed(0)
+        layers = nn.ModuleList(S.Dka(768, cfg) for _ in range(12))
+        if k == "dka d192 fft":
+            for m in layers:
+                m.forward = dka_fft_forward.__get__(m)
+        models[k] = (layers, torch.optim.Adam(layers.parameters(), lr=1e-3))
+    x = torch.randn(2, h * h, 768)
+    m = models["dka d192 fft"][0][0]
+    with torch.no_grad():
+        err = (S.Dka.forward(m, x[:1], h, h, 0) - m(x[:1], h, h, 0)).abs().max().item()
+    assert err < 1e-4, f"the FFT path differs from nn.Conv2d by {err} on the {h}x{h} grid"
+    print(f"FFT path against nn.Conv2d on {h}x{h}: max |diff| {err:.1e}", file=sys.stderr)
+
+    def step(k):
+        layers, opt = models[k]
+        t = time.perf_counter()
+        y = x
+        for m in layers:
+            y = m(m(y, h, h, 0), h, h, 0)
+        loss = y.square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return (time.perf_counter() - t) * 1e3
+
+    for k in kinds:
+        step(k)
+    times = {k: [] for k in kinds}
+    for r in range(a.rounds):
+        for k in kinds:
+            times[k].append(step(k))
+        print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {times[k][-1]:.0f} ms" for k in kinds),
+              file=sys.stderr, flush=True)
+    write(a, {k: (f"dka stack d192 {h}x{h} b2 {k.split()[-1]} (eager)", v) for k, v in times.items()},
+          None)
+
+
+def write(a, rows, base):
+    """Appends `rows` (key -> (case label, times)) to the CSV; ratios to `base` when given."""
+    med = {k: sorted(v)[len(v) // 2] for k, (_, v) in rows.items()}
+    policy = os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp's spin-then-sleep)")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new = not out.exists()
+    with open(out, "a", newline="") as f:
+        wr = csv.writer(f)
+        if new:
+            wr.writerow(["case", "omp_wait_policy", "threads", "batch", "rounds", "median_ms",
+                         "min_ms", "max_ms", "ratio_to_adapter", "torch", "machine"])
+        for k, (label, t) in rows.items():
+            ratio = f"{med[k] / med[base]:.3f}" if base else ""
+            wr.writerow([label, policy, torch.get_num_threads(), a.batch if base else 2, a.rounds,
+                         f"{med[k]:.1f}", f"{min(t):.1f}", f"{max(t):.1f}", ratio,
+                         torch.__version__, f"{os.cpu_count()} CPUs, {cpu_model()}"])
+    print(json.dumps({rows[k][0]: round(v, 1) for k, v in med.items()}) + f" ({policy}); appended to {out}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -141,7 +209,12 @@ def main():
     ap.add_argument("--out", default="results/bench/fft_eager.csv")
     ap.add_argument("--direct", action="store_true",
                     help="also time DKA with plain nn.Conv2d 51x51 + 5x5 (slow)")
+    ap.add_argument("--stack", type=int, default=0, metavar="H",
+                    help="instead: the DKA layer stack alone (12 layers, each applied twice, "
+                         "d̂ 192, batch 2) on an H x H token grid, FFT path (and plain with --direct)")
     a = ap.parse_args()
+    if a.stack:
+        return stack(a)
     torch.manual_seed(0)
     torch.set_flush_denormal(True)
     kinds = ["adapter d64", "dka d192 fft"] + (["dka d192 direct"] if a.direct else [])
@@ -176,23 +249,8 @@ def main():
             times[k].append(step(k))
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {times[k][-1]:.0f} ms" for k in kinds),
               file=sys.stderr, flush=True)
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    policy = os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp's spin-then-sleep)")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with open(out, "a", newline="") as f:
-        wr = csv.writer(f)
-        if new:
-            wr.writerow(["case", "omp_wait_policy", "threads", "batch", "rounds", "median_ms",
-                         "min_ms", "max_ms", "ratio_to_adapter", "torch", "machine"])
-        for k in kinds:
-            wr.writerow([f"vit-b16 224 b{a.batch} {k} (eager)", policy, torch.get_num_threads(),
-                         a.batch, a.rounds, f"{med[k]:.1f}", f"{min(times[k]):.1f}",
-                         f"{max(times[k]):.1f}", f"{med[k] / med['adapter d64']:.3f}",
-                         torch.__version__, f"{os.cpu_count()} CPUs, {cpu_model()}"])
-    print(json.dumps({k: round(v, 1) for k, v in med.items()}) +
-          f"; dka d192 fft / adapter = {med['dka d192 fft'] / med['adapter d64']:.3f} ({policy}); appended to {out}")
+    write(a, {k: (f"vit-b16 224 b{a.batch} {k} (eager)", v) for k, v in times.items()},
+          "adapter d64")
 
 
 if __name__ == "__main__":
