@@ -119,7 +119,7 @@ if all_ok "${colin_rel[@]}"; then
 elif [ -n "${DKA_ASSETS_NO_APT:-}" ]; then
   echo "assets: skipping colin27 (DKA_ASSETS_NO_APT is set)"
 elif ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
-  echo "assets: skipping colin27: apt-get/dpkg-deb not available (optional for the tests; just demo needs it)"
+  echo "assets: skipping colin27: apt-get/dpkg-deb not available (just demo needs it; set DKA_ASSETS_NO_APT=1 to skip the tests that read it)"
 else
   echo "assets: fetching Debian package mricron-data (Colin27)"
   fetched=0
@@ -136,7 +136,7 @@ else
     done
     for r in "${colin_rel[@]}"; do verify "$r"; done
   else
-    echo "assets: skipping colin27: 'apt-get download mricron-data' failed (optional for the tests, needed by just demo; needs apt access)"
+    echo "assets: skipping colin27: 'apt-get download mricron-data' failed (just demo needs it; set DKA_ASSETS_NO_APT=1 to skip the tests that read it)"
   fi
 fi
 
