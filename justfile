@@ -55,7 +55,7 @@ demo: build fixtures assets
 
 # How far the demo's 30 steps are from convergence: its settings for 120 epochs (one draw, 8 %), into results/demo_convergence/ (about 2.5 min).
 demo-convergence: build assets
-    {{dka}} grid experiments/demo_convergence.toml --data colin27-gm-slab=.assets/colin27 --out results/demo_convergence
+    {{dka}} grid experiments/demo.toml --profile convergence --data colin27-gm-slab=.assets/colin27 --out results/demo_convergence
     .venv/bin/python scripts/curves.py results/demo_convergence
 
 # Check this build on the GPU: dka info, fixtures' forward on CPU and CUDA (fp32, bf16), a bf16
