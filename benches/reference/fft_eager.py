@@ -63,40 +63,56 @@ def fft_depthwise(z, k):
     return torch.fft.irfft(y, n=nw, dim=-1)[..., :w]
 
 
-def merged(m, h, w):
-    """The large and small kernels summed, centre-cropped to (2h-1) x (2w-1) at most."""
-    kl, ks = m.conv_large.weight, m.conv_small.weight
-    kh, kw = min(kl.shape[-2], 2 * h - 1), min(kl.shape[-1], 2 * w - 1)
+class DkaFft(S.Dka):
+    """steps.Dka with its convolutions on the fast path: the large and small kernels summed,
+    centre-cropped to (2h-1) x (2w-1) at most, then one FFT convolution."""
 
-    def fit(k):
-        a, b = k.shape[-2:]
-        if a > kh:
-            k = k[:, :, (a - kh) // 2:(a - kh) // 2 + kh]
-        if b > kw:
-            k = k[..., (b - kw) // 2:(b - kw) // 2 + kw]
-        ph, pw = max(kh - a, 0) // 2, max(kw - b, 0) // 2
-        return F.pad(k, (pw, pw, ph, ph)) if ph or pw else k
+    def convs(self, p):
+        h, w = p.shape[-2:]
+        kl, ks = self.conv_large.weight, self.conv_small.weight
+        kh, kw = min(kl.shape[-2], 2 * h - 1), min(kl.shape[-1], 2 * w - 1)
 
-    bias = None
-    if m.conv_large.bias is not None:
-        bias = m.conv_large.bias + m.conv_small.bias
-    return fit(kl) + fit(ks), bias
+        def fit(k):
+            a, b = k.shape[-2:]
+            if a > kh:
+                k = k[:, :, (a - kh) // 2:(a - kh) // 2 + kh]
+            if b > kw:
+                k = k[..., (b - kw) // 2:(b - kw) // 2 + kw]
+            ph, pw = max(kh - a, 0) // 2, max(kw - b, 0) // 2
+            return F.pad(k, (pw, pw, ph, ph)) if ph or pw else k
+
+        y = fft_depthwise(p, fit(kl) + fit(ks))
+        if self.conv_large.bias is not None:
+            y = y + (self.conv_large.bias + self.conv_small.bias).view(1, -1, 1, 1)
+        return y
 
 
-def dka_fft_forward(self, x, h, w, prefix):
-    """steps.Dka.forward with the fast convolution."""
-    b = x.shape[0]
-    z = self.down(x)
-    if self.authors:
-        z = self.act(z)
-    pre, p = z[:, :prefix], z[:, prefix:]
-    p = p.transpose(1, 2).reshape(b, -1, h, w)
-    k, bias = merged(self, h, w)
-    p = fft_depthwise(p, k)
-    if bias is not None:
-        p = p + bias.view(1, -1, 1, 1)
-    p = p.flatten(2).transpose(1, 2)
-    return x + self.up(self.drop(self.act(torch.cat([pre, p], dim=1))))
+DKA_D192 = dict(d_hat=192, bias=True, large_kernel=51, small_kernel=5, activation="authors",
+                dropout=0.0)
+
+
+def check_fast_path(h):
+    """The fast convolutions against the two nn.Conv2d on an h x h map."""
+    torch.manual_seed(0)
+    d = DkaFft(768, DKA_D192)
+    p = torch.randn(2, 192, h, h)
+    with torch.no_grad():
+        err = (S.Dka.convs(d, p) - d.convs(p)).abs().max().item()
+    assert err < 1e-4, f"the FFT path differs from nn.Conv2d by {err} on the {h}x{h} grid"
+    print(f"FFT path against nn.Conv2d on {h}x{h}: max |diff| {err:.1e}", file=sys.stderr)
+
+
+def timed(kinds, step, rounds):
+    """Per kind, `rounds` step times (ms), interleaved, after one warm-up step each."""
+    for k in kinds:
+        step(k)
+    times = {k: [] for k in kinds}
+    for r in range(rounds):
+        for k in kinds:
+            times[k].append(step(k))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {times[k][-1]:.0f} ms" for k in kinds),
+              file=sys.stderr, flush=True)
+    return times
 
 
 def build(kind, grid=(14, 14)):
@@ -111,11 +127,7 @@ def build(kind, grid=(14, 14)):
             blk.ls1 = nn.Sequential(blk.ls1, a1)
             blk.ls2 = nn.Sequential(blk.ls2, a2)
         else:
-            cfg = dict(d_hat=192, bias=True, large_kernel=51, small_kernel=5,
-                       activation="authors", dropout=0.0)
-            d = S.Dka(768, cfg)
-            if kind == "dka d192 fft":
-                d.forward = dka_fft_forward.__get__(d)
+            d = (DkaFft if kind == "dka d192 fft" else S.Dka)(768, DKA_D192)
             train.append(d)
             m.blocks[i] = S.MonaBlock(blk, d, grid, m.num_prefix_tokens)
     head = nn.Linear(768, 3)
@@ -137,26 +149,16 @@ def cpu_model():
 def stack(a):
     """`dka bench steps`' "dka stack d192 HxH b2" case: 12 DKA layers, each applied twice, on
     [2, H*H, 768] tokens, loss = mean of squares, Adam."""
-    torch.manual_seed(0)
-    torch.set_flush_denormal(True)
     h = a.stack
-    cfg = dict(d_hat=192, bias=True, large_kernel=51, small_kernel=5, activation="authors",
-               dropout=0.0)
+    check_fast_path(h)
     kinds = ["dka d192 fft"] + (["dka d192 direct"] if a.direct else [])
     models = {}
     for k in kinds:
         torch.manual_seed(0)
-        layers = nn.ModuleList(S.Dka(768, cfg) for _ in range(12))
-        if k == "dka d192 fft":
-            for m in layers:
-                m.forward = dka_fft_forward.__get__(m)
+        cls = DkaFft if k == "dka d192 fft" else S.Dka
+        layers = nn.ModuleList(cls(768, DKA_D192) for _ in range(12))
         models[k] = (layers, torch.optim.Adam(layers.parameters(), lr=1e-3))
     x = torch.randn(2, h * h, 768)
-    m = models["dka d192 fft"][0][0]
-    with torch.no_grad():
-        err = (S.Dka.forward(m, x[:1], h, h, 0) - m(x[:1], h, h, 0)).abs().max().item()
-    assert err < 1e-4, f"the FFT path differs from nn.Conv2d by {err} on the {h}x{h} grid"
-    print(f"FFT path against nn.Conv2d on {h}x{h}: max |diff| {err:.1e}", file=sys.stderr)
 
     def step(k):
         layers, opt = models[k]
@@ -170,19 +172,12 @@ def stack(a):
         opt.step()
         return (time.perf_counter() - t) * 1e3
 
-    for k in kinds:
-        step(k)
-    times = {k: [] for k in kinds}
-    for r in range(a.rounds):
-        for k in kinds:
-            times[k].append(step(k))
-        print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {times[k][-1]:.0f} ms" for k in kinds),
-              file=sys.stderr, flush=True)
+    times = timed(kinds, step, a.rounds)
     write(a, {k: (f"dka stack d192 {h}x{h} b2 {k.split()[-1]} (eager)", v) for k, v in times.items()},
-          None)
+          2, None)
 
 
-def write(a, rows, base):
+def write(a, rows, batch, base):
     """Appends `rows` (key -> (case label, times)) to the CSV; ratios to `base` when given."""
     med = {k: sorted(v)[len(v) // 2] for k, (_, v) in rows.items()}
     policy = os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp's spin-then-sleep)")
@@ -196,7 +191,7 @@ def write(a, rows, base):
                          "min_ms", "max_ms", "ratio_to_adapter", "torch", "machine"])
         for k, (label, t) in rows.items():
             ratio = f"{med[k] / med[base]:.3f}" if base else ""
-            wr.writerow([label, policy, torch.get_num_threads(), a.batch if base else 2, a.rounds,
+            wr.writerow([label, policy, torch.get_num_threads(), batch, a.rounds,
                          f"{med[k]:.1f}", f"{min(t):.1f}", f"{max(t):.1f}", ratio,
                          torch.__version__, f"{os.cpu_count()} CPUs, {cpu_model()}"])
     print(json.dumps({rows[k][0]: round(v, 1) for k, v in med.items()}) + f" ({policy}); appended to {out}")
@@ -213,22 +208,13 @@ def main():
                     help="instead: the DKA layer stack alone (12 layers, each applied twice, "
                          "d̂ 192, batch 2) on an H x H token grid, FFT path (and plain with --direct)")
     a = ap.parse_args()
+    torch.set_flush_denormal(True)
     if a.stack:
         return stack(a)
+    check_fast_path(14)
     torch.manual_seed(0)
-    torch.set_flush_denormal(True)
     kinds = ["adapter d64", "dka d192 fft"] + (["dka d192 direct"] if a.direct else [])
     models = {k: build(k) for k in kinds}
-    # The fast path must compute the same module: one DKA against its plain nn.Conv2d forward.
-    d = S.Dka(768, dict(d_hat=192, bias=True, large_kernel=51, small_kernel=5,
-                        activation="authors", dropout=0.0))
-    nn.init.normal_(d.up.weight, std=0.02)
-    tokens = torch.randn(2, 1 + 14 * 14, 768)
-    with torch.no_grad():
-        plain, fast = d(tokens, 14, 14, 1), dka_fft_forward(d, tokens, 14, 14, 1)
-    err = (plain - fast).abs().max().item()
-    assert err < 1e-4, f"the FFT path differs from nn.Conv2d by {err}"
-    print(f"FFT path against nn.Conv2d: max |diff| {err:.1e}", file=sys.stderr)
     x = torch.randn(a.batch, 3, 224, 224)
     y = torch.randint(0, 3, (a.batch,))
 
@@ -241,16 +227,9 @@ def main():
         opt.step()
         return (time.perf_counter() - t) * 1e3
 
-    for k in kinds:  # warm-up
-        step(k)
-    times = {k: [] for k in kinds}
-    for r in range(a.rounds):
-        for k in kinds:
-            times[k].append(step(k))
-        print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {times[k][-1]:.0f} ms" for k in kinds),
-              file=sys.stderr, flush=True)
+    times = timed(kinds, step, a.rounds)
     write(a, {k: (f"vit-b16 224 b{a.batch} {k} (eager)", v) for k, v in times.items()},
-          "adapter d64")
+          a.batch, "adapter d64")
 
 
 if __name__ == "__main__":

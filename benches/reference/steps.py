@@ -65,11 +65,14 @@ class Dka(nn.Module):
         if self.authors:
             z = self.act(z)
         pre, p = z[:, :prefix], z[:, prefix:]
-        p = p.transpose(1, 2).reshape(b, -1, h, w)
-        p = self.conv_large(p) + self.conv_small(p)
+        p = self.convs(p.transpose(1, 2).reshape(b, -1, h, w))
         p = p.flatten(2).transpose(1, 2)
         y = torch.cat([pre, p], dim=1)
         return x + self.up(self.drop(self.act(y)))
+
+    def convs(self, p):
+        """The two depthwise convolutions on the map `[B, d̂, h, w]`, summed."""
+        return self.conv_large(p) + self.conv_small(p)
 
 
 class Dka2d(nn.Module):
