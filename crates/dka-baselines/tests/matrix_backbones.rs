@@ -3,7 +3,7 @@
 //! prompt padding on a ResNet, prompt tokens in a SAM encoder's global blocks, token methods and
 //! prompt padding on TinyViT, and LoRA's q/v slices in TinyViT's per-head qkv rows.
 use dka_baselines::lora::{ConvTarget, LoraConfig};
-use dka_baselines::vpt::{PromptKind, VptConfig};
+use dka_baselines::vpt::VptConfig;
 use dka_baselines::MethodConfig;
 use dka_core::dka::{DkaConfig, Init};
 use dka_core::sites::QkvLayout;
@@ -52,17 +52,7 @@ fn lora_on_convs_and_prompt_padding_pass_the_shared_checks_on_a_resnet() {
     for case in cases {
         shared_checks(&cfg, &case);
     }
-    let err = build(
-        &cfg,
-        &MethodConfig::Vpt(VptConfig {
-            kind: PromptKind::Tokens,
-            ..Default::default()
-        }),
-        1,
-    )
-    .err()
-    .expect("prompt tokens are refused");
-    assert!(err.to_string().contains("padding"), "{err}");
+    prompt_tokens_are_refused(&cfg, "padding");
 }
 
 // SAM encoder: D = 16, depth 3 (block 1 and 2 global, block 0 windowed), MLP 4D, 4x4 grid.
@@ -155,17 +145,7 @@ fn token_methods_and_prompt_padding_pass_the_shared_checks_on_a_tinyvit() {
     for case in cases {
         shared_checks(&cfg, &case);
     }
-    let err = build(
-        &cfg,
-        &MethodConfig::Vpt(VptConfig {
-            kind: PromptKind::Tokens,
-            ..Default::default()
-        }),
-        1,
-    )
-    .err()
-    .expect("prompt tokens are refused");
-    assert!(err.to_string().contains("windowed"), "{err}");
+    prompt_tokens_are_refused(&cfg, "windowed");
 }
 
 /// LoRA's q / v slices land on TinyViT's per-head q / v rows: a `v`-only LoRA changes no q or

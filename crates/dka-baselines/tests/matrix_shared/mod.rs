@@ -304,6 +304,18 @@ pub fn shared_checks(cfg: &BackboneConfig, case: &Case) {
     }
 }
 
+/// Prompt tokens cannot attach to `cfg`: building them fails with a message containing `why`.
+pub fn prompt_tokens_are_refused(cfg: &BackboneConfig, why: &str) {
+    let tokens = MethodConfig::Vpt(VptConfig {
+        kind: PromptKind::Tokens,
+        ..Default::default()
+    });
+    let err = build(cfg, &tokens, 1)
+        .err()
+        .expect("prompt tokens are refused");
+    assert!(err.to_string().contains(why), "{err}");
+}
+
 pub fn cfg_arch(cfg: &BackboneConfig) -> &'static str {
     match cfg {
         BackboneConfig::Vit(_) => "vit",
