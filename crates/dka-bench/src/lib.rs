@@ -9,6 +9,7 @@ pub mod bench_data;
 pub mod bench_endpoint;
 pub mod bench_report;
 pub mod bench_steps;
+pub mod bench_synth;
 pub mod bench_worker;
 pub mod convert;
 pub mod data;
