@@ -446,3 +446,70 @@ optimizer = {{ head_lr = 1e-2, adapter_lr = 1e-2 }}
         );
     }
 }
+
+#[test]
+fn bf16_on_the_cpu_is_autocast_close_to_fp32_and_fp16_is_refused_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("synth"));
+    let run = |precision: &str| -> (std::process::Output, PathBuf) {
+        let cfg = tmp.path().join(format!("run-{precision}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+backbone = "experiments/backbones/vit_quick.json"
+dataset = "folder"
+img_size = 32
+epochs = 3
+batch_size = 8
+augment = false
+precision = "{precision}"
+method = {{ name = "adapter" }}
+optimizer = {{ head_lr = 1e-2, adapter_lr = 1e-2 }}
+"#
+            ),
+        )
+        .unwrap();
+        let out = tmp.path().join(format!("out-{precision}"));
+        let o = dka(&[
+            "train",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--data",
+            &data,
+        ]);
+        (o, out)
+    };
+    let losses = |out: &Path| -> Vec<f64> {
+        let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+        let col = r
+            .headers()
+            .unwrap()
+            .iter()
+            .position(|c| c == "train_loss")
+            .unwrap();
+        r.records()
+            .map(|rec| rec.unwrap()[col].parse().unwrap())
+            .collect()
+    };
+    let (o, fp32) = run("fp32");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, bf16) = run("bf16");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = std::fs::read_to_string(bf16.join("config.json")).unwrap();
+    assert!(config.contains("\"precision\": \"bf16\""), "{config}");
+    // Autocast is really on (bf16 matmuls round differently), and the run is the same run up to
+    // that rounding: the same data, init and steps.
+    let (a, b) = (losses(&fp32), losses(&bf16));
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().zip(&b).any(|(x, y)| x != y), "bf16 losses equal fp32's: {a:?}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 0.05 * x.abs().max(0.1), "fp32 {a:?} against bf16 {b:?}");
+    }
+    let (o, _) = run("fp16");
+    assert!(!o.status.success(), "fp16 ran on the CPU");
+    assert!(stderr(&o).contains("fp16 needs CUDA"), "{}", stderr(&o));
+}
