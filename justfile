@@ -53,7 +53,7 @@ fuzz cases="5000": setup fixtures
 demo: build fixtures assets
     scripts/demo.sh
 
-# Whether the demo trains long enough: its settings for 4x as many epochs, every method on the pretrained backbones (one draw, both fractions), into results/demo_convergence/ (about 9 min).
+# Whether the demo trains long enough: its settings for 4x as many epochs, every method on the pretrained backbones (one draw, both fractions), into results/demo_convergence/ (about 7 min).
 demo-convergence: build assets
     {{dka}} grid experiments/demo.toml --profile convergence --data colin27-gm-slab=.assets/colin27 --out results/demo_convergence
     .venv/bin/python scripts/curves.py results/demo_convergence

@@ -48,7 +48,7 @@ echo
 echo "== Fine-tuning on real MRI (Colin27 grey matter, a held-out test slab): DINOv2-S/14"
 echo "   (natural) and LiteMedSAM's TinyViT (medical), each also with random weights; linear"
 echo "   probing, full fine-tuning, LoRA, Adapter, Convpass, DKA; 3 % (2) and 8 % (7) of the slices,"
-echo "   3 draws (144 runs; about 13 minutes on 2 CPU cores)"
+echo "   3 draws (144 runs; about 11 minutes on 2 CPU cores)"
 $dka grid experiments/demo.toml --data colin27-gm-slab=$colin --out results/demo
 # The run folders are not committed: every run's training curve goes into one CSV that is.
 .venv/bin/python scripts/curves.py results/demo
