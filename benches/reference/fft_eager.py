@@ -160,21 +160,29 @@ def stack(a):
         models[k] = (layers, torch.optim.Adam(layers.parameters(), lr=1e-3))
     x = torch.randn(2, h * h, 768)
 
-    def step(k):
-        layers, opt = models[k]
-        t = time.perf_counter()
+    def loss(layers):
         y = x
         for m in layers:
             y = m(m(y, h, h, 0), h, h, 0)
-        loss = y.square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return (time.perf_counter() - t) * 1e3
+        return y.square().mean()
+
+    def step(k):
+        layers, opt = models[k]
+        return train_step_ms(opt, lambda: loss(layers))
 
     times = timed(kinds, step, a.rounds)
     write(a, {k: (f"dka stack d192 {h}x{h} b2 {k.split()[-1]} (eager)", v) for k, v in times.items()},
           2, None)
+
+
+def train_step_ms(opt, loss_of):
+    """One training step (forward `loss_of()`, backward, `opt.step()`); its time in ms."""
+    t = time.perf_counter()
+    loss = loss_of()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return (time.perf_counter() - t) * 1e3
 
 
 def write(a, rows, batch, base):
@@ -220,12 +228,7 @@ def main():
 
     def step(k):
         m, head, opt = models[k]
-        t = time.perf_counter()
-        loss = F.cross_entropy(head(m(x)), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return (time.perf_counter() - t) * 1e3
+        return train_step_ms(opt, lambda: F.cross_entropy(head(m(x)), y))
 
     times = timed(kinds, step, a.rounds)
     write(a, {k: (f"vit-b16 224 b{a.batch} {k} (eager)", v) for k, v in times.items()},

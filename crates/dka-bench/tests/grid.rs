@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
-use common::{dka, repo};
+use common::{dka, repo, train_cpu};
 
 fn synth(dir: &Path) -> String {
     common::synth(dir, 24, 0)
@@ -173,16 +173,7 @@ optimizer = { head_lr = 1e-3, adapter_lr = 1e-3, backbone_lr = 1e-3 }
     )
     .unwrap();
     let out = tmp.path().join("run");
-    let run = dka(&[
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--data",
-        &data,
-    ]);
+    let run = train_cpu(&cfg, &out, &data);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
@@ -356,16 +347,7 @@ optimizer = { kind = "sgd", adapter_lr = 1e30, head_lr = 1e30, backbone_lr = 1e3
     )
     .unwrap();
     let out = tmp.path().join("run");
-    let run = dka(&[
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--data",
-        &data,
-    ]);
+    let run = train_cpu(&cfg, &out, &data);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
         !run.status.success(),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{dka, metrics_of, repo, rows, stderr, table_ns};
+use common::{dka, metrics_of, repo, rows, stderr, table_ns, train_cpu, train_losses};
 
 fn synth(dir: &Path) -> String {
     common::synth(dir, 8, 0)
@@ -402,27 +402,11 @@ optimizer = {{ head_lr = 1e-2, adapter_lr = 1e-2 }}
         )
         .unwrap();
         let out = tmp.path().join(format!("out-{checkpoint}"));
-        let o = dka(&[
-            "train",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--data",
-            &data,
-        ]);
+        let o = train_cpu(&cfg, &out, &data);
         assert!(o.status.success(), "{}", stderr(&o));
         let config = std::fs::read_to_string(out.join("config.json")).unwrap();
         let mut m = metrics_of(&o);
-        let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
-        let col = r
-            .headers()
-            .unwrap()
-            .iter()
-            .position(|c| c == "train_loss")
-            .unwrap();
-        let last = r.records().last().unwrap().unwrap()[col].parse().unwrap();
+        let last = *train_losses(&out).last().expect("one loss per epoch");
         m.insert("last_train_loss".into(), last);
         (m, config)
     };
@@ -471,29 +455,8 @@ optimizer = {{ head_lr = 1e-2, adapter_lr = 1e-2 }}
         )
         .unwrap();
         let out = tmp.path().join(format!("out-{precision}"));
-        let o = dka(&[
-            "train",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--data",
-            &data,
-        ]);
+        let o = train_cpu(&cfg, &out, &data);
         (o, out)
-    };
-    let losses = |out: &Path| -> Vec<f64> {
-        let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
-        let col = r
-            .headers()
-            .unwrap()
-            .iter()
-            .position(|c| c == "train_loss")
-            .unwrap();
-        r.records()
-            .map(|rec| rec.unwrap()[col].parse().unwrap())
-            .collect()
     };
     let (o, fp32) = run("fp32");
     assert!(o.status.success(), "{}", stderr(&o));
@@ -503,11 +466,17 @@ optimizer = {{ head_lr = 1e-2, adapter_lr = 1e-2 }}
     assert!(config.contains("\"precision\": \"bf16\""), "{config}");
     // Autocast is really on (bf16 matmuls round differently), and the run is the same run up to
     // that rounding: the same data, init and steps.
-    let (a, b) = (losses(&fp32), losses(&bf16));
+    let (a, b) = (train_losses(&fp32), train_losses(&bf16));
     assert_eq!(a.len(), b.len());
-    assert!(a.iter().zip(&b).any(|(x, y)| x != y), "bf16 losses equal fp32's: {a:?}");
+    assert!(
+        a.iter().zip(&b).any(|(x, y)| x != y),
+        "bf16 losses equal fp32's: {a:?}"
+    );
     for (x, y) in a.iter().zip(&b) {
-        assert!((x - y).abs() <= 0.05 * x.abs().max(0.1), "fp32 {a:?} against bf16 {b:?}");
+        assert!(
+            (x - y).abs() <= 0.05 * x.abs().max(0.1),
+            "fp32 {a:?} against bf16 {b:?}"
+        );
     }
     let (o, _) = run("fp16");
     assert!(!o.status.success(), "fp16 ran on the CPU");

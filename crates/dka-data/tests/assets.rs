@@ -145,22 +145,24 @@ fn retina_photo_decodes_and_preprocesses() {
     );
 }
 
+/// Dataset `name` over `.assets/colin27` (its T1 `t1` and the AAL atlas), or `None` when
+/// DKA_ASSETS_NO_APT=1 (the switch scripts/assets.sh reads) says Colin27 was not fetched: it
+/// comes from a Debian package, fetched when apt works.
+fn colin27(name: &str, t1: &str) -> Option<Box<dyn Dataset>> {
+    if std::env::var_os("DKA_ASSETS_NO_APT").is_some() {
+        eprintln!("{name} skipped: DKA_ASSETS_NO_APT is set");
+        return None;
+    }
+    require(&format!("colin27/{t1}"));
+    require("colin27/aal.nii.gz");
+    Some(open_dataset(name, &assets().join("colin27"), &LoaderOptions::default()).unwrap())
+}
+
 #[test]
 fn colin27_with_the_aal_atlas() {
-    // Colin27 comes from a Debian package; scripts/assets.sh fetches it when apt works.
-    // DKA_ASSETS_NO_APT=1 (the same switch the script reads) skips this test explicitly.
-    if std::env::var_os("DKA_ASSETS_NO_APT").is_some() {
-        eprintln!("colin27 skipped: DKA_ASSETS_NO_APT is set");
+    let Some(ds) = colin27("colin27", "ch2.nii.gz") else {
         return;
-    }
-    require("colin27/ch2.nii.gz");
-    require("colin27/aal.nii.gz");
-    let ds = open_dataset(
-        "colin27",
-        &assets().join("colin27"),
-        &LoaderOptions::default(),
-    )
-    .unwrap();
+    };
     assert_eq!(ds.task().classes().len(), 117);
     assert_eq!(ds.task().classes()[1], "Precentral_L");
     let h = read_header(&require("colin27/ch2.nii.gz")).unwrap();
@@ -173,18 +175,9 @@ fn colin27_with_the_aal_atlas() {
 
 #[test]
 fn colin27_grey_matter_has_a_held_out_slab_and_two_classes() {
-    if std::env::var_os("DKA_ASSETS_NO_APT").is_some() {
-        eprintln!("colin27-gm-slab skipped: DKA_ASSETS_NO_APT is set");
+    let Some(ds) = colin27("colin27-gm-slab", "ch2bet.nii.gz") else {
         return;
-    }
-    require("colin27/ch2bet.nii.gz");
-    require("colin27/aal.nii.gz");
-    let ds = open_dataset(
-        "colin27-gm-slab",
-        &assets().join("colin27"),
-        &LoaderOptions::default(),
-    )
-    .unwrap();
+    };
     assert_eq!(ds.task().classes(), ["background", "grey matter"]);
     let z = |r: &Record| -> usize { r.id.rsplit("/z").next().unwrap().parse().unwrap() };
     let (mut train, mut test) = (Vec::new(), Vec::new());

@@ -24,6 +24,34 @@ pub fn dka(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `dka train CFG --out OUT --device cpu --data DATA`.
+pub fn train_cpu(cfg: &Path, out: &Path, data: &str) -> Output {
+    dka(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--data",
+        data,
+    ])
+}
+
+/// The `train_loss` column of a run folder's `metrics.csv`, one value per epoch.
+pub fn train_losses(run: &Path) -> Vec<f64> {
+    let mut r = csv::Reader::from_path(run.join("metrics.csv")).unwrap();
+    let col = r
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|c| c == "train_loss")
+        .expect("metrics.csv has a train_loss column");
+    r.records()
+        .map(|rec| rec.unwrap()[col].parse().unwrap())
+        .collect()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
