@@ -45,8 +45,8 @@ fn dka(d_hat: i64) -> MethodConfig {
     })
 }
 
-/// The cases: ViT-B/16 at 224 (batch 8) under linear probing, LoRA, Adapter, DKA d̂ 16 and
-/// 192; a DKA segmentation step at a 32x32 token grid (512 input); the DKA layer stack alone at
+/// The cases: ViT-B/16 at 224 (batch 8) under linear probing, LoRA, Adapter (d 64 and, DKA's
+/// width, 192), DKA d̂ 16 and 192; a DKA segmentation step at a 32x32 token grid (512 input); the DKA layer stack alone at
 /// 32x32 and 64x64 (MedSAM's 1024 input); ResNet-50 with DKA after every bottleneck. `quick`:
 /// the same with tiny models.
 pub fn cases(quick: bool) -> Vec<CaseSpec> {
@@ -219,6 +219,16 @@ pub fn cases(quick: bool) -> Vec<CaseSpec> {
         cls(
             "vit-b16 224 b8 adapter d64",
             MethodConfig::by_name("adapter").expect("known"),
+        ),
+        // The Adapter at DKA's segmentation width: the same two Down/GELU/Up per block as DKA
+        // d̂ 192 without the convolutions, so the DKA d̂ 192 / Adapter d192 ratio is what the
+        // convolutions themselves cost.
+        cls(
+            "vit-b16 224 b8 adapter d192",
+            MethodConfig::Adapter(dka_baselines::adapter::AdapterConfig {
+                dim: 192,
+                ..Default::default()
+            }),
         ),
         cls("vit-b16 224 b8 dka d16", dka(16)),
         cls("vit-b16 224 b8 dka d192", dka(192)),

@@ -59,6 +59,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The checked-out commit, `+ uncommitted changes` when the code (`crates/`, `benches/`,
+/// `experiments/`, `scripts/`) differs from it: the numbers then come from a build that no
+/// commit holds.
+fn git_commit() -> Option<String> {
+    let git = |args: &[&str]| std::process::Command::new("git").args(args).output().ok();
+    let head = git(&["rev-parse", "--short", "HEAD"])
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+    let dirty = git(&["diff", "--quiet", "HEAD", "--", "crates", "benches", "experiments", "scripts"])
+        .is_some_and(|o| o.status.code() == Some(1));
+    Some(if dirty {
+        format!("{head} + uncommitted changes")
+    } else {
+        head
+    })
+}
+
 /// How and where numbers were made, for the sidecars of results files.
 pub fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
@@ -74,8 +91,7 @@ pub fn machine() -> serde_json::Value {
         "cuda": tch::Cuda::is_available(),
         "gpu": crate::precision::cuda_device_name(tch::Device::cuda_if_available()),
         "dka_version": env!("CARGO_PKG_VERSION"),
-        "git_commit": std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()
-            .filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        "git_commit": git_commit(),
         "date_utc": std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().ok()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
     })

@@ -1,5 +1,6 @@
 //! The committed results and the README agree: the README's demo block is what
-//! `scripts/readme_demo.py` writes from `results/demo/` and `results/demo_convergence/`, and
+//! `scripts/readme_demo.py` writes from `results/demo/` and `results/demo_convergence/`, its
+//! speed-and-memory block what `scripts/readme_bench.py` writes from `results/bench/`, and
 //! every run of the demo's `runs.csv` has its training curve in `curves.csv`.
 mod common;
 use common::repo;
@@ -29,6 +30,23 @@ fn the_readme_demo_block_is_written_from_the_committed_results() {
         out.status.success(),
         "README.md's demo block differs from what `python3 scripts/readme_demo.py` writes from \
          results/demo (rerun it after `just demo`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_readme_bench_block_is_written_from_the_committed_results() {
+    let repo = repo();
+    let out = Command::new(python(&repo))
+        .arg(repo.join("scripts/readme_bench.py"))
+        .arg("--check")
+        .current_dir(&repo)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "README.md's speed-and-memory block differs from what `python3 scripts/readme_bench.py` \
+         writes from results/bench (rerun it after `just bench`): {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
