@@ -272,6 +272,9 @@ impl Worker {
                 &self.x,
                 true,
                 |i, t| {
+                    // Each module twice, as "mona" applies it in a block (one scope, like the
+                    // block's forward: the kernel is transformed once).
+                    let _spectra = dka_core::dka::SpectrumScope::enter();
                     let m = &modules[i];
                     m.forward_t(&m.forward_t(t, *layout, true), *layout, true)
                 },
@@ -282,6 +285,7 @@ impl Worker {
             } => {
                 let mut t = self.x.shallow_clone();
                 for m in modules {
+                    let _spectra = dka_core::dka::SpectrumScope::enter();
                     t = m.forward_t(&m.forward_t(&t, *layout, true), *layout, true);
                 }
                 let loss = t.square().mean(Kind::Float);

@@ -67,8 +67,17 @@ fn git_commit() -> Option<String> {
     let head = git(&["rev-parse", "--short", "HEAD"])
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
-    let dirty = git(&["diff", "--quiet", "HEAD", "--", "crates", "benches", "experiments", "scripts"])
-        .is_some_and(|o| o.status.code() == Some(1));
+    let dirty = git(&[
+        "diff",
+        "--quiet",
+        "HEAD",
+        "--",
+        "crates",
+        "benches",
+        "experiments",
+        "scripts",
+    ])
+    .is_some_and(|o| o.status.code() == Some(1));
     Some(if dirty {
         format!("{head} + uncommitted changes")
     } else {

@@ -1,6 +1,6 @@
 //! The fast depthwise paths equal the plain two-conv reference, outputs and gradients (of the
 //! input and of both kernels): relative error max|fast - ref| / max|ref| <= 1e-5.
-use dka_core::dka::{ConvPath, Kernels, LearnableRadius};
+use dka_core::dka::{ConvPath, Kernels, LearnableRadius, SpectrumScope};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-5;
@@ -127,5 +127,69 @@ fn the_fft_and_direct_paths_agree_on_learnable_kernels() {
     for path in [ConvPath::Direct, ConvPath::Fft] {
         let e = rel_err(&learnable(7).forward(&z, path), &reference);
         assert!(e <= TOL, "{path:?}: {e:e}");
+    }
+}
+
+/// One module applied twice (`y = K(K(z) + z)`, as "mona" applies it after the attention and
+/// after the MLP), optionally inside a `SpectrumScope` and optionally after a no-grad
+/// application in that scope (what activation checkpointing's first pass leaves there).
+/// Returns the output and the gradients of the input and of every kernel tensor.
+fn run_twice(path: ConvPath, scoped: bool, no_grad_first: bool, grid: (i64, i64)) -> Vec<Tensor> {
+    let c = 6;
+    let z = param(&[2, c, grid.0, grid.1], 1);
+    let kernels = Kernels::Fixed {
+        large: Some((param(&[c, 1, 51, 51], 2), Some(param(&[c], 12)))),
+        small: Some((param(&[c, 1, 5, 5], 3), Some(param(&[c], 13)))),
+    };
+    let _scope = scoped.then(SpectrumScope::enter);
+    if no_grad_first {
+        tch::no_grad(|| kernels.forward(&z, path));
+    }
+    let out = kernels.forward(&(kernels.forward(&z, path) + &z), path);
+    let w = Tensor::linspace(-1.0, 1.0, out.numel() as i64, (Kind::Float, Device::Cpu))
+        .view(out.size().as_slice());
+    (&out * &w).sum(Kind::Float).backward();
+    let mut res = vec![out.detach(), z.grad()];
+    if let Kernels::Fixed { large, small } = &kernels {
+        for (k, b) in [large, small].into_iter().flatten() {
+            res.push(k.grad());
+            res.push(b.as_ref().expect("bias").grad());
+        }
+    }
+    res
+}
+
+/// Inside a scope the FFT path transforms a module's kernel once for both applications and
+/// autograd sums both uses' gradients before the one backward through the transform: output
+/// and gradients equal the plain reference applied twice without a scope, also when a no-grad
+/// application came first in the scope (its spectrum, outside the graph, must not be reused).
+#[test]
+fn a_module_applied_twice_in_a_spectrum_scope_matches_the_reference() {
+    let what = [
+        "output",
+        "grad input",
+        "grad K51",
+        "grad b51",
+        "grad K5",
+        "grad b5",
+    ];
+    for grid in [(14, 14), (32, 32), (14, 10)] {
+        let reference = run_twice(ConvPath::Reference, false, false, grid);
+        for (scoped, no_grad_first) in [(false, false), (true, false), (true, true)] {
+            let fast = run_twice(ConvPath::Fft, scoped, no_grad_first, grid);
+            for (i, (f, r)) in fast.iter().zip(&reference).enumerate() {
+                assert!(
+                    f.defined(),
+                    "{}: undefined on {grid:?} (scoped {scoped}, no-grad first {no_grad_first})",
+                    what[i]
+                );
+                let e = rel_err(f, r);
+                assert!(
+                    e <= TOL,
+                    "{}: rel err {e:e} on {grid:?} (scoped {scoped}, no-grad first {no_grad_first})",
+                    what[i]
+                );
+            }
+        }
     }
 }

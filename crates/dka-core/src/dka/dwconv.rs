@@ -12,7 +12,10 @@
 //!    padding: the kernel is cropped to at most `(2h-1) x (2w-1)`;
 //! 3. the cropped kernel runs as a direct depthwise conv in channels-last layout, or, when
 //!    it is large against the map, as an FFT convolution (circular, of the smallest size at
-//!    which the wrap-around only ever reads zero padding: see [`fft_depthwise`]).
+//!    which the wrap-around only ever reads zero padding: see [`fft_depthwise`]);
+//! 4. inside a [`SpectrumScope`] (each backbone block's forward opens one) the kernel's
+//!    spectrum is computed once for all of a module's applications there ("mona" applies one
+//!    module twice per block), which also keeps one copy of it for the backward instead of two.
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -117,37 +120,66 @@ pub fn fft_size(min: i64) -> i64 {
 /// length), and the output needs no re-centring. Kernels larger
 /// than `(2h-1) x (2w-1)` are cropped first (the dropped taps only ever see padding).
 pub fn fft_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    let (_, c, h, w) = z.size4().expect("map is 4-D");
-    let s = k.size();
-    let k = fit_kernel(k, s[2].min(2 * h - 1), s[3].min(2 * w - 1));
-    let s = k.size();
-    let (kh, kw) = (s[2], s[3]);
-    let (rh, rw) = (kh / 2, kw / 2);
-    let (nh, nw) = (fft_size(h + rh), fft_size(w + rw));
-    // Half precision has no FFT of arbitrary sizes: work in f32, or f64 for f64 input.
-    let work = if z.kind() == Kind::Double {
+    let (_, _, h, w) = z.size4().expect("map is 4-D");
+    let spectrum = KernelSpectrum::new(k, h, w, z.kind());
+    fft_depthwise_with(z, &spectrum, bias)
+}
+
+/// The FFT of a depthwise kernel fitted to an `h x w` map, in the layout [`fft_depthwise`]
+/// multiplies with: computed once, it serves every application of the kernel to maps of that
+/// size (DKA's "mona" placement applies one module twice per block; see [`SpectrumScope`]).
+pub struct KernelSpectrum {
+    /// `[c, nh, nw/2 + 1]`, complex.
+    kf: Tensor,
+    nh: i64,
+    nw: i64,
+}
+
+impl KernelSpectrum {
+    /// `k`: `[c, 1, kh, kw]`; `kind`: the map's type (f64 maps get an f64 spectrum).
+    pub fn new(k: &Tensor, h: i64, w: i64, kind: Kind) -> Self {
+        let s = k.size();
+        let c = s[0];
+        let k = fit_kernel(k, s[2].min(2 * h - 1), s[3].min(2 * w - 1));
+        let s = k.size();
+        let (kh, kw) = (s[2], s[3]);
+        let (rh, rw) = (kh / 2, kw / 2);
+        let (nh, nw) = (fft_size(h + rh), fft_size(w + rw));
+        // Correlation with K is convolution with K flipped: the flipped tap at offset (dy, dx)
+        // from the centre goes to (dy mod nh, dx mod nw), and the product needs no conjugate.
+        let kf = k
+            .to_kind(work_kind(kind))
+            .reshape([c, kh, kw])
+            .flip([-2i64, -1])
+            .constant_pad_nd([0, nw - kw, 0, nh - kh])
+            .roll([-rh, -rw], [-2i64, -1])
+            .fft_rfft2(None::<&[i64]>, [-2i64, -1], "backward");
+        Self { kf, nh, nw }
+    }
+}
+
+/// Half precision has no FFT of arbitrary sizes: work in f32, or f64 for f64 input.
+fn work_kind(kind: Kind) -> Kind {
+    if kind == Kind::Double {
         Kind::Double
     } else {
         Kind::Float
-    };
+    }
+}
+
+/// [`fft_depthwise`] with the kernel's spectrum already computed (for this map's size).
+pub fn fft_depthwise_with(z: &Tensor, k: &KernelSpectrum, bias: Option<&Tensor>) -> Tensor {
+    let (_, c, h, w) = z.size4().expect("map is 4-D");
+    let (nh, nw) = (k.nh, k.nw);
     // One axis at a time: the rows are transformed before the zero rows are added, and the
     // inverse transforms only the `h` rows that are kept; NCHW-contiguous planes transform
     // faster than the strided views of token grids.
     let zf = z
-        .to_kind(work)
+        .to_kind(work_kind(z.kind()))
         .contiguous()
         .fft_rfft(nw, -1, "backward")
         .fft_fft(nh, -2, "backward");
-    // Correlation with K is convolution with K flipped: the flipped tap at offset (dy, dx)
-    // from the centre goes to (dy mod nh, dx mod nw), and the product needs no conjugate.
-    let kf = k
-        .to_kind(work)
-        .reshape([c, kh, kw])
-        .flip([-2i64, -1])
-        .constant_pad_nd([0, nw - kw, 0, nh - kh])
-        .roll([-rh, -rw], [-2i64, -1])
-        .fft_rfft2(None::<&[i64]>, [-2i64, -1], "backward");
-    let y = (zf * kf)
+    let y = (zf * &k.kf)
         .fft_ifft(None, -2, "backward")
         .narrow(2, 0, h)
         .fft_irfft(nw, -1, "backward");
@@ -155,6 +187,51 @@ pub fn fft_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
     match bias {
         Some(b) => y + b.view([1, c, 1, 1]),
         None => y,
+    }
+}
+
+/// While a scope is open on this thread, the FFT path keeps each module's kernel spectrum and
+/// merged bias per map size and grad mode, so that a module applied twice in the scope (DKA's
+/// "mona" placement: after the attention and after the MLP of a block) transforms its kernel
+/// once; autograd then sums both uses' gradients before the one backward through the kernel's
+/// FFT. Backbone blocks open one around their forward; the kernels cannot change inside it (no
+/// optimiser step runs in a forward). Outside any scope nothing is kept. Nested scopes share
+/// the outermost one's cache.
+pub struct SpectrumScope {
+    outermost: bool,
+}
+
+/// Module address, map height and width, grad mode, f64.
+type SpectrumKey = (usize, i64, i64, bool, bool);
+
+/// A module's merged kernel as the FFT path uses it: spectrum and summed bias.
+type Spectrum = std::rc::Rc<(KernelSpectrum, Option<Tensor>)>;
+type SpectrumCache = std::collections::HashMap<SpectrumKey, Spectrum>;
+
+thread_local! {
+    static SPECTRA: std::cell::RefCell<Option<SpectrumCache>> = const { std::cell::RefCell::new(None) };
+}
+
+impl SpectrumScope {
+    pub fn enter() -> Self {
+        let outermost = SPECTRA.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.is_none() {
+                *s = Some(Default::default());
+                true
+            } else {
+                false
+            }
+        });
+        Self { outermost }
+    }
+}
+
+impl Drop for SpectrumScope {
+    fn drop(&mut self) {
+        if self.outermost {
+            SPECTRA.with(|s| *s.borrow_mut() = None);
+        }
     }
 }
 
@@ -264,6 +341,45 @@ impl Kernels {
         }
     }
 
+    /// The merged kernel's spectrum and bias for an `h x w` map: from the open
+    /// [`SpectrumScope`]'s cache when this module's has been computed there for this size and
+    /// grad mode, else computed (and kept there while the scope is open).
+    fn spectrum(&self, kh: i64, kw: i64, h: i64, w: i64, kind: Kind) -> Spectrum {
+        let compute = || {
+            let (m, b) = self.merged(kh, kw);
+            std::rc::Rc::new((KernelSpectrum::new(&m, h, w, kind), b))
+        };
+        let probe = match self {
+            Kernels::Learnable { kernel, .. } => kernel.shallow_clone(),
+            Kernels::Fixed { large, small } => large
+                .as_ref()
+                .or(small.as_ref())
+                .map(|(w, _)| w.shallow_clone())
+                .expect("at least one branch"),
+        };
+        // Whether a spectrum computed now would be in the graph: a view made under no_grad does
+        // not require grad even when its base does.
+        let grad = probe.requires_grad() && probe.narrow(0, 0, 1).requires_grad();
+        let key = (
+            self as *const Self as usize,
+            h,
+            w,
+            grad,
+            work_kind(kind) == Kind::Double,
+        );
+        let cached = SPECTRA.with(|s| s.borrow().as_ref().and_then(|m| m.get(&key).cloned()));
+        if let Some(c) = cached {
+            return c;
+        }
+        let fresh = compute();
+        SPECTRA.with(|s| {
+            if let Some(m) = s.borrow_mut().as_mut() {
+                m.insert(key, fresh.clone());
+            }
+        });
+        fresh
+    }
+
     /// Plain implementation: one conv per branch with its full kernel.
     pub fn forward_reference(&self, z: &Tensor) -> Tensor {
         let z = z.contiguous();
@@ -290,10 +406,15 @@ impl Kernels {
         let (_, _, h, w) = z.size4().expect("map is 4-D");
         let k = self.size();
         let (kh, kw) = (k.min(2 * h - 1), k.min(2 * w - 1));
-        let (m, b) = self.merged(kh, kw);
         match path.choose(kh, kw, h, w) {
-            ConvPath::Fft => fft_depthwise(z, &m, b.as_ref()),
-            _ => direct_depthwise(&channels_last(z), &m, b.as_ref()),
+            ConvPath::Fft => {
+                let spectrum = self.spectrum(kh, kw, h, w, z.kind());
+                fft_depthwise_with(z, &spectrum.0, spectrum.1.as_ref())
+            }
+            _ => {
+                let (m, b) = self.merged(kh, kw);
+                direct_depthwise(&channels_last(z), &m, b.as_ref())
+            }
         }
     }
 
