@@ -58,6 +58,11 @@ demo-convergence: build assets
     {{dka}} grid experiments/demo.toml --profile convergence --data colin27-gm-slab=.assets/colin27 --out results/demo_convergence
     .venv/bin/python scripts/curves.py results/demo_convergence
 
+# Whether larger or annealed learning rates reach LiteMedSAM's plateau in the demo's steps: its adapter methods at the demo's length under four adapter learning-rate settings, into results/demo_lr/ (about 5 min).
+demo-lr: build assets
+    {{dka}} grid experiments/demo.toml --profile lr --data colin27-gm-slab=.assets/colin27 --out results/demo_lr
+    .venv/bin/python scripts/curves.py results/demo_lr
+
 # Check this build on the GPU: dka info, fixtures' forward on CPU and CUDA (fp32, bf16), a bf16
 # training step of every method on ViT-B/16 with time and peak memory, a 2-epoch grid on CUDA:
 # results/gpu/check.csv. Without CUDA it says so and runs the CPU part.

@@ -64,7 +64,7 @@ fn column(path: &Path, name: &str) -> Vec<String> {
 
 #[test]
 fn every_demo_run_has_its_training_curve_committed() {
-    for grid in ["results/demo", "results/demo_convergence"] {
+    for grid in ["results/demo", "results/demo_convergence", "results/demo_lr"] {
         let dir = repo().join(grid);
         let runs: BTreeSet<String> = column(&dir.join("runs.csv"), "id").into_iter().collect();
         let curves: BTreeSet<String> = column(&dir.join("curves.csv"), "run").into_iter().collect();
