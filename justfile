@@ -53,14 +53,14 @@ fuzz cases="5000": setup fixtures
 demo: build fixtures assets
     scripts/demo.sh
 
-# Whether the demo trains long enough: its settings for 4x as many epochs, every method on the pretrained backbones (one draw, both fractions), into results/demo_convergence/ (about 7 min).
+# Whether the demo trains long enough: its settings for 4x as many epochs, every method on the pretrained backbones (one draw, both fractions), into results/demo_convergence/ (7 to 14 min on 2 cores). One process: its OpenMP threads may spin (ACTIVE), as in the demo.
 demo-convergence: build assets
-    {{dka}} grid experiments/demo.toml --profile convergence --data colin27-gm-slab=.assets/colin27 --out results/demo_convergence
+    OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE} {{dka}} grid experiments/demo.toml --profile convergence --data colin27-gm-slab=.assets/colin27 --out results/demo_convergence
     .venv/bin/python scripts/curves.py results/demo_convergence
 
-# Whether larger or annealed learning rates reach LiteMedSAM's plateau in the demo's steps: its adapter methods at the demo's length under four adapter learning-rate settings, into results/demo_lr/ (about 5 min).
+# Whether larger or annealed learning rates reach LiteMedSAM's plateau in the demo's steps: its adapter methods at the demo's length under four adapter learning-rate settings, into results/demo_lr/ (up to 9 min on 2 cores).
 demo-lr: build assets
-    {{dka}} grid experiments/demo.toml --profile lr --data colin27-gm-slab=.assets/colin27 --out results/demo_lr
+    OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE} {{dka}} grid experiments/demo.toml --profile lr --data colin27-gm-slab=.assets/colin27 --out results/demo_lr
     .venv/bin/python scripts/curves.py results/demo_lr
 
 # Check this build on the GPU: dka info, fixtures' forward on CPU and CUDA (fp32, bf16), a bf16

@@ -192,14 +192,14 @@ def block():
     sweep = lr_sweep(conv)
     sweep_text = ""
     if sweep:
-        counts = "; ".join(f"{b.split(', ', 1)[-1]}: {k} of {n}" for b, k, n, _ in sweep)
+        counts = "; ".join(f"{lab.split(', ', 1)[-1]}: {near} of {total}" for lab, near, total, _ in sweep)
         spreads = []
-        for b, k, n, runs in sweep:
-            if "(the demo)" in b:
+        for lab, _, _, sweep_runs in sweep:
+            if "(the demo)" in lab:
                 continue
-            hi = max(runs, key=lambda r: r[2] - r[3])
-            lo = min(runs, key=lambda r: r[2] - r[3])
-            spreads.append(f"{b.split(', ', 1)[-1]}: {hi[0]} {hi[1]} {hi[2]:.1f} against its {hi[3]:.1f}, "
+            hi = max(sweep_runs, key=lambda r: r[2] - r[3])
+            lo = min(sweep_runs, key=lambda r: r[2] - r[3])
+            spreads.append(f"{lab.split(', ', 1)[-1]}: {hi[0]} {hi[1]} {hi[2]:.1f} against its {hi[3]:.1f}, "
                            f"{lo[0]} {lo[1]} {lo[2]:.1f} against {lo[3]:.1f}")
         sweep_text = (
             "\n- **Larger or annealed learning rates do not get there sooner.** `just demo-lr` trains"
