@@ -10,9 +10,10 @@ those files.
 """
 import csv
 import json
-import sys
 import textwrap
 from pathlib import Path
+
+from readme_blocks import rewrite
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "results" / "bench"
@@ -132,14 +133,7 @@ def block():
 
 
 def main():
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    i, j = text.index(START), text.index(END) + len(END)
-    new = text[:i] + block() + text[j:]
-    if "--check" in sys.argv:
-        sys.exit(0 if new == text else 1)
-    readme.write_text(new)
-    print("README.md: bench block written from results/bench/")
+    rewrite(START, END, block(), "bench block written from results/bench/")
 
 
 if __name__ == "__main__":

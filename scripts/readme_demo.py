@@ -8,8 +8,9 @@ the wall time and machine from MADE.md. Every number in the block comes from tho
 """
 import csv
 import re
-import sys
 from pathlib import Path
+
+from readme_blocks import rewrite
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "results" / "demo"
@@ -267,14 +268,7 @@ need its datasets, the ViT-B/16 and MedSAM checkpoints and a GPU
 
 
 def main():
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    i, j = text.index(START), text.index(END) + len(END)
-    new = text[:i] + block() + text[j:]
-    if "--check" in sys.argv:
-        sys.exit(0 if new == text else 1)
-    readme.write_text(new)
-    print("README.md: demo block written from results/demo/")
+    rewrite(START, END, block(), "demo block written from results/demo/")
 
 
 if __name__ == "__main__":

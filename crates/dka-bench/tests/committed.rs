@@ -17,38 +17,31 @@ fn python(repo: &Path) -> PathBuf {
     }
 }
 
-#[test]
-fn the_readme_demo_block_is_written_from_the_committed_results() {
+/// `python3 scripts/SCRIPT --check` succeeds: the README block it writes is up to date.
+fn readme_block_is_current(script: &str, block: &str, recipe: &str) {
     let repo = repo();
     let out = Command::new(python(&repo))
-        .arg(repo.join("scripts/readme_demo.py"))
+        .arg(repo.join("scripts").join(script))
         .arg("--check")
         .current_dir(&repo)
         .output()
         .expect("python runs");
     assert!(
         out.status.success(),
-        "README.md's demo block differs from what `python3 scripts/readme_demo.py` writes from \
-         results/demo (rerun it after `just demo`): {}",
+        "README.md's {block} block differs from what `python3 scripts/{script}` writes from \
+         the committed results (rerun it after `{recipe}`): {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
 #[test]
+fn the_readme_demo_block_is_written_from_the_committed_results() {
+    readme_block_is_current("readme_demo.py", "demo", "just demo");
+}
+
+#[test]
 fn the_readme_bench_block_is_written_from_the_committed_results() {
-    let repo = repo();
-    let out = Command::new(python(&repo))
-        .arg(repo.join("scripts/readme_bench.py"))
-        .arg("--check")
-        .current_dir(&repo)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "README.md's speed-and-memory block differs from what `python3 scripts/readme_bench.py` \
-         writes from results/bench (rerun it after `just bench`): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    readme_block_is_current("readme_bench.py", "speed-and-memory", "just bench");
 }
 
 fn column(path: &Path, name: &str) -> Vec<String> {
@@ -64,7 +57,11 @@ fn column(path: &Path, name: &str) -> Vec<String> {
 
 #[test]
 fn every_demo_run_has_its_training_curve_committed() {
-    for grid in ["results/demo", "results/demo_convergence", "results/demo_lr"] {
+    for grid in [
+        "results/demo",
+        "results/demo_convergence",
+        "results/demo_lr",
+    ] {
         let dir = repo().join(grid);
         let runs: BTreeSet<String> = column(&dir.join("runs.csv"), "id").into_iter().collect();
         let curves: BTreeSet<String> = column(&dir.join("curves.csv"), "run").into_iter().collect();

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{dka, metrics_of, repo, rows, stderr, table_ns};
+use common::{dka, metrics_of, repo, rows, stderr, table_ns, train_cpu, train_cpu_args};
 
 #[test]
 fn sigterm_checkpoints_and_the_resumed_run_ends_as_the_uninterrupted_one() {
@@ -26,22 +26,9 @@ method = { name = "dka", d_hat = 8 }
 "#,
     )
     .unwrap();
-    let train = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--data",
-            &data,
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let train = |out: &Path| train_cpu_args(&cfg, out, &data);
     let whole = tmp.path().join("whole");
-    let a = dka(&train(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    let a = train_cpu(&cfg, &whole, &data);
     assert!(a.status.success(), "{}", stderr(&a));
 
     let cut = tmp.path().join("cut");
@@ -83,7 +70,7 @@ method = { name = "dka", d_hat = 8 }
         "{e}"
     );
     assert!(cut.join("checkpoint/state.json").is_file());
-    let b = dka(&train(&cut).iter().map(String::as_str).collect::<Vec<_>>());
+    let b = train_cpu(&cfg, &cut, &data);
     assert!(b.status.success(), "{}", stderr(&b));
     assert!(
         !cut.join("checkpoint").exists(),

@@ -8,6 +8,27 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::{dka, metrics_of, repo, rows, stderr, table_ns, train_cpu, train_losses};
 
+/// Writes `DIR/NAME.toml`: the quick ViT on the synthetic folder dataset at 32 px, batches of
+/// 8, no augmentation, head and adapter learning rates 1e-2, plus `extra` lines.
+fn quick_vit_run(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"backbone = "experiments/backbones/vit_quick.json"
+dataset = "folder"
+img_size = 32
+batch_size = 8
+augment = false
+optimizer = {{ head_lr = 1e-2, adapter_lr = 1e-2 }}
+{extra}
+"#
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 fn synth(dir: &Path) -> String {
     common::synth(dir, 8, 0)
 }
@@ -383,24 +404,14 @@ fn checkpointed_blocks_train_to_the_same_numbers_and_are_a_different_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = synth(&tmp.path().join("synth"));
     let run = |checkpoint: bool| -> (BTreeMap<String, f64>, String) {
-        let cfg = tmp.path().join(format!("run-{checkpoint}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                r#"
-backbone = "experiments/backbones/vit_quick.json"
-dataset = "folder"
-img_size = 32
-epochs = 4
-batch_size = 8
-augment = false
-checkpoint_blocks = {checkpoint}
-method = {{ name = "dka", d_hat = 8, dropout = 0.0 }}
-optimizer = {{ head_lr = 1e-2, adapter_lr = 1e-2 }}
-"#
+        let cfg = quick_vit_run(
+            tmp.path(),
+            &format!("run-{checkpoint}"),
+            &format!(
+                "epochs = 4\ncheckpoint_blocks = {checkpoint}\n\
+                 method = {{ name = \"dka\", d_hat = 8, dropout = 0.0 }}"
             ),
-        )
-        .unwrap();
+        );
         let out = tmp.path().join(format!("out-{checkpoint}"));
         let o = train_cpu(&cfg, &out, &data);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -436,24 +447,11 @@ fn bf16_on_the_cpu_is_autocast_close_to_fp32_and_fp16_is_refused_there() {
     let tmp = tempfile::tempdir().unwrap();
     let data = synth(&tmp.path().join("synth"));
     let run = |precision: &str| -> (std::process::Output, PathBuf) {
-        let cfg = tmp.path().join(format!("run-{precision}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                r#"
-backbone = "experiments/backbones/vit_quick.json"
-dataset = "folder"
-img_size = 32
-epochs = 3
-batch_size = 8
-augment = false
-precision = "{precision}"
-method = {{ name = "adapter" }}
-optimizer = {{ head_lr = 1e-2, adapter_lr = 1e-2 }}
-"#
-            ),
-        )
-        .unwrap();
+        let cfg = quick_vit_run(
+            tmp.path(),
+            &format!("run-{precision}"),
+            &format!("epochs = 3\nprecision = \"{precision}\"\nmethod = {{ name = \"adapter\" }}"),
+        );
         let out = tmp.path().join(format!("out-{precision}"));
         let o = train_cpu(&cfg, &out, &data);
         (o, out)

@@ -44,12 +44,17 @@ fn run(
         small: mk(small, 3),
     };
     let out = kernels.forward(&z, path);
-    // A loss that weights every output differently, so gradients are not symmetric.
+    backward_and_grads(&out, &z, &kernels)
+}
+
+/// Back-propagates a loss that weights every output differently (so gradients are not
+/// symmetric); returns the output and the gradients of `z` and of every kernel and bias.
+fn backward_and_grads(out: &Tensor, z: &Tensor, kernels: &Kernels) -> Vec<Tensor> {
     let w = Tensor::linspace(-1.0, 1.0, out.numel() as i64, (Kind::Float, Device::Cpu))
         .view(out.size().as_slice());
-    (&out * &w).sum(Kind::Float).backward();
+    (out * &w).sum(Kind::Float).backward();
     let mut res = vec![out.detach(), z.grad()];
-    if let Kernels::Fixed { large, small } = &kernels {
+    if let Kernels::Fixed { large, small } = kernels {
         for (k, b) in [large, small].into_iter().flatten() {
             res.push(k.grad());
             if let Some(b) = b {
@@ -146,17 +151,7 @@ fn run_twice(path: ConvPath, scoped: bool, no_grad_first: bool, grid: (i64, i64)
         tch::no_grad(|| kernels.forward(&z, path));
     }
     let out = kernels.forward(&(kernels.forward(&z, path) + &z), path);
-    let w = Tensor::linspace(-1.0, 1.0, out.numel() as i64, (Kind::Float, Device::Cpu))
-        .view(out.size().as_slice());
-    (&out * &w).sum(Kind::Float).backward();
-    let mut res = vec![out.detach(), z.grad()];
-    if let Kernels::Fixed { large, small } = &kernels {
-        for (k, b) in [large, small].into_iter().flatten() {
-            res.push(k.grad());
-            res.push(b.as_ref().expect("bias").grad());
-        }
-    }
-    res
+    backward_and_grads(&out, &z, &kernels)
 }
 
 /// Inside a scope the FFT path transforms a module's kernel once for both applications and

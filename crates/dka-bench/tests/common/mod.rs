@@ -24,18 +24,22 @@ pub fn dka(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// `dka train CFG --out OUT --device cpu --data DATA`.
+/// The arguments of `dka train CFG --out OUT --device cpu --data DATA`.
+pub fn train_cpu_args(cfg: &Path, out: &Path, data: &str) -> Vec<String> {
+    let (cfg, out) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+    [
+        "train", cfg, "--out", out, "--device", "cpu", "--data", data,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Runs `dka train CFG --out OUT --device cpu --data DATA`.
 pub fn train_cpu(cfg: &Path, out: &Path, data: &str) -> Output {
-    dka(&[
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--data",
-        data,
-    ])
+    dka(&train_cpu_args(cfg, out, data)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())
 }
 
 /// The `train_loss` column of a run folder's `metrics.csv`, one value per epoch.

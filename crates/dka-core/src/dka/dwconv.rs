@@ -128,7 +128,7 @@ pub fn fft_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
 /// The FFT of a depthwise kernel fitted to an `h x w` map, in the layout [`fft_depthwise`]
 /// multiplies with: computed once, it serves every application of the kernel to maps of that
 /// size (DKA's "mona" placement applies one module twice per block; see [`SpectrumScope`]).
-pub struct KernelSpectrum {
+struct KernelSpectrum {
     /// `[c, nh, nw/2 + 1]`, complex.
     kf: Tensor,
     nh: i64,
@@ -137,7 +137,7 @@ pub struct KernelSpectrum {
 
 impl KernelSpectrum {
     /// `k`: `[c, 1, kh, kw]`; `kind`: the map's type (f64 maps get an f64 spectrum).
-    pub fn new(k: &Tensor, h: i64, w: i64, kind: Kind) -> Self {
+    fn new(k: &Tensor, h: i64, w: i64, kind: Kind) -> Self {
         let s = k.size();
         let c = s[0];
         let k = fit_kernel(k, s[2].min(2 * h - 1), s[3].min(2 * w - 1));
@@ -168,7 +168,7 @@ fn work_kind(kind: Kind) -> Kind {
 }
 
 /// [`fft_depthwise`] with the kernel's spectrum already computed (for this map's size).
-pub fn fft_depthwise_with(z: &Tensor, k: &KernelSpectrum, bias: Option<&Tensor>) -> Tensor {
+fn fft_depthwise_with(z: &Tensor, k: &KernelSpectrum, bias: Option<&Tensor>) -> Tensor {
     let (_, c, h, w) = z.size4().expect("map is 4-D");
     let (nh, nw) = (k.nh, k.nw);
     // One axis at a time: the rows are transformed before the zero rows are added, and the
@@ -349,13 +349,18 @@ impl Kernels {
             let (m, b) = self.merged(kh, kw);
             std::rc::Rc::new((KernelSpectrum::new(&m, h, w, kind), b))
         };
+        if SPECTRA.with(|s| s.borrow().is_none()) {
+            return compute();
+        }
         let probe = match self {
-            Kernels::Learnable { kernel, .. } => kernel.shallow_clone(),
-            Kernels::Fixed { large, small } => large
-                .as_ref()
-                .or(small.as_ref())
-                .map(|(w, _)| w.shallow_clone())
-                .expect("at least one branch"),
+            Kernels::Learnable { kernel, .. } => kernel,
+            Kernels::Fixed { large, small } => {
+                &large
+                    .as_ref()
+                    .or(small.as_ref())
+                    .expect("at least one branch")
+                    .0
+            }
         };
         // Whether a spectrum computed now would be in the graph: a view made under no_grad does
         // not require grad even when its base does.
@@ -367,17 +372,11 @@ impl Kernels {
             grad,
             work_kind(kind) == Kind::Double,
         );
-        let cached = SPECTRA.with(|s| s.borrow().as_ref().and_then(|m| m.get(&key).cloned()));
-        if let Some(c) = cached {
-            return c;
-        }
-        let fresh = compute();
         SPECTRA.with(|s| {
-            if let Some(m) = s.borrow_mut().as_mut() {
-                m.insert(key, fresh.clone());
-            }
-        });
-        fresh
+            let mut s = s.borrow_mut();
+            let cache = s.as_mut().expect("a scope is open");
+            cache.entry(key).or_insert_with(compute).clone()
+        })
     }
 
     /// Plain implementation: one conv per branch with its full kernel.

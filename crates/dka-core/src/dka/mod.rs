@@ -10,8 +10,8 @@
 mod dwconv;
 
 pub use dwconv::{
-    channels_last, fft_depthwise, fft_depthwise_with, fft_size, fit_kernel, radial_mask, ConvPath,
-    KernelSpectrum, Kernels, LearnableRadius, SpectrumScope,
+    channels_last, fft_depthwise, fft_size, fit_kernel, radial_mask, ConvPath, Kernels,
+    LearnableRadius, SpectrumScope,
 };
 
 use crate::backbone::Backbone;
