@@ -1,41 +1,24 @@
 //! The `dka` toolkit's runner side as a library: the one trainer every method goes through,
-//! evaluation and metrics, experiment grids (resumable, shardable), tables and figures, and the
-//! subcommands' implementations. The `dka` binary (`src/main.rs`) only parses arguments and
-//! dispatches here, so the runner can be driven and tested without spawning the binary.
-pub mod aggregate;
-pub mod bench;
-pub mod bench_cases;
-pub mod bench_data;
-pub mod bench_endpoint;
-pub mod bench_report;
-pub mod bench_steps;
-pub mod bench_synth;
-pub mod bench_worker;
-pub mod convert;
-pub mod data;
-pub mod decoder;
-pub mod device;
-pub mod erf_cmd;
-pub mod evaluate;
-pub mod experiment;
-pub mod features;
-pub mod gpu_check;
+//! experiment grids, tables and figures, benchmarks, and the `dka` command line over them.
+//! The binary (`src/main.rs`) only calls [`cli::main`], so every command can be driven and
+//! tested without spawning it.
+//!
+//! Layers, top to bottom; a module uses only the layers below its own (`scripts/layers.py`,
+//! run by `just test`, fails on any `use crate::…` that points up or sideways):
+//!
+//! | layer | modules | job |
+//! |---|---|---|
+//! | 5 | [`cli`] | one file per subcommand: clap arguments turned into library options, then one call |
+//! | 4 | [`perf`] | `dka bench` (conv, data, steps against PyTorch) and `dka gpu-check` |
+//! | 3 | [`grid`], [`analysis`] | running an experiment (run ids, `runs.csv` and locks, time estimate, Slurm); what is done with a model or a trained run besides training it (features, parameter counts, ERF) |
+//! | 2 | [`train`], [`report`] | one run (model, data, optimiser, precision, checkpoint, evaluation, the loop); tables, statistics and figures from CSVs (never from `train` or `grid`) |
+//! | 1 | [`config`] | what a run and a grid are, as data: `RunConfig`, `Experiment`, run ids and records, metric names |
+//! | 0 | [`util`] | atomic writers, median/mean/std, provenance, devices, progress, interrupts, fonts |
+pub mod analysis;
+pub mod cli;
+pub mod config;
 pub mod grid;
-pub mod grid_cmd;
-pub mod identity;
-pub mod info;
-pub mod interrupt;
-pub mod metrics;
-pub mod optim;
-pub mod params;
-pub mod plan;
-pub mod plan_cmd;
-pub mod plots;
-pub mod precision;
-pub mod progress;
-pub mod run_cmd;
-pub mod run_config;
-pub mod slurm;
-pub mod stats;
-pub mod synth;
+pub mod perf;
+pub mod report;
 pub mod train;
+pub mod util;

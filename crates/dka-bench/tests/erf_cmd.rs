@@ -128,7 +128,7 @@ fn erf_of_runs_of_methods_at_init_and_of_a_grid() {
         serde_json::from_str(&std::fs::read_to_string(one.join("erf.json")).unwrap()).unwrap();
     assert_eq!(info["images"], 5);
     assert_eq!(info["dataset"], "folder");
-    let font = dka_bench::plots::style::font_available();
+    let font = dka_bench::report::plots::style::font_available();
     assert_eq!(one.join("erf.png").is_file(), font);
 
     // Another dataset than the run's: refused.

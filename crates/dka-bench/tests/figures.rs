@@ -3,7 +3,8 @@
 //! maps, and `dka plots`' redraw of a whole results tree. PNG at a paper column's width
 //! (1050 px, 300 dpi) or the page's, and SVG. Without DejaVu Sans every figure is skipped.
 //! `DKA_KEEP_FIGURES=DIR` keeps them (one sub-folder per test) to look at.
-use dka_bench::plots::{self, style, FigureSpec, PlotKind};
+use dka_bench::config::figure::{FigureSpec, PlotKind};
+use dka_bench::report::plots::{self, style};
 use std::path::{Path, PathBuf};
 
 /// A temporary folder, or `$DKA_KEEP_FIGURES/<name>` when set (kept).
@@ -62,6 +63,7 @@ fn spec(kind: PlotKind, row_axis: &str, col_axes: &[&str]) -> FigureSpec {
     FigureSpec {
         kind,
         title: format!("A {kind:?} figure — vit_quick.json, random init, 3 draw(s)"),
+        subtitle: Some("The paper's setting: a test".into()),
         metric: "accuracy".into(),
         row_axis: row_axis.into(),
         col_axes: col_axes.iter().map(|s| s.to_string()).collect(),

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dka_bench::experiment::Experiment;
-use dka_bench::run_config::RunConfig;
+use dka_bench::config::experiment::Experiment;
+use dka_bench::config::run::RunConfig;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 

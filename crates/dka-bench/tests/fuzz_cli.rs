@@ -4,9 +4,9 @@
 //!
 //! `just test` runs a few dozen cases per property; `just fuzz` sets `PROPTEST_CASES`. A failing
 //! case is shrunk and saved to `tests/fuzz_cli.proptest-regressions`, replayed first afterwards.
-use dka_bench::device::DeviceArg;
-use dka_bench::grid::Shard;
-use dka_bench::slurm::{self, format_time_limit, parse_time_limit, SlurmArgs};
+use dka_bench::util::device::DeviceArg;
+use dka_bench::grid::runner::Shard;
+use dka_bench::grid::slurm::{self, format_time_limit, parse_time_limit, SlurmOptions};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -70,7 +70,7 @@ fn mostly(good: impl Strategy<Value = String>) -> impl Strategy<Value = String> 
     prop_oneof![4 => good, 1 => nasty()]
 }
 
-fn slurm_args() -> impl Strategy<Value = SlurmArgs> {
+fn slurm_args() -> impl Strategy<Value = SlurmOptions> {
     let name = || prop::option::of(mostly("[a-z0-9_-]{1,8}".boxed()));
     (
         (prop::option::of(0u32..4), name(), 0u32..64),
@@ -90,8 +90,7 @@ fn slurm_args() -> impl Strategy<Value = SlurmArgs> {
                 (term, requeue),
                 extra,
             )| {
-                SlurmArgs {
-                    emit_slurm: Some(1),
+                SlurmOptions {
                     gpus_per_task: gpus,
                     gpu_type,
                     cpus_per_task: cpus,

@@ -21,6 +21,12 @@ pub enum DataError {
         #[source]
         source: image::ImageError,
     },
+    #[error("{path}: cannot write image")]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: image::ImageError,
+    },
     #[error(
         "{mask}: mask is {}x{} but its image {image} is {}x{}",
         mask_size.0, mask_size.1, image_size.0, image_size.1

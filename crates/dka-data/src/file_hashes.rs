@@ -16,7 +16,7 @@ use std::time::UNIX_EPOCH;
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
-use crate::manifest::sha256_file;
+use crate::files::sha256_file;
 
 /// File name of the table inside a cache folder.
 pub const TABLE: &str = "file-hashes.tsv";

@@ -98,6 +98,7 @@ pub(crate) fn error_path(e: &DataError) -> PathBuf {
         | DataError::MissingFile { path, .. }
         | DataError::Layout { path, .. }
         | DataError::Decode { path, .. }
+        | DataError::Encode { path, .. }
         | DataError::UnknownClassFolder { path, .. }
         | DataError::CsvHeader { path, .. }
         | DataError::CsvRow { path, .. }

@@ -23,6 +23,7 @@ pub mod covid;
 pub mod csv_generic;
 pub mod error;
 pub mod file_hashes;
+pub mod files;
 pub mod folder;
 pub mod image_io;
 pub mod image_set;
@@ -41,6 +42,7 @@ pub mod rng;
 pub mod sample;
 pub mod slices;
 pub mod split;
+pub mod synth;
 pub mod testing;
 pub mod volume_ops;
 

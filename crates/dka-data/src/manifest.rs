@@ -4,7 +4,6 @@
 //! names a manifest's content in one string.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -13,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
 use crate::file_hashes::{HashCache, HashStats};
+use crate::files::{hex, sha256_file, write_atomic};
 use crate::image_set::rel_id;
 use crate::options::LoaderOptions;
 use crate::sample::{Dataset, Skipped, SplitName, Task};
@@ -49,26 +49,6 @@ pub struct Manifest {
     pub train: Vec<ManifestEntry>,
     pub val: Vec<ManifestEntry>,
     pub test: Vec<ManifestEntry>,
-}
-
-/// SHA-256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-/// Hex of a digest.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What [`Manifest::content_hash`] hashes: everything that decides which pixels and labels a
@@ -273,24 +253,3 @@ impl Manifest {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename, so that readers see
-/// either the old file or the whole new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| DataError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| DataError::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}

@@ -491,7 +491,7 @@ proptest! {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let hash = manifest::sha256_file(&abs).unwrap();
+        let hash = dka_data::files::sha256_file(&abs).unwrap();
         let valid = format!("v1\t{hash}\t{}\t{mtime}\t{}", md.len(), abs.display());
         let mut lines: Vec<String> = garbage.into_iter().map(|g| g.replace('\n', " ")).collect();
         let k = at.index(lines.len() + 1);

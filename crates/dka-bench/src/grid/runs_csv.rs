@@ -8,11 +8,11 @@
 //! once and never tear a row. A run in progress holds `flock` on `.locks/<id>.lock`. Locks die
 //! with their process; on NFS `flock` is forwarded to the server's lock manager (Linux ≥
 //! 2.6.12).
+use crate::config::record::{read_all, RunRecord};
+use crate::util::fs::write_atomic;
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 
 /// An exclusive advisory lock on a file, released when dropped or when the process dies.
@@ -69,99 +69,6 @@ fn lock(file: &File, wait: bool) -> std::io::Result<bool> {
 #[cfg(not(unix))]
 fn lock(_file: &File, _wait: bool) -> std::io::Result<bool> {
     Ok(true)
-}
-
-/// Whether a run finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Failed,
-}
-
-/// A run's `result.json`: written once, atomically, when the run ends (its "done" marker).
-/// `runs.csv` is rebuilt from these files, never edited in place.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub id: String,
-    pub status: Status,
-    /// Axis name -> the value's label.
-    pub axes: BTreeMap<String, String>,
-    /// Metric -> value (`None`: undefined, e.g. an AUC without both classes).
-    pub metrics: BTreeMap<String, Option<f64>>,
-    pub info: BTreeMap<String, String>,
-    /// The error chain of a failed run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub finished_utc: String,
-}
-
-impl RunRecord {
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        self.metrics
-            .get(name)
-            .copied()
-            .flatten()
-            .filter(|v| v.is_finite())
-    }
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder (unique to this
-/// process and call), fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|f| f.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.{n}.partial", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
-    }
-    Ok(())
-}
-
-/// The record in `dir/result.json`, if the run there ended (a malformed file counts as not
-/// ended: the run is redone).
-pub fn read_record(dir: &Path) -> Option<RunRecord> {
-    let text = std::fs::read_to_string(dir.join("result.json")).ok()?;
-    match serde_json::from_str(&text) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::warn!(
-                "{}: unreadable ({e}); the run will be redone",
-                dir.join("result.json").display()
-            );
-            None
-        }
-    }
-}
-
-/// Every ended run's record under `out/runs/`, sorted by id.
-pub fn read_all(out: &Path) -> anyhow::Result<Vec<RunRecord>> {
-    let runs = out.join("runs");
-    let mut records = Vec::new();
-    let entries = match std::fs::read_dir(&runs) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(records),
-        Err(e) => return Err(anyhow::Error::new(e).context(runs.display().to_string())),
-    };
-    for entry in entries {
-        let entry = entry.with_context(|| runs.display().to_string())?;
-        if let Some(r) = read_record(&entry.path()) {
-            records.push(r);
-        }
-    }
-    records.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(records)
 }
 
 /// Metric columns of runs.csv, in order; other metrics go to `other_metrics`.
@@ -230,40 +137,10 @@ pub fn rebuild(out: &Path) -> anyhow::Result<Vec<RunRecord>> {
     Ok(records)
 }
 
-/// Now as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn now_utc() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    utc(secs)
-}
-
-/// Seconds since 1970 as an ISO-8601 UTC time (Howard Hinnant's `civil_from_days`).
-fn utc(secs: u64) -> String {
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_times() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(utc(1_700_000_000), "2023-11-14T22:13:20Z");
-    }
+    use crate::config::record::Status;
 
     #[test]
     fn a_held_lock_is_not_taken_twice() {
@@ -293,7 +170,7 @@ mod tests {
             ]),
             info: BTreeMap::new(),
             error: acc.is_none().then(|| "boom\nline 2".to_string()),
-            finished_utc: now_utc(),
+            finished_utc: crate::util::provenance::now_utc(),
         };
         for r in [rec("b", "method", Some(0.5)), rec("a", "draw", None)] {
             let dir = d.path().join("runs").join(&r.id);

@@ -27,7 +27,7 @@ pub struct State {
     pub loss_sum: f64,
     pub loss_steps: usize,
     /// fp16: the loss scaler.
-    pub scaler: Option<crate::precision::ScalerState>,
+    pub scaler: Option<crate::train::precision::ScalerState>,
     /// Selection: best score, its epoch and (when tested) its test metrics.
     pub best: Option<(f64, usize, Option<BTreeMap<String, f64>>)>,
     /// The last test evaluation (for `last` selection after the final epoch).
@@ -66,7 +66,7 @@ fn old(run: &Path) -> PathBuf {
 }
 
 /// SHA-256 of a resolved config's JSON.
-pub fn config_sha256(cfg: &crate::run_config::RunConfig) -> anyhow::Result<String> {
+pub fn config_sha256(cfg: &crate::config::run::RunConfig) -> anyhow::Result<String> {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(serde_json::to_vec(cfg)?);
     Ok(d.iter().map(|b| format!("{b:02x}")).collect())

@@ -1,6 +1,6 @@
 //! The data of a run: the opened dataset, the drawn split and its manifest (whose content hash
 //! is part of the run's identity), batches, and the input normalisation done on the device.
-use crate::run_config::RunConfig;
+use crate::config::run::RunConfig;
 use anyhow::Context;
 use dka_core::input::{InputSpec, PixelScale};
 use dka_data::{
@@ -89,7 +89,7 @@ impl RunData {
         threads: usize,
     ) -> anyhow::Result<(Arc<DecodedSplit>, CacheStats)> {
         let indices = self.indices(which);
-        let bar = crate::progress::bar(
+        let bar = crate::util::progress::bar(
             indices.len() as u64,
             &format!("decoding {}", which.as_str()),
         );

@@ -3,22 +3,34 @@
 //!
 //! A run, stage by stage: resolve the config (every default written down in `config.json`),
 //! write the split's manifest ([`data`]), build the model ([`model`]), fit it and select an
-//! epoch ([`fit`]), save the selected epoch's trained tensors, report its metrics.
+//! epoch ([`fit`], the loop; [`state`], its steps), save the selected epoch's trained
+//! tensors, report its metrics ([`evaluate`], [`metrics`]). The run writes `log.txt` and
+//! `metrics.csv` as it goes ([`log`]) and a checkpoint to resume from ([`checkpoint`]).
 pub mod checkpoint;
 pub mod data;
+pub mod decoder;
+pub mod evaluate;
 pub mod feature_cache;
 pub mod fit;
+pub mod log;
+pub mod loss;
+pub mod metrics;
 pub mod model;
+pub mod optim;
+pub mod precision;
+pub mod state;
 
 use anyhow::Context;
 use data::RunData;
+use log::RunLog;
 use model::Model;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::nn;
 use tch::{Device, Tensor};
 
-use crate::run_config::RunConfig;
+use crate::config::run::{RunConfig, Selection};
+use crate::util::device::device_name;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -100,51 +112,12 @@ pub fn train(
     Ok(Outcome { metrics, info })
 }
 
-/// Metrics of `model` on split `which` of `data`, as the trainer evaluates (`cfg` resolved).
-pub fn evaluate_split(
-    cfg: &RunConfig,
-    model: &Model,
-    data: &RunData,
-    which: dka_data::SplitName,
-    device: Device,
-) -> anyhow::Result<crate::evaluate::Evaluation> {
-    let spec = cfg.input_spec()?;
-    let pre = data::preprocess(cfg, &spec);
-    let normalizer = data::Normalizer::new(&spec, device);
-    let setup = crate::evaluate::EvalSetup {
-        normalizer: &normalizer,
-        amp: crate::precision::Amp::new(cfg.precision, device),
-        classes: data.ds.task().classes().len() as i64,
-        size: (cfg.img_size as i64, cfg.img_size as i64),
-        device,
-        pad: spec.resize == dka_core::input::ResizeMode::LongestSidePad,
-    };
-    let (split, _) = data.decoded(which, &pre, cfg.loader_threads.max(1))?;
-    let order = (0..split.len()).collect();
-    Ok(crate::evaluate::evaluate(
-        model,
-        data::loader(&split, order, None, cfg, 0)?,
-        &split,
-        &setup,
-    )?
-    .0)
-}
-
 /// The selection rule as tables name it.
-pub fn selection_name(s: crate::run_config::Selection) -> &'static str {
+pub fn selection_name(s: Selection) -> &'static str {
     match s {
-        crate::run_config::Selection::Last => "last epoch",
-        crate::run_config::Selection::BestVal => "best validation epoch",
-        crate::run_config::Selection::BestTest => "best test epoch (authors' protocol)",
-    }
-}
-
-/// `cpu`, `cuda:0`, ...
-pub fn device_name(d: Device) -> String {
-    match d {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        Device::Cpu => "cpu".into(),
-        other => format!("{other:?}").to_lowercase(),
+        Selection::Last => "last epoch",
+        Selection::BestVal => "best validation epoch",
+        Selection::BestTest => "best test epoch (authors' protocol)",
     }
 }
 
@@ -162,41 +135,6 @@ fn save(cfg: &RunConfig, model: &Model, dir: &Path, log: &mut RunLog) -> anyhow:
         &head,
     )?;
     Ok(())
-}
-
-/// The run's `log.txt`: what happened, line by line, next to its metrics. The first line names
-/// the device the run is on.
-pub struct RunLog(std::fs::File);
-
-impl RunLog {
-    /// Writes the resolved `config.json` and starts `log.txt`.
-    fn start(dir: &Path, cfg: &RunConfig, device: Device) -> anyhow::Result<Self> {
-        let path = dir.join("config.json");
-        std::fs::write(&path, serde_json::to_string_pretty(cfg)?)
-            .with_context(|| path.display().to_string())?;
-        let path = dir.join("log.txt");
-        let mut log =
-            RunLog(std::fs::File::create(&path).with_context(|| path.display().to_string())?);
-        let first = format!(
-            "device {} ({} precision); dka {}; backbone {}; method {}; dataset {}; input: {}",
-            device_name(device),
-            format!("{:?}", cfg.precision).to_lowercase(),
-            env!("CARGO_PKG_VERSION"),
-            cfg.backbone,
-            cfg.method.method().name(),
-            cfg.dataset,
-            cfg.input.source.as_deref().unwrap_or("-")
-        );
-        tracing::info!("{first}");
-        log.note(&first);
-        Ok(log)
-    }
-
-    pub fn note(&mut self, msg: &str) {
-        use std::io::Write;
-        let _ = writeln!(self.0, "{msg}");
-        tracing::debug!("{msg}");
-    }
 }
 
 /// DKA's learnable kernel sizes (Table 3b): the learned radius of every channel of every
@@ -232,7 +170,7 @@ fn write_radii(
     }
     w.flush()?;
     moved.sort_by(f64::total_cmp);
-    let median = moved.get(moved.len() / 2).copied().unwrap_or(0.0);
+    let median = crate::util::stats::median(&moved).unwrap_or(0.0);
     let max = moved.last().copied().unwrap_or(0.0);
     Ok(Some(format!(
         "learnable kernel sizes: {} radii from {:.2} px moved by median {median:.3} px, at most {max:.3} px (radii.csv)",

@@ -6,7 +6,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
 use crate::image_set::rel_id;
-use crate::manifest::{hex, Manifest};
+use crate::files::hex;
+use crate::manifest::Manifest;
 use crate::options::LoaderOptions;
 use crate::preprocess::{Interpolation, Preprocess, ResizeMode};
 use crate::sample::Dataset;

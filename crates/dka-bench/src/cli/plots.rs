@@ -1,0 +1,23 @@
+//! `dka plots`: redraw every figure under a results folder from its CSVs.
+use std::path::PathBuf;
+
+/// `dka plots`: redraws every figure from the CSVs under a results folder, without training.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The results folder (every grid folder and ERF folder below it, three levels deep).
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let written = crate::report::plots::redraw(&a.results)?;
+    for p in &written {
+        println!("{}", p.display());
+    }
+    println!(
+        "{} figure(s) redrawn under {} (PNG and SVG)",
+        written.len(),
+        a.results.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! Running an experiment: its grid of runs resolved to ids ([`resolve`], [`identity`]), run
+//! resumably by one or many processes on one folder ([`runner`], [`runs_csv`]), written up
+//! ([`outputs`]), estimated before it runs ([`plan`], [`estimate`]) or handed to Slurm
+//! ([`slurm`]). [`experiment::run_experiment`] is the whole of `dka grid` as one call.
+pub mod estimate;
+pub mod experiment;
+pub mod identity;
+pub mod outputs;
+pub mod plan;
+pub mod resolve;
+pub mod runner;
+pub mod runs_csv;
+pub mod slurm;

@@ -1,0 +1,141 @@
+//! Evaluation of a model on a split: the metrics of every batch, pooled over the split.
+use crate::train::metrics::{classification_metrics, Confusion};
+use crate::train::precision::Amp;
+use crate::config::metrics::primary_metric;
+use crate::config::run::RunConfig;
+use crate::train::data::{to_device, Normalizer, RunData};
+use crate::train::model::Model;
+use anyhow::Context;
+use dka_data::{CachedLoader, DecodedSplit};
+use std::collections::BTreeMap;
+use tch::{Device, Kind};
+
+/// The metrics of one evaluation, by name, all in [0, 1] (NaN: undefined).
+#[derive(Debug, Clone)]
+pub struct Evaluation(BTreeMap<String, f64>);
+
+impl Evaluation {
+    fn from_serializable(m: &impl serde::Serialize) -> Self {
+        let v = serde_json::to_value(m).expect("metrics serialise");
+        Self(
+            v.as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> f64 {
+        self.0.get(name).copied().unwrap_or(f64::NAN)
+    }
+
+    pub fn primary(&self, segmentation: bool) -> f64 {
+        self.get(primary_metric(segmentation))
+    }
+
+    pub fn values(&self) -> BTreeMap<String, f64> {
+        self.0.clone()
+    }
+
+    pub fn from_values(v: BTreeMap<String, f64>) -> Self {
+        Self(v)
+    }
+}
+
+/// What evaluating needs besides the model.
+pub struct EvalSetup {
+    pub normalizer: Normalizer,
+    pub amp: Amp,
+    pub classes: i64,
+    pub size: (i64, i64),
+    pub device: Device,
+    /// Images are padded (`longest-side-pad`): normalise the content only.
+    pub pad: bool,
+}
+
+impl EvalSetup {
+    /// The setup of a run (`cfg` resolved) on `device`, for a task of `classes` classes.
+    pub fn new(cfg: &RunConfig, classes: i64, device: Device) -> anyhow::Result<Self> {
+        let spec = cfg.input_spec()?;
+        Ok(Self {
+            normalizer: Normalizer::new(&spec, device),
+            amp: Amp::new(cfg.precision, device),
+            classes,
+            size: (cfg.img_size as i64, cfg.img_size as i64),
+            device,
+            pad: spec.resize == dka_core::input::ResizeMode::LongestSidePad,
+        })
+    }
+}
+
+/// Metrics of `model` over every batch of `loader` (over `split`), and the number of images
+/// seen.
+pub fn evaluate(
+    model: &Model,
+    loader: CachedLoader,
+    split: &DecodedSplit,
+    s: &EvalSetup,
+) -> anyhow::Result<(Evaluation, usize)> {
+    let mut probs: Vec<f32> = Vec::new();
+    let mut labels: Vec<i64> = Vec::new();
+    let mut confusion = Confusion::new(s.classes as usize);
+    let mut images = 0;
+    for b in loader {
+        let b = b.context("evaluation batch")?;
+        let (x, y, valid) = to_device(&b, split, s.pad, s.device);
+        images += x.size()[0] as usize;
+        let x = s.normalizer.apply(&x, valid.as_ref());
+        let logits = tch::no_grad(|| {
+            s.amp
+                .run(|| model.head_logits(&model.embed(&x, false), s.size, false))
+        })
+        .to_kind(Kind::Float);
+        if model.segmentation {
+            let pred = logits.argmax(1, false).to_device(Device::Cpu).view([-1]);
+            let target = y.to_kind(Kind::Int64).to_device(Device::Cpu).view([-1]);
+            confusion.add(
+                &Vec::<i64>::try_from(&pred)?,
+                &Vec::<i64>::try_from(&target)?,
+            );
+        } else {
+            let p = logits
+                .softmax(-1, Kind::Float)
+                .to_device(Device::Cpu)
+                .contiguous()
+                .view([-1]);
+            probs.extend(Vec::<f32>::try_from(&p)?);
+            labels.extend(Vec::<i64>::try_from(&y.to_device(Device::Cpu))?);
+        }
+    }
+    let e = if model.segmentation {
+        Evaluation::from_serializable(&confusion.metrics())
+    } else {
+        Evaluation::from_serializable(&classification_metrics(&probs, s.classes as usize, &labels))
+    };
+    Ok((e, images))
+}
+
+/// Metrics of `model` on split `which` of `data`, as the trainer evaluates (`cfg` resolved).
+pub fn evaluate_split(
+    cfg: &RunConfig,
+    model: &Model,
+    data: &RunData,
+    which: dka_data::SplitName,
+    device: Device,
+) -> anyhow::Result<Evaluation> {
+    let spec = cfg.input_spec()?;
+    let pre = crate::train::data::preprocess(cfg, &spec);
+    let setup = EvalSetup::new(cfg, data.ds.task().classes().len() as i64, device)?;
+    let (split, _) = data.decoded(which, &pre, cfg.loader_threads.max(1))?;
+    let order = (0..split.len()).collect();
+    Ok(evaluate(
+        model,
+        crate::train::data::loader(&split, order, None, cfg, 0)?,
+        &split,
+        &setup,
+    )?
+    .0)
+}

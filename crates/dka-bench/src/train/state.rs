@@ -1,0 +1,544 @@
+//! A run in progress: what stays fixed while it trains ([`Fixed`]) and what changes from step
+//! to step ([`TrainState`]: optimiser, loss scaler, the selection's best epoch, the position in
+//! the run), with the loop's steps as named functions: resume, train an epoch, one step,
+//! evaluate, select, checkpoint, finish. Everything a checkpoint saves is a field here, so a
+//! resumed run computes what the uninterrupted one would have.
+use super::checkpoint;
+use super::data::{loader, loader_from, to_device};
+use super::evaluate::{evaluate, EvalSetup, Evaluation};
+use super::feature_cache::FeatureCache;
+use super::fit::{Fitted, Splits};
+use super::log::{MetricsLog, RunLog};
+use super::loss::loss;
+use super::model::{Model, Snapshot};
+use super::optim::Optimizer;
+use super::precision::LossScaler;
+use crate::config::metrics::primary_metric;
+use crate::config::run::{Precision, RunConfig, Selection};
+use crate::util::interrupt::{self, Interrupted};
+use anyhow::{bail, Context};
+use dka_data::{epoch_order, DecodedSplit};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// fp16 runs stop after this many steps in a row with non-finite gradients.
+const MAX_CONSECUTIVE_SKIPS: usize = 50;
+
+/// The libtorch seed of one training step: dropout's randomness depends only on the run's
+/// seed, the epoch and the batch, so a resumed run draws what the uninterrupted one would.
+fn step_seed(seed: u64, epoch: usize, batch: usize) -> i64 {
+    let mut z = seed
+        ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (batch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 31)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z >> 1) as i64
+}
+
+/// How often, and on how many images, the test set was evaluated.
+#[derive(Debug, Clone, Copy, Default)]
+struct TestCount {
+    evaluations: usize,
+    images: usize,
+}
+
+/// The selection's best epoch so far: its score, index, tensors and (when tested) test metrics.
+struct Best {
+    score: f64,
+    epoch: usize,
+    snapshot: Snapshot,
+    test: Option<Evaluation>,
+}
+
+/// What stays fixed while a run trains.
+pub struct Fixed<'a> {
+    cfg: &'a RunConfig,
+    model: &'a Model,
+    setup: EvalSetup,
+    augment: Option<dka_data::Augment>,
+    splits: Splits,
+    /// Linear probing: the frozen backbone's features of the training split.
+    cache: Option<FeatureCache>,
+    dir: &'a Path,
+}
+
+impl<'a> Fixed<'a> {
+    pub fn new(
+        cfg: &'a RunConfig,
+        model: &'a Model,
+        classes: i64,
+        splits: Splits,
+        dir: &'a Path,
+        device: Device,
+        log: &mut RunLog,
+    ) -> anyhow::Result<Self> {
+        let setup = EvalSetup::new(cfg, classes, device)?;
+        let method = cfg.method.method();
+        let cache = if method.frozen_features() {
+            let c = FeatureCache::build(
+                model,
+                &splits.train,
+                setup.pad,
+                cfg,
+                &setup.normalizer,
+                setup.amp,
+                device,
+            )?;
+            log.note(&format!(
+                "{}: frozen features of {} training samples cached once ({:?}, host memory)",
+                method.name(),
+                c.len(),
+                c.kind()
+            ));
+            Some(c)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg,
+            model,
+            setup,
+            augment: cfg.augment.then(dka_data::Augment::default),
+            splits,
+            cache,
+            dir,
+        })
+    }
+
+    /// Metrics of the model on all of `split`, and the images seen.
+    fn evaluate_all(&self, split: &Arc<DecodedSplit>) -> anyhow::Result<(Evaluation, usize)> {
+        let all = (0..split.len()).collect();
+        evaluate(
+            self.model,
+            loader(split, all, None, self.cfg, 0)?,
+            split,
+            &self.setup,
+        )
+    }
+}
+
+/// A run's state from step to step.
+pub struct TrainState<'a> {
+    fx: Fixed<'a>,
+    opt: Optimizer,
+    scaler: Option<LossScaler>,
+    best: Option<Best>,
+    last_test: Option<Evaluation>,
+    tests: TestCount,
+    /// The epoch in progress (or next), and how many of its batches are done.
+    epoch: usize,
+    next_batch: usize,
+    /// The training loss summed over this epoch's steps so far, and their count.
+    loss: (f64, usize),
+    /// Seconds trained before this process (a resumed run).
+    seconds_before: f64,
+    started: Instant,
+    last_saved: Instant,
+    config_sha: String,
+}
+
+impl<'a> TrainState<'a> {
+    /// A fresh run: the optimiser over the model's trainable groups (logged), the fp16 scaler.
+    pub fn new(fx: Fixed<'a>, log: &mut RunLog) -> anyhow::Result<Self> {
+        let cfg = fx.cfg;
+        let groups = fx.model.groups();
+        let [head_n, adapter_n, backbone_n] = groups.counts();
+        log.note(&format!(
+            "trainable: head {head_n} at lr {}, adapter {adapter_n} at lr {}, backbone {backbone_n} at lr {}; weight decay {}",
+            cfg.optimizer.head_lr,
+            cfg.optimizer.adapter_lr,
+            cfg.optimizer
+                .backbone_lr
+                .map_or("-".to_string(), |v| v.to_string()),
+            cfg.optimizer.weight_decay
+        ));
+        Ok(Self {
+            opt: Optimizer::new(&cfg.optimizer, groups)?,
+            scaler: (cfg.precision == Precision::Fp16).then(LossScaler::default),
+            best: None,
+            last_test: None,
+            tests: TestCount::default(),
+            epoch: 0,
+            next_batch: 0,
+            loss: (0.0, 0),
+            seconds_before: 0.0,
+            started: Instant::now(),
+            last_saved: Instant::now(),
+            config_sha: checkpoint::config_sha256(cfg)?,
+            fx,
+        })
+    }
+
+    /// The epoch in progress (or the next one).
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// Continues from the run's checkpoint, if it has one of these settings, and opens
+    /// `metrics.csv` (its finished epochs kept on a resume).
+    pub fn resume(&mut self, log: &mut RunLog) -> anyhow::Result<MetricsLog> {
+        let path = self.fx.dir.join("metrics.csv");
+        let segmentation = self.fx.model.segmentation;
+        let Some(ck) = checkpoint::load(self.fx.dir, &self.config_sha)? else {
+            return MetricsLog::create(&path, segmentation);
+        };
+        let st = &ck.state;
+        self.fx
+            .model
+            .restore(&Snapshot::from_tensors(ck.part("model")));
+        self.opt.load_state(&ck.part("optim"))?;
+        if let (Some(s), Some(saved)) = (self.scaler.as_mut(), st.scaler) {
+            s.restore(saved);
+        }
+        self.best = st.best.as_ref().map(|(score, epoch, test)| Best {
+            score: *score,
+            epoch: *epoch,
+            snapshot: Snapshot::from_tensors(ck.part("best")),
+            test: test.clone().map(Evaluation::from_values),
+        });
+        self.last_test = st.last_test.clone().map(Evaluation::from_values);
+        self.tests = TestCount {
+            evaluations: st.test_evaluations,
+            images: st.test_images,
+        };
+        (self.epoch, self.next_batch) = (st.epoch, st.next_batch);
+        self.loss = (st.loss_sum, st.loss_steps);
+        self.seconds_before = st.seconds;
+        log.note(&format!(
+            "resumed from the checkpoint at epoch {}, batch {}",
+            self.epoch, self.next_batch
+        ));
+        MetricsLog::resume(&path, segmentation, self.epoch)
+    }
+
+    /// Trains the epoch in progress from its next batch; returns its mean training loss. A
+    /// pending signal after a step saves a checkpoint and stops the run.
+    pub fn train_epoch(&mut self) -> anyhow::Result<f64> {
+        let (cfg, epoch) = (self.fx.cfg, self.epoch);
+        self.opt.set_epoch(epoch, cfg.epochs)?;
+        let device = self.fx.setup.device;
+        if let Some(c) = &self.fx.cache {
+            let order = epoch_order(&(0..c.len()).collect::<Vec<_>>(), cfg.seed, epoch as u64);
+            let chunks: Vec<Vec<usize>> = order
+                .chunks(cfg.batch_size)
+                .skip(self.next_batch)
+                .map(<[usize]>::to_vec)
+                .collect();
+            for chunk in chunks {
+                tch::manual_seed(step_seed(cfg.seed, epoch, self.next_batch));
+                let (e, y) = self.fx.cache.as_ref().expect("cached").batch(&chunk, device);
+                self.step(&e, &y, true)?;
+                self.after_batch()?;
+            }
+        } else {
+            let train = self.fx.splits.train.clone();
+            let order = epoch_order(&(0..train.len()).collect::<Vec<_>>(), cfg.seed, epoch as u64);
+            // Augmented crops move the padding: normalise whole images then.
+            let pad_now = self.fx.setup.pad && self.fx.augment.is_none();
+            let batches = loader_from(
+                &train,
+                order,
+                self.fx.augment,
+                cfg,
+                epoch as u64,
+                self.next_batch,
+            )?;
+            for b in batches {
+                let b = b.map_err(|e| anyhow::anyhow!("epoch {epoch}: {e}"))?;
+                tch::manual_seed(step_seed(cfg.seed, epoch, self.next_batch));
+                let (x, y, valid) = to_device(&b, &train, pad_now, device);
+                let x = self.fx.setup.normalizer.apply(&x, valid.as_ref());
+                self.step(&x, &y, false)?;
+                self.after_batch()?;
+            }
+        }
+        Ok(self.loss.0 / self.loss.1.max(1) as f64)
+    }
+
+    /// The loss of one batch, back-propagated (gradients cleared first). With activation
+    /// checkpointing the backbone runs its own backward.
+    fn forward_backward(&mut self, input: &Tensor, y: &Tensor, cached: bool) -> anyhow::Result<f64> {
+        let (cfg, model, setup) = (self.fx.cfg, self.fx.model, &self.fx.setup);
+        if cfg.checkpoint_blocks && !cached {
+            // A non-finite fp32 loss still stops the run before any update.
+            self.opt.zero_grad()?;
+            let mut value = f64::NAN;
+            let scaler = self.scaler.as_ref();
+            let _detached_loss = setup.amp.run(|| {
+                model.backbone.forward_backward(input, true, true, |f| {
+                    let logits = model
+                        .head_logits(&model.embed_features(f), setup.size, true)
+                        .to_kind(Kind::Float);
+                    let l = loss(&logits, y, cfg.seg_loss);
+                    value = l.double_value(&[]);
+                    match scaler {
+                        Some(s) => s.scaled(&l),
+                        None => l,
+                    }
+                })
+            });
+            return Ok(value);
+        }
+        let logits = setup
+            .amp
+            .run(|| {
+                if cached {
+                    model.head_logits(input, setup.size, true)
+                } else {
+                    model.head_logits(&model.embed(input, true), setup.size, true)
+                }
+            })
+            .to_kind(Kind::Float);
+        let l = loss(&logits, y, cfg.seg_loss);
+        let v = l.double_value(&[]);
+        if v.is_finite() || self.scaler.is_some() {
+            self.opt.zero_grad()?;
+            match self.scaler.as_ref() {
+                Some(s) => s.scaled(&l).backward(),
+                None => l.backward(),
+            }
+        }
+        Ok(v)
+    }
+
+    /// One training step: forward, backward, the optimiser's update (skipped by the fp16
+    /// scaler when the gradients are not finite). A non-finite fp32 loss stops the run.
+    fn step(&mut self, input: &Tensor, y: &Tensor, cached: bool) -> anyhow::Result<()> {
+        let v = self.forward_backward(input, y, cached)?;
+        if !v.is_finite() && self.scaler.is_none() {
+            bail!(
+                "epoch {}, step {}: the loss is {v} ({:?}); the run stops \
+                 (metrics.csv keeps every finished epoch)",
+                self.epoch,
+                self.loss.1,
+                self.fx.cfg.precision
+            );
+        }
+        let outcome = self.opt.step(self.scaler.as_mut())?;
+        if let Some(s) = self.scaler.as_ref() {
+            if s.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
+                bail!(
+                    "epoch {}: {MAX_CONSECUTIVE_SKIPS} fp16 steps in a row had non-finite \
+                     gradients (loss scale now {}); the run stops",
+                    self.epoch,
+                    s.scale()
+                );
+            }
+        }
+        if !outcome.skipped {
+            self.loss.0 += v;
+            self.loss.1 += 1;
+        }
+        Ok(())
+    }
+
+    /// Counts the batch; a pending signal saves a checkpoint here and stops the run.
+    fn after_batch(&mut self) -> anyhow::Result<()> {
+        self.next_batch += 1;
+        match interrupt::requested() {
+            Some(sig) => {
+                self.save()?;
+                Err(self.interrupted(sig))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn interrupted(&self, signal: i32) -> anyhow::Error {
+        anyhow::Error::new(Interrupted {
+            signal,
+            resume_at: format!(
+                "epoch {}, batch {} ({})",
+                self.epoch,
+                self.next_batch,
+                self.fx.dir.display()
+            ),
+        })
+    }
+
+    /// The evaluations `epoch` needs: the validation split (best-val), the test set when the
+    /// selection rule or the curve (`test_every`) asks for it.
+    pub fn evaluate(
+        &mut self,
+        epoch: usize,
+    ) -> anyhow::Result<(Option<Evaluation>, Option<Evaluation>)> {
+        let cfg = self.fx.cfg;
+        let val = match &self.fx.splits.val {
+            Some(v) => Some(self.fx.evaluate_all(v)?.0),
+            None => None,
+        };
+        let last = epoch + 1 == cfg.epochs;
+        let test_now = match cfg.selection {
+            Selection::BestTest => true,
+            Selection::Last => last,
+            Selection::BestVal => false,
+        } || (cfg.test_every > 0 && (epoch + 1) % cfg.test_every == 0);
+        let test = if test_now { Some(self.test()?) } else { None };
+        Ok((val, test))
+    }
+
+    /// Evaluates the test set (and counts it).
+    fn test(&mut self) -> anyhow::Result<Evaluation> {
+        let (e, n) = self.fx.evaluate_all(&self.fx.splits.test)?;
+        self.tests.evaluations += 1;
+        self.tests.images += n;
+        Ok(e)
+    }
+
+    /// Keeps `epoch`'s tensors when its selection score is the best so far (the first epoch
+    /// always counts; later ones only when strictly better; NaN never).
+    pub fn select(&mut self, epoch: usize, val: Option<&Evaluation>, test: Option<&Evaluation>) {
+        let segmentation = self.fx.model.segmentation;
+        let score = match self.fx.cfg.selection {
+            Selection::BestVal => val.map(|v| v.primary(segmentation)),
+            Selection::BestTest => test.map(|t| t.primary(segmentation)),
+            Selection::Last => None,
+        };
+        let Some(s) = score else { return };
+        if self.best.as_ref().is_none_or(|b| s > b.score || b.score.is_nan()) {
+            self.best = Some(Best {
+                score: s,
+                epoch,
+                snapshot: self.fx.model.snapshot(),
+                test: test.cloned(),
+            });
+        }
+    }
+
+    /// The learning-rate factor of `epoch` (the schedule's).
+    pub fn lr_factor(&self, epoch: usize) -> f64 {
+        self.opt.factor(epoch, self.fx.cfg.epochs)
+    }
+
+    /// fp16: steps skipped so far.
+    pub fn skipped_steps(&self) -> usize {
+        self.scaler.as_ref().map_or(0, |s| s.skipped)
+    }
+
+    /// Moves on to the next epoch (remembering its test evaluation, if any).
+    pub fn end_epoch(&mut self, test: Option<Evaluation>) {
+        if test.is_some() {
+            self.last_test = test;
+        }
+        self.epoch += 1;
+        self.next_batch = 0;
+        self.loss = (0.0, 0);
+    }
+
+    /// After an epoch: a checkpoint when the last one is old enough (10 s, or a minute for
+    /// large states, so a SIGKILL loses at most that much work, or the epoch in flight when
+    /// epochs are longer), after the last epoch and when a signal asks the run to stop; then
+    /// stops on that signal.
+    pub fn checkpoint_or_stop(&mut self) -> anyhow::Result<()> {
+        let cfg = self.fx.cfg;
+        let signal = interrupt::requested();
+        let copies = if self.best.is_some() || cfg.selection != Selection::Last {
+            4
+        } else {
+            3
+        };
+        let state_bytes: i64 = self.fx.model.groups().counts().iter().sum::<i64>() * 4 * copies;
+        let every = if state_bytes < (256 << 20) { 10 } else { 60 };
+        if signal.is_some() || self.last_saved.elapsed().as_secs() >= every || self.epoch == cfg.epochs
+        {
+            self.save()?;
+            self.last_saved = Instant::now();
+        }
+        match signal {
+            Some(sig) => Err(self.interrupted(sig)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the run's checkpoint at its current position.
+    fn save(&self) -> anyhow::Result<()> {
+        let state = checkpoint::State {
+            config_sha256: self.config_sha.clone(),
+            epoch: self.epoch,
+            next_batch: self.next_batch,
+            loss_sum: self.loss.0,
+            loss_steps: self.loss.1,
+            scaler: self.scaler.as_ref().map(LossScaler::state),
+            best: self
+                .best
+                .as_ref()
+                .map(|b| (b.score, b.epoch, b.test.as_ref().map(Evaluation::values))),
+            last_test: self.last_test.as_ref().map(Evaluation::values),
+            test_evaluations: self.tests.evaluations,
+            test_images: self.tests.images,
+            seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
+        };
+        let mut tensors: Vec<(String, Tensor)> = self
+            .fx
+            .model
+            .snapshot()
+            .tensors()
+            .map(|(n, t)| (format!("model/{n}"), t.shallow_clone()))
+            .collect();
+        tensors.extend(
+            self.opt
+                .state()
+                .into_iter()
+                .map(|(n, t)| (format!("optim/{n}"), t)),
+        );
+        if let Some(b) = &self.best {
+            tensors.extend(
+                b.snapshot
+                    .tensors()
+                    .map(|(n, t)| (format!("best/{n}"), t.shallow_clone())),
+            );
+        }
+        checkpoint::save(self.fx.dir, &state, &tensors)
+    }
+
+    /// The selected epoch: its tensors restored into the model, its test metrics (the test
+    /// set evaluated now if the selection has not tested that epoch yet).
+    pub fn finish(mut self, log: &mut RunLog) -> anyhow::Result<Fitted> {
+        let cfg = self.fx.cfg;
+        let (selected_epoch, test) = match (cfg.selection, self.best.take()) {
+            (Selection::Last, _) => (
+                cfg.epochs - 1,
+                self.last_test
+                    .take()
+                    .context("the last epoch evaluates the test set")?,
+            ),
+            (Selection::BestTest, Some(b)) => {
+                self.fx.model.restore(&b.snapshot);
+                (
+                    b.epoch,
+                    b.test.context("best-test evaluates the test set each epoch")?,
+                )
+            }
+            (Selection::BestVal, Some(b)) => {
+                self.fx.model.restore(&b.snapshot);
+                // Tested that epoch already (test_every) or now, once.
+                let test = match b.test {
+                    Some(t) => t,
+                    None => self.test()?,
+                };
+                (b.epoch, test)
+            }
+            (_, None) => bail!("no epoch produced a selection score"),
+        };
+        let segmentation = self.fx.model.segmentation;
+        let TestCount {
+            evaluations: test_evaluations,
+            images: test_images,
+        } = self.tests;
+        log.note(&format!(
+            "selection {}: epoch {selected_epoch}, test {} {:.4}; the test set was evaluated \
+             {test_evaluations} time(s) ({test_images} images)",
+            super::selection_name(cfg.selection),
+            primary_metric(segmentation),
+            test.primary(segmentation)
+        ));
+        Ok(Fitted {
+            selected_epoch,
+            test,
+            skipped_steps: self.skipped_steps(),
+            test_evaluations,
+            test_images,
+        })
+    }
+}
