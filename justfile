@@ -32,9 +32,15 @@ build: setup
 fixtures: setup
     {{python}} python/make_fixtures.py fixtures
 
-# Run the whole test suite (sets itself up first).
-test: setup fixtures assets
+# Run the whole test suite (sets itself up first): the layer check (scripts/layers.py:
+# dka-bench's dependencies point down its layers; no module cycle in any crate), then every
+# crate's tests.
+test: setup fixtures assets layers
     cargo test --workspace
+
+# The layer check alone (seconds; no build).
+layers:
+    python3 scripts/layers.py
 
 # `dka grid --emit-slurm` on a real single-node Slurm started on localhost (installs Debian's
 # slurm and munge if missing; needs root): a 3-task array, one task cancelled mid-run and

@@ -30,7 +30,4 @@ pub trait Method: std::fmt::Debug {
     }
 }
 
-/// Layers selected by an optional list of indices (`None` = all).
-pub fn selected(layers: &Option<Vec<usize>>, i: usize) -> bool {
-    layers.as_ref().is_none_or(|l| l.contains(&i))
-}
+pub use crate::sites::selected;

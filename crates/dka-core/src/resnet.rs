@@ -302,7 +302,7 @@ impl ResNet {
         self.stages
             .iter_mut()
             .enumerate()
-            .filter(|(k, _)| crate::method::selected(stages, *k))
+            .filter(|(k, _)| crate::sites::selected(stages, *k))
             .flat_map(|(k, stage)| stage.iter_mut().enumerate().map(move |(i, b)| (k, i, b)))
             .collect()
     }

@@ -267,8 +267,8 @@ impl SamBlock {
     /// the sequence this block sees and are dropped from its output.
     pub fn forward_t(&self, x: &Tensor, prompts: Option<&Tensor>, train: bool) -> Tensor {
         let (b, h, w, d) = x.size4().expect("SAM block input is [batch, h, w, dim]");
-        // A DKA module at both `after_*` sites ("mona") transforms its kernel once per block.
-        let _spectra = crate::dka::SpectrumScope::enter();
+        // Inserted modules may share work between their applications in this block.
+        let _block = crate::sites::BlockScope::enter();
         let grid = x.reshape([b, h * w, d]);
         let (x, prefix) = match prompts {
             Some(pr) => {

@@ -10,9 +10,96 @@
 //! tokens (CLS, prompts) first, then the patch grid row-major. SAM's `[batch, h, w, dim]` maps
 //! are flattened to this form (prefix 0, or the prompt count in a prompted global block) before a
 //! site sees them; TinyViT's blocks already work on `[batch, h*w, dim]` (prefix 0).
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::hash::Hash;
 use std::rc::Rc;
 use tch::Tensor;
+
+/// Blocks (or stages) selected by an optional list of indices (`None` = all): where a method
+/// fills sites.
+pub fn selected(layers: &Option<Vec<usize>>, i: usize) -> bool {
+    layers.as_ref().is_none_or(|l| l.contains(&i))
+}
+
+/// Per (key type, value type): a `HashMap<K, Rc<V>>`, boxed.
+type Memo = HashMap<TypeId, Box<dyn Any>>;
+
+thread_local! {
+    static BLOCK_MEMO: RefCell<Option<Memo>> = const { RefCell::new(None) };
+}
+
+/// Opened by every backbone block around its forward. While it is open, the modules in the
+/// block's sites can keep work they would otherwise repeat within the block ([`block_memo`]);
+/// a backbone opens the scope without knowing which method fills its sites or whether any of
+/// them uses it. Nested scopes share the outermost one's memo, which is dropped when that
+/// scope closes.
+pub struct BlockScope {
+    outermost: bool,
+}
+
+impl BlockScope {
+    pub fn enter() -> Self {
+        let outermost = BLOCK_MEMO.with(|m| {
+            let mut m = m.borrow_mut();
+            let outermost = m.is_none();
+            if outermost {
+                *m = Some(Memo::new());
+            }
+            outermost
+        });
+        Self { outermost }
+    }
+
+    /// Whether a block scope is open on this thread.
+    pub fn is_open() -> bool {
+        BLOCK_MEMO.with(|m| m.borrow().is_some())
+    }
+}
+
+impl Drop for BlockScope {
+    fn drop(&mut self) {
+        if self.outermost {
+            BLOCK_MEMO.with(|m| *m.borrow_mut() = None);
+        }
+    }
+}
+
+/// Inside a [`BlockScope`], the value kept for `key`, made by `make` the first time it is
+/// asked for in the scope; `None` outside any scope (nothing is kept). Keys of different types
+/// (or values of different types) never meet.
+pub fn block_memo<K, V>(key: K, make: impl FnOnce() -> V) -> Option<Rc<V>>
+where
+    K: Hash + Eq + 'static,
+    V: 'static,
+{
+    let slot = TypeId::of::<(K, V)>();
+    let lookup = |m: &mut Memo, key: &K| -> Option<Rc<V>> {
+        m.get(&slot)?
+            .downcast_ref::<HashMap<K, Rc<V>>>()
+            .expect("a memo slot holds its own type")
+            .get(key)
+            .cloned()
+    };
+    let found = BLOCK_MEMO.with(|m| m.borrow_mut().as_mut().map(|m| lookup(m, &key)))?;
+    if let Some(v) = found {
+        return Some(v);
+    }
+    // Made outside the borrow: `make` may itself run modules that use the memo.
+    let v = Rc::new(make());
+    BLOCK_MEMO.with(|m| {
+        if let Some(m) = m.borrow_mut().as_mut() {
+            m.entry(slot)
+                .or_insert_with(|| Box::new(HashMap::<K, Rc<V>>::new()))
+                .downcast_mut::<HashMap<K, Rc<V>>>()
+                .expect("a memo slot holds its own type")
+                .insert(key, v.clone());
+        }
+    });
+    Some(v)
+}
 
 /// Layout of a token sequence: how many prefix tokens precede an `h x w` patch grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,5 +321,37 @@ pub(crate) fn linear_with(
     match site {
         Some(d) => y + d.delta(x, train),
         None => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_memo_keeps_values_only_inside_a_scope() {
+        let mut made = 0;
+        assert!(block_memo(1u32, || 10).is_none(), "nothing is kept outside a scope");
+        {
+            let _outer = BlockScope::enter();
+            let a = block_memo(1u32, || {
+                made += 1;
+                10
+            });
+            {
+                let _inner = BlockScope::enter();
+                let b = block_memo(1u32, || {
+                    made += 1;
+                    11
+                });
+                assert_eq!((*a.unwrap(), *b.unwrap()), (10, 10), "nested scopes share it");
+            }
+            assert!(BlockScope::is_open(), "closing an inner scope keeps the outer one");
+            assert_eq!(*block_memo(2u32, || 20).unwrap(), 20);
+            assert_eq!(*block_memo(1u64, || 30u8).unwrap(), 30, "other types, other slots");
+        }
+        assert_eq!(made, 1);
+        assert!(!BlockScope::is_open());
+        assert!(block_memo(1u32, || 10).is_none());
     }
 }

@@ -331,8 +331,8 @@ impl TinyVitBlock {
     pub fn forward_t(&self, x: &Tensor, h: i64, w: i64, bn_train: bool, train: bool) -> Tensor {
         let (b, l, d) = x.size3().expect("TinyViT block input is [batch, h*w, dim]");
         assert_eq!(l, h * w, "TinyViT block: {l} tokens for a {h}x{w} grid");
-        // A DKA module at both `after_*` sites ("mona") transforms its kernel once per block.
-        let _spectra = crate::dka::SpectrumScope::enter();
+        // Inserted modules may share work between their applications in this block.
+        let _block = crate::sites::BlockScope::enter();
         let layout = TokenLayout { prefix: 0, h, w };
         let s = &self.sites;
         let (a, normed) = self.attend(x, h, w, train);

@@ -220,8 +220,8 @@ impl VitBlock {
 
     /// `x: [batch, layout.tokens(), dim]`.
     pub fn forward_t(&self, x: &Tensor, layout: TokenLayout, train: bool) -> Tensor {
-        // A DKA module at both `after_*` sites ("mona") transforms its kernel once per block.
-        let _spectra = crate::dka::SpectrumScope::enter();
+        // Inserted modules may share work between their applications in this block.
+        let _block = crate::sites::BlockScope::enter();
         let s = &self.sites;
         let normed = self.norm1.forward(x);
         let mut a = self.attn.forward_t(&normed, s, train);

@@ -1,6 +1,7 @@
 //! The fast depthwise paths equal the plain two-conv reference, outputs and gradients (of the
 //! input and of both kernels): relative error max|fast - ref| / max|ref| <= 1e-5.
-use dka_core::dka::{ConvPath, Kernels, LearnableRadius, SpectrumScope};
+use dka_core::dka::{ConvPath, Kernels, LearnableRadius};
+use dka_core::sites::BlockScope;
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-5;
@@ -136,7 +137,7 @@ fn the_fft_and_direct_paths_agree_on_learnable_kernels() {
 }
 
 /// One module applied twice (`y = K(K(z) + z)`, as "mona" applies it after the attention and
-/// after the MLP), optionally inside a `SpectrumScope` and optionally after a no-grad
+/// after the MLP), optionally inside a `BlockScope` and optionally after a no-grad
 /// application in that scope (what activation checkpointing's first pass leaves there).
 /// Returns the output and the gradients of the input and of every kernel tensor.
 fn run_twice(path: ConvPath, scoped: bool, no_grad_first: bool, grid: (i64, i64)) -> Vec<Tensor> {
@@ -146,9 +147,9 @@ fn run_twice(path: ConvPath, scoped: bool, no_grad_first: bool, grid: (i64, i64)
         large: Some((param(&[c, 1, 51, 51], 2), Some(param(&[c], 12)))),
         small: Some((param(&[c, 1, 5, 5], 3), Some(param(&[c], 13)))),
     };
-    let _scope = scoped.then(SpectrumScope::enter);
+    let _scope = scoped.then(BlockScope::enter);
     if no_grad_first {
-        tch::no_grad(|| kernels.forward(&z, path));
+        let _ = tch::no_grad(|| kernels.forward(&z, path));
     }
     let out = kernels.forward(&(kernels.forward(&z, path) + &z), path);
     backward_and_grads(&out, &z, &kernels)

@@ -11,8 +11,9 @@ use crate::image_io::{
     check_decodes, dimensions, read_mask, read_rgb, read_rgb_scaled, MaskValues,
 };
 use crate::options::{CheckLevel, LoaderOptions};
-use crate::preprocess::Preprocess;
-use crate::sample::{Dataset, RawSample, Record, Skipped, SplitName, Task};
+use crate::preset::Preprocess;
+use crate::dataset::Dataset;
+use crate::sample::{RawSample, Record, Skipped, SplitName, Task};
 
 /// One image found by a scanner, paths relative to the root.
 #[derive(Debug, Clone)]

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{DataError, Result};
 use crate::manifest::Manifest;
 use crate::options::LoaderOptions;
-use crate::sample::{Dataset, Skipped, SplitName, Task};
+use crate::dataset::Dataset;
+use crate::sample::{Skipped, SplitName, Task};
 use crate::split::{make_split, Split, SplitSpec};
 use crate::{brats, busi, covid, csv_generic, folder, isic2018, isic2019, mni};
 

@@ -21,6 +21,7 @@ pub mod busi;
 pub mod cache;
 pub mod covid;
 pub mod csv_generic;
+pub mod dataset;
 pub mod error;
 pub mod file_hashes;
 pub mod files;
@@ -37,6 +38,7 @@ pub mod nifti_volume;
 pub mod normalize;
 pub mod options;
 pub mod preprocess;
+pub mod preset;
 pub(crate) mod resize;
 pub mod rng;
 pub mod sample;
@@ -64,10 +66,12 @@ pub use normalize::normalize;
 pub use options::{
     CheckLevel, CsvOptions, EmptySlices, LabelMap, LoaderOptions, Modality, VolumeOptions,
 };
-pub use preprocess::{
-    finish, prepare, prepare_u8, Interpolation, PixelScale, Preprocess, ResizeMode, U8Sample,
-    IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD,
+pub use preprocess::{finish, prepare, prepare_u8};
+pub use preset::{
+    Interpolation, PixelScale, Preprocess, ResizeMode, U8Sample, IGNORE_INDEX, IMAGENET_MEAN,
+    IMAGENET_STD,
 };
 pub use rng::Rng;
-pub use sample::{Dataset, RawSample, Record, Sample, Skipped, SplitName, Target, Task};
+pub use dataset::Dataset;
+pub use sample::{RawSample, Record, Sample, Skipped, SplitName, Target, Task};
 pub use split::{make_split, parse_fraction, train_count, Split, SplitSpec, PAPER_FRACTIONS};

@@ -28,9 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::Augment;
 use crate::error::{DataError, Result};
-use crate::preprocess::Preprocess;
+use crate::preset::Preprocess;
 use crate::rng::Rng;
-use crate::sample::{Dataset, Sample, Target};
+use crate::dataset::Dataset;
+use crate::sample::{Sample, Target};
 
 /// Batch loader settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

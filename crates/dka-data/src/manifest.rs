@@ -15,7 +15,8 @@ use crate::file_hashes::{HashCache, HashStats};
 use crate::files::{hex, sha256_file, write_atomic};
 use crate::image_set::rel_id;
 use crate::options::LoaderOptions;
-use crate::sample::{Dataset, Skipped, SplitName, Task};
+use crate::dataset::Dataset;
+use crate::sample::{Skipped, SplitName, Task};
 use crate::split::{Split, SplitSpec};
 
 pub const MANIFEST_VERSION: u32 = 1;

@@ -19,11 +19,8 @@ use nifti::{Endianness, InMemNiftiVolume, IntoNdArray, NiftiHeader, NiftiType};
 
 use crate::error::{DataError, Result};
 pub use crate::volume_ops::{
-    axcodes, axial_axis, axial_slice, normalize_percentile, normalize_percentile_u8,
+    axcodes, axial_axis, axial_slice, normalize_percentile, normalize_percentile_u8, Affine,
 };
-
-/// A voxel-to-world affine (3 rows of 4).
-pub type Affine = [[f64; 4]; 3];
 
 /// What a header says, without the voxels.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,7 +8,7 @@
 use image::RgbImage;
 use ndarray::{Array3, Array4, ArrayView3, ArrayViewMut3, Axis, Zip};
 
-use crate::preprocess::{PixelScale, Preprocess};
+use crate::preset::{PixelScale, Preprocess};
 
 /// (3, H, W) planes of a packed RGB image.
 pub fn to_chw(image: &RgbImage) -> Array3<u8> {

@@ -12,7 +12,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 
 use crate::augment::CropBox;
 use crate::error::{DataError, Result};
-use crate::preprocess::{Interpolation, ResizeMode};
+use crate::preset::{Interpolation, ResizeMode};
 
 thread_local! {
     /// One resizer per thread keeps its scratch buffers between images.

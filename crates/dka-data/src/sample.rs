@@ -1,15 +1,11 @@
-//! The `Dataset` trait and the types every loader shares.
+//! The types every loader shares: tasks, splits, records, decoded and preprocessed samples.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use image::{GrayImage, RgbImage};
 use ndarray::{Array2, Array3};
 use serde::{Deserialize, Serialize};
 
-use crate::augment::Augment;
-use crate::error::Result;
-use crate::preprocess::{finish, prepare_u8, Preprocess, U8Sample};
-use crate::rng::Rng;
 
 /// What the labels are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,64 +100,4 @@ pub enum Target {
 pub struct Sample {
     pub image: Array3<f32>,
     pub target: Target,
-}
-
-/// One release (or a user's folder) scanned into records. Loaders build one; the splitter,
-/// the manifest writer and the batch loader only see this trait.
-pub trait Dataset: Send + Sync + std::fmt::Debug {
-    /// The name `open_dataset` knows it by (`isic2019`, `busi-seg`...).
-    fn name(&self) -> &str;
-    /// The folder the release was unpacked to; record files are relative to it.
-    fn root(&self) -> &Path;
-    fn task(&self) -> &Task;
-    /// Records in a deterministic order (sorted by id).
-    fn records(&self) -> &[Record];
-    /// Names of the strata used by `Record::stratum` (class names for classification).
-    fn strata(&self) -> Vec<String> {
-        self.task().classes().to_vec()
-    }
-    /// Files that `skip_bad` left out at scan time.
-    fn skipped(&self) -> &[Skipped];
-    /// Decodes record `index` at native resolution.
-    fn read(&self, index: usize) -> Result<RawSample>;
-
-    /// Decodes record `index` for evaluation preprocessing by `pre`: loaders may decode at a
-    /// reduced scale that still covers `pre`'s output ([`Preprocess::decode_scale`]; JPEG DCT
-    /// scaling). The default decodes at native resolution.
-    fn read_for(&self, index: usize, pre: &Preprocess) -> Result<RawSample> {
-        let _ = pre;
-        self.read(index)
-    }
-
-    /// Decodes several records at native resolution; volume datasets decode each volume once
-    /// for all of its slices here (and do not touch their small LRU of cases).
-    fn read_many(&self, indices: &[usize]) -> Vec<Result<RawSample>> {
-        indices.iter().map(|&i| self.read(i)).collect()
-    }
-
-    /// Decodes, resizes (and, only when `augment` is given, augments) record `index`, in 8
-    /// bits. Without augmentation the decode goes through [`Dataset::read_for`].
-    fn sample_u8(
-        &self,
-        index: usize,
-        pre: &Preprocess,
-        augment: Option<(&Augment, &mut Rng)>,
-    ) -> Result<U8Sample> {
-        let raw = match augment {
-            None => self.read_for(index, pre)?,
-            Some(_) => self.read(index)?,
-        };
-        prepare_u8(raw, pre, augment)
-    }
-
-    /// Decodes, resizes and normalises record `index`; augments only when `augment` is given
-    /// (training). Evaluation data must be read with `None`.
-    fn sample(
-        &self,
-        index: usize,
-        pre: &Preprocess,
-        augment: Option<(&Augment, &mut Rng)>,
-    ) -> Result<Sample> {
-        Ok(finish(self.sample_u8(index, pre, augment)?, pre))
-    }
 }

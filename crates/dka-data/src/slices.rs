@@ -19,7 +19,8 @@ use crate::nifti_volume::{
 use crate::options::{EmptySlices, LoaderOptions};
 use crate::rng::{hash_str, Rng};
 use crate::sample::SplitName;
-use crate::sample::{Dataset, RawSample, Record, Skipped, Task};
+use crate::dataset::Dataset;
+use crate::sample::{RawSample, Record, Skipped, Task};
 
 /// Where a case's label map comes from.
 #[derive(Debug, Clone)]

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 use crate::rng::Rng;
-use crate::sample::{Dataset, SplitName};
+use crate::dataset::Dataset;
+use crate::sample::SplitName;
 
 const TAG_TEST: u64 = 0x7E57;
 const TAG_VAL: u64 = 0x0FA1;

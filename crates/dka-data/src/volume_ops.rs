@@ -6,7 +6,8 @@
 
 use ndarray::{Array2, Array3, ArrayView3, Axis};
 
-use crate::nifti_volume::Affine;
+/// A voxel-to-world affine (3 rows of 4).
+pub type Affine = [[f64; 4]; 3];
 
 /// RAS+ axis codes of the voxel axes (nibabel's `aff2axcodes` for near-axis-aligned affines).
 pub fn axcodes(affine: &Affine) -> [char; 3] {

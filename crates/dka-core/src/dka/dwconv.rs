@@ -13,9 +13,9 @@
 //! 3. the cropped kernel runs as a direct depthwise conv in channels-last layout, or, when
 //!    it is large against the map, as an FFT convolution (circular, of the smallest size at
 //!    which the wrap-around only ever reads zero padding: see [`fft_depthwise`]);
-//! 4. inside a [`SpectrumScope`] (each backbone block's forward opens one) the kernel's
-//!    spectrum is computed once for all of a module's applications there ("mona" applies one
-//!    module twice per block), which also keeps one copy of it for the backward instead of two.
+//! 4. inside a backbone block ([`crate::sites::BlockScope`]) the kernel's spectrum is computed
+//!    once for all of a module's applications there ("mona" applies one module twice per
+//!    block), which also keeps one copy of it for the backward instead of two.
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -127,7 +127,7 @@ pub fn fft_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
 
 /// The FFT of a depthwise kernel fitted to an `h x w` map, in the layout [`fft_depthwise`]
 /// multiplies with: computed once, it serves every application of the kernel to maps of that
-/// size (DKA's "mona" placement applies one module twice per block; see [`SpectrumScope`]).
+/// size (DKA's "mona" placement applies one module twice per block; see `Kernels::spectrum`).
 struct KernelSpectrum {
     /// `[c, nh, nw/2 + 1]`, complex.
     kf: Tensor,
@@ -190,50 +190,12 @@ fn fft_depthwise_with(z: &Tensor, k: &KernelSpectrum, bias: Option<&Tensor>) -> 
     }
 }
 
-/// While a scope is open on this thread, the FFT path keeps each module's kernel spectrum and
-/// merged bias per map size and grad mode, so that a module applied twice in the scope (DKA's
-/// "mona" placement: after the attention and after the MLP of a block) transforms its kernel
-/// once; autograd then sums both uses' gradients before the one backward through the kernel's
-/// FFT. Backbone blocks open one around their forward; the kernels cannot change inside it (no
-/// optimiser step runs in a forward). Outside any scope nothing is kept. Nested scopes share
-/// the outermost one's cache.
-pub struct SpectrumScope {
-    outermost: bool,
-}
-
-/// Module address, map height and width, grad mode, f64.
-type SpectrumKey = (usize, i64, i64, bool, bool);
-
 /// A module's merged kernel as the FFT path uses it: spectrum and summed bias.
 type Spectrum = std::rc::Rc<(KernelSpectrum, Option<Tensor>)>;
-type SpectrumCache = std::collections::HashMap<SpectrumKey, Spectrum>;
 
-thread_local! {
-    static SPECTRA: std::cell::RefCell<Option<SpectrumCache>> = const { std::cell::RefCell::new(None) };
-}
-
-impl SpectrumScope {
-    pub fn enter() -> Self {
-        let outermost = SPECTRA.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.is_none() {
-                *s = Some(Default::default());
-                true
-            } else {
-                false
-            }
-        });
-        Self { outermost }
-    }
-}
-
-impl Drop for SpectrumScope {
-    fn drop(&mut self) {
-        if self.outermost {
-            SPECTRA.with(|s| *s.borrow_mut() = None);
-        }
-    }
-}
+/// What a spectrum is kept under in a block's memo: the module's address, the map's height
+/// and width, grad mode, f64.
+type SpectrumKey = (usize, i64, i64, bool, bool);
 
 /// Depthwise conv with "same" padding in the tensor's own layout.
 pub fn direct_depthwise(z: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
@@ -341,16 +303,19 @@ impl Kernels {
         }
     }
 
-    /// The merged kernel's spectrum and bias for an `h x w` map: from the open
-    /// [`SpectrumScope`]'s cache when this module's has been computed there for this size and
-    /// grad mode, else computed (and kept there while the scope is open).
+    /// The merged kernel's spectrum and bias for an `h x w` map: inside a backbone block
+    /// ([`crate::sites::BlockScope`]) computed once per module, map size and grad mode and
+    /// kept for the block's other applications of the module (DKA's "mona" placement: after
+    /// the attention and after the MLP), so autograd sums both uses' gradients before the one
+    /// backward through the kernel's FFT; outside any block, computed and not kept. The
+    /// kernels cannot change inside a block (no optimiser step runs in a forward).
     fn spectrum(&self, kh: i64, kw: i64, h: i64, w: i64, kind: Kind) -> Spectrum {
         let compute = || {
             let (m, b) = self.merged(kh, kw);
-            std::rc::Rc::new((KernelSpectrum::new(&m, h, w, kind), b))
+            (KernelSpectrum::new(&m, h, w, kind), b)
         };
-        if SPECTRA.with(|s| s.borrow().is_none()) {
-            return compute();
+        if !crate::sites::BlockScope::is_open() {
+            return std::rc::Rc::new(compute());
         }
         let probe = match self {
             Kernels::Learnable { kernel, .. } => kernel,
@@ -365,18 +330,14 @@ impl Kernels {
         // Whether a spectrum computed now would be in the graph: a view made under no_grad does
         // not require grad even when its base does.
         let grad = probe.requires_grad() && probe.narrow(0, 0, 1).requires_grad();
-        let key = (
+        let key: SpectrumKey = (
             self as *const Self as usize,
             h,
             w,
             grad,
             work_kind(kind) == Kind::Double,
         );
-        SPECTRA.with(|s| {
-            let mut s = s.borrow_mut();
-            let cache = s.as_mut().expect("a scope is open");
-            cache.entry(key).or_insert_with(compute).clone()
-        })
+        crate::sites::block_memo(key, compute).expect("a block scope is open")
     }
 
     /// Plain implementation: one conv per branch with its full kernel.

@@ -11,7 +11,7 @@ mod dwconv;
 
 pub use dwconv::{
     channels_last, fft_depthwise, fft_size, fit_kernel, radial_mask, ConvPath, Kernels,
-    LearnableRadius, SpectrumScope,
+    LearnableRadius,
 };
 
 use crate::backbone::Backbone;

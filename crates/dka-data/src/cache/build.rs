@@ -11,8 +11,9 @@ use rayon::prelude::*;
 use super::{CacheKey, Meta, IMAGES, MASKS, META};
 use crate::error::{DataError, Result};
 use crate::normalize::write_chw;
-use crate::preprocess::{prepare_u8, Preprocess, U8Sample};
-use crate::sample::Dataset;
+use crate::preprocess::prepare_u8;
+use crate::preset::{Preprocess, U8Sample};
+use crate::dataset::Dataset;
 
 /// A writable temporary file, mapped (or empty), renamed into place by [`Temp::publish`] and
 /// removed if dropped unpublished.

@@ -9,8 +9,8 @@ use crate::image_set::rel_id;
 use crate::files::hex;
 use crate::manifest::Manifest;
 use crate::options::LoaderOptions;
-use crate::preprocess::{Interpolation, Preprocess, ResizeMode};
-use crate::sample::Dataset;
+use crate::preset::{Interpolation, Preprocess, ResizeMode};
+use crate::dataset::Dataset;
 
 /// Bumped whenever the decoded pixels of an unchanged input would change (decoders, filters,
 /// file layout), so that older caches are rebuilt rather than reused.

@@ -13,7 +13,7 @@ use crate::augment::Augment;
 use crate::error::{DataError, Result};
 use crate::loader::{Batch, BatchTarget, LoaderConfig};
 use crate::normalize::{normalize, write_chw};
-use crate::preprocess::{Interpolation, Preprocess, IGNORE_INDEX};
+use crate::preset::{Interpolation, Preprocess, IGNORE_INDEX};
 use crate::resize::{algorithm, fit};
 use crate::rng::Rng;
 

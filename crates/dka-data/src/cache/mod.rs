@@ -50,8 +50,8 @@ pub use loader::{CachedLoader, U8Batch, U8Target};
 
 use crate::error::{DataError, Result};
 use crate::manifest::Manifest;
-use crate::preprocess::Preprocess;
-use crate::sample::Dataset;
+use crate::preset::Preprocess;
+use crate::dataset::Dataset;
 
 pub(crate) const IMAGES: &str = "images.u8";
 pub(crate) const MASKS: &str = "masks.u8";

@@ -274,7 +274,7 @@ impl Worker {
                 |i, t| {
                     // Each module twice, as "mona" applies it in a block (one scope, like the
                     // block's forward: the kernel is transformed once).
-                    let _spectra = dka_core::dka::SpectrumScope::enter();
+                    let _block = dka_core::sites::BlockScope::enter();
                     let m = &modules[i];
                     m.forward_t(&m.forward_t(t, *layout, true), *layout, true)
                 },
@@ -285,7 +285,7 @@ impl Worker {
             } => {
                 let mut t = self.x.shallow_clone();
                 for m in modules {
-                    let _spectra = dka_core::dka::SpectrumScope::enter();
+                    let _block = dka_core::sites::BlockScope::enter();
                     t = m.forward_t(&m.forward_t(&t, *layout, true), *layout, true);
                 }
                 let loss = t.square().mean(Kind::Float);
