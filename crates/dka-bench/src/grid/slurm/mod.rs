@@ -250,11 +250,9 @@ fn job_name(experiment: &Path) -> String {
     format!("dka-{stem}")
 }
 
-/// The script's text. `exe` is the `dka` executable the tasks run, `cwd` the directory they
-/// start in (absolute).
-pub fn script(a: &SlurmOptions, job: &Job, exe: &Path, cwd: &Path) -> anyhow::Result<String> {
-    let n = job.tasks;
-    if n == 0 {
+/// Refuses options Slurm would reject or misread, before anything is written.
+fn check_options(a: &SlurmOptions, job: &Job) -> anyhow::Result<()> {
+    if job.tasks == 0 {
         bail!("--emit-slurm needs at least one array task");
     }
     let limit = parse_time_limit(&a.time)?;
@@ -285,7 +283,12 @@ pub fn script(a: &SlurmOptions, job: &Job, exe: &Path, cwd: &Path) -> anyhow::Re
             check_word(opt, v)?;
         }
     }
-    let device = task_device(a, job.device)?;
+    Ok(())
+}
+
+/// The header: comments saying what the script is, then one `#SBATCH` line per option.
+fn header(a: &SlurmOptions, job: &Job, cwd: &Path) -> anyhow::Result<Vec<String>> {
+    let n = job.tasks;
     let extra = a
         .sbatch_extra
         .iter()
@@ -297,43 +300,30 @@ pub fn script(a: &SlurmOptions, job: &Job, exe: &Path, cwd: &Path) -> anyhow::Re
         "the results folder",
         &(utf8("the results folder", &logs)?.replace('%', "%%") + "/%A_%a.log"),
     )?;
-    let exe_s = utf8("the dka executable", exe)?;
-    let exp = utf8("the experiment file", job.experiment)?;
-    // One command line: no argument may hold a line break.
-    for w in [exe_s, exp]
-        .into_iter()
-        .chain(job.forward.iter().map(String::as_str))
-    {
-        if w.contains(['\n', '\r']) {
-            bail!("{w:?}: a line break cannot go into the job script's command line");
-        }
-    }
     // Paths in comments: escaped, so that a line break cannot end a comment.
     let (exp_c, out_c) = (
-        exp.escape_debug().to_string(),
+        utf8("the experiment file", job.experiment)?
+            .escape_debug()
+            .to_string(),
         job.out.display().to_string().escape_debug().to_string(),
     );
-
-    let mut h = Vec::<String>::new();
-    h.push("#!/bin/bash".into());
-    h.push(format!(
-        "# Written by `dka grid --emit-slurm {n}` for {exp_c}: {} run(s) in {n} array task(s); \
-         task i runs shard i/{n}.",
-        job.runs
-    ));
-    h.push(format!(
-        "# Submit: sbatch {out_c}/grid.sbatch. Finished runs are skipped and interrupted ones \
-         redone, so"
-    ));
-    h.push(
+    let mut h = vec![
+        "#!/bin/bash".to_string(),
+        format!(
+            "# Written by `dka grid --emit-slurm {n}` for {exp_c}: {} run(s) in {n} array \
+             task(s); task i runs shard i/{n}.",
+            job.runs
+        ),
+        format!(
+            "# Submit: sbatch {out_c}/grid.sbatch. Finished runs are skipped and interrupted \
+             ones redone, so"
+        ),
         "# resubmitting the array, or one task (sbatch --array=I ...), resumes the grid. dka is \
          exec'd,"
             .into(),
-    );
-    h.push(
         "# so Slurm's SIGTERM (time limit, preemption, scancel) reaches it. Logs: OUT/slurm/."
             .into(),
-    );
+    ];
     let mut sb = |s: String| h.push(format!("#SBATCH {s}"));
     sb(format!("--job-name={}", job_name(job.experiment)));
     sb(format!("--array=0-{}", n - 1));
@@ -366,7 +356,23 @@ pub fn script(a: &SlurmOptions, job: &Job, exe: &Path, cwd: &Path) -> anyhow::Re
         sb(format!("--account={acc}"));
     }
     h.extend(extra);
+    Ok(h)
+}
 
+/// The commands: the task's environment, a line in the log, and `exec dka grid …` on its shard.
+fn body(a: &SlurmOptions, job: &Job, exe: &Path, device: String) -> anyhow::Result<Vec<String>> {
+    let n = job.tasks;
+    let exe_s = utf8("the dka executable", exe)?;
+    let exp = utf8("the experiment file", job.experiment)?;
+    // One command line: no argument may hold a line break.
+    for w in [exe_s, exp]
+        .into_iter()
+        .chain(job.forward.iter().map(String::as_str))
+    {
+        if w.contains(['\n', '\r']) {
+            bail!("{w:?}: a line break cannot go into the job script's command line");
+        }
+    }
     let mut cmd = vec![
         shell_quote(exe_s),
         "grid".into(),
@@ -376,7 +382,6 @@ pub fn script(a: &SlurmOptions, job: &Job, exe: &Path, cwd: &Path) -> anyhow::Re
     ];
     cmd.extend(job.forward.iter().map(|w| shell_quote(w)));
     cmd.extend(["--device".into(), device]);
-
     let mut b = vec![
         // sbatch reads #SBATCH lines only up to the first command.
         "set -euo pipefail".to_string(),
@@ -388,7 +393,7 @@ pub fn script(a: &SlurmOptions, job: &Job, exe: &Path, cwd: &Path) -> anyhow::Re
              +%FT%TZ)\" >&2"
         ),
     ];
-    if g > 0 {
+    if gpus(a, job.device) > 0 {
         b.push(
             "[ -n \"${CUDA_VISIBLE_DEVICES:-}\" ] || echo \"dka: warning: Slurm set no \
              CUDA_VISIBLE_DEVICES (no GRES gpu configured?): cuda:0 is the node's first GPU, \
@@ -397,7 +402,17 @@ pub fn script(a: &SlurmOptions, job: &Job, exe: &Path, cwd: &Path) -> anyhow::Re
         );
     }
     b.push(format!("exec {}", cmd.join(" ")));
-    Ok(h.join("\n") + "\n" + &b.join("\n") + "\n")
+    Ok(b)
+}
+
+/// The script's text. `exe` is the `dka` executable the tasks run, `cwd` the directory they
+/// start in (absolute).
+pub fn script(a: &SlurmOptions, job: &Job, exe: &Path, cwd: &Path) -> anyhow::Result<String> {
+    check_options(a, job)?;
+    let device = task_device(a, job.device)?;
+    let header = header(a, job, cwd)?;
+    let body = body(a, job, exe, device)?;
+    Ok(header.join("\n") + "\n" + &body.join("\n") + "\n")
 }
 
 /// Writes `OUT/grid.sbatch` (and creates `OUT/slurm/` for the logs: Slurm does not create

@@ -45,237 +45,169 @@ fn dka(d_hat: i64) -> MethodConfig {
     })
 }
 
-/// The cases: ViT-B/16 at 224 (batch 8) under linear probing, LoRA, Adapter (d 64 and, DKA's
-/// width, 192), DKA d̂ 16 and 192; a DKA segmentation step at a 32x32 token grid (512 input); the DKA layer stack alone at
-/// 32x32 and 64x64 (MedSAM's 1024 input); ResNet-50 with DKA after every bottleneck. `quick`:
-/// the same with tiny models.
-pub fn cases(quick: bool) -> Vec<CaseSpec> {
-    let o = OptimDefaults::get();
-    let plain = vec![Impl::Reference, Impl::Ours { checkpoint: false }];
-    let with_ckpt = vec![
-        Impl::Reference,
-        Impl::Ours { checkpoint: false },
-        Impl::Ours { checkpoint: true },
-    ];
-    let mk = |name: &str,
-              kind: CaseKind,
-              backbone: Option<BackboneConfig>,
-              timm: Option<&str>,
-              timm_kwargs: Value,
-              method: MethodConfig,
-              batch: i64,
-              img: i64,
-              classes: i64,
-              stack: Option<StackShape>| Case {
-        name: name.to_string(),
-        kind,
-        backbone,
-        timm: timm.map(str::to_string),
-        timm_kwargs,
-        method,
-        batch,
-        img,
-        classes,
-        stack,
-        head_lr: o.0,
-        adapter_lr: o.1,
-        clip_grad_norm: o.2,
-    };
-    let null = Value::Object(Default::default());
-    if quick {
-        let vit = BackboneConfig::from_json_str(
-            r#"{"arch":"vit","img_size":32,"patch_size":8,"embed_dim":32,"depth":2,"num_heads":2,"num_classes":0}"#,
-        )
-        .expect("valid");
-        let kw = serde_json::json!({"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2});
-        let resnet = BackboneConfig::from_json_str(
-            r#"{"arch":"resnet","block":"bottleneck","layers":[1,1,1,1],"num_classes":0}"#,
-        )
-        .expect("valid");
-        let t = Some("vit_base_patch16_224");
-        let cls = |name: &str, m: MethodConfig| CaseSpec {
-            case: mk(
-                name,
-                CaseKind::Classify,
-                Some(vit.clone()),
-                t,
-                kw.clone(),
-                m,
-                2,
-                32,
-                3,
-                None,
-            ),
-            impls: plain.clone(),
-        };
-        return vec![
-            cls(
-                "tiny linear",
-                MethodConfig::by_name("linear").expect("known"),
-            ),
-            cls("tiny lora", MethodConfig::by_name("lora").expect("known")),
-            cls(
-                "tiny adapter",
-                MethodConfig::by_name("adapter").expect("known"),
-            ),
-            cls("tiny dka d4", dka(4)),
-            CaseSpec {
-                case: mk(
-                    "tiny seg dka d4",
-                    CaseKind::Segment,
-                    Some(vit.clone()),
-                    t,
-                    kw.clone(),
-                    dka(4),
-                    2,
-                    32,
-                    2,
-                    None,
-                ),
-                impls: with_ckpt.clone(),
-            },
-            CaseSpec {
-                case: mk(
-                    "tiny dka stack 6x6",
-                    CaseKind::Stack,
-                    None,
-                    None,
-                    null.clone(),
-                    dka(4),
-                    2,
-                    0,
-                    0,
-                    Some(StackShape {
-                        dim: 16,
-                        h: 6,
-                        w: 6,
-                        layers: 2,
-                    }),
-                ),
-                impls: with_ckpt.clone(),
-            },
-            CaseSpec {
-                case: mk(
-                    "tiny resnet dka d4",
-                    CaseKind::Classify,
-                    Some(resnet),
-                    Some("resnet50"),
-                    serde_json::json!({"layers": [1, 1, 1, 1]}),
-                    dka(4),
-                    2,
-                    64,
-                    3,
-                    None,
-                ),
-                impls: plain.clone(),
-            },
-        ];
+/// What a case runs besides its method: the kind of step, the backbone (ours and timm's name
+/// and constructor arguments for the reference), batch, input size, classes, or the stack.
+#[derive(Clone)]
+struct Shape {
+    kind: CaseKind,
+    backbone: Option<BackboneConfig>,
+    timm: Option<&'static str>,
+    timm_kwargs: Value,
+    batch: i64,
+    img: i64,
+    classes: i64,
+    stack: Option<StackShape>,
+}
+
+impl Shape {
+    fn model(kind: CaseKind, backbone: BackboneConfig, timm: &'static str, kw: Value) -> Self {
+        Self {
+            kind,
+            backbone: Some(backbone),
+            timm: Some(timm),
+            timm_kwargs: kw,
+            batch: 8,
+            img: 224,
+            classes: if kind == CaseKind::Segment { 2 } else { 3 },
+            stack: None,
+        }
     }
-    let vit = "vit_base_patch16_224";
-    let cls = |name: &str, m: MethodConfig| CaseSpec {
-        case: mk(
-            name,
-            CaseKind::Classify,
-            Some(vit_base(224)),
-            Some(vit),
-            null.clone(),
-            m,
-            8,
-            224,
-            3,
-            None,
-        ),
-        impls: plain.clone(),
-    };
-    let stack = |h: i64, batch: i64, impls: Vec<Impl>| CaseSpec {
-        case: mk(
-            &format!("dka stack d192 {h}x{h} b{batch}"),
-            CaseKind::Stack,
-            None,
-            None,
-            null.clone(),
-            dka(192),
+
+    /// DKA's layer stack alone on a `dim`-wide `h x h` grid.
+    fn stack(dim: i64, h: i64, layers: usize, batch: i64) -> Self {
+        Self {
+            kind: CaseKind::Stack,
+            backbone: None,
+            timm: None,
+            timm_kwargs: Value::Object(Default::default()),
             batch,
-            0,
-            0,
-            Some(StackShape {
-                dim: 768,
+            img: 0,
+            classes: 0,
+            stack: Some(StackShape {
+                dim,
                 h,
                 w: h,
-                layers: 12,
+                layers,
             }),
-        ),
-        impls,
-    };
+        }
+    }
+
+    fn at(mut self, batch: i64, img: i64) -> Self {
+        (self.batch, self.img) = (batch, img);
+        self
+    }
+
+    /// The case `name`: this shape under `method`, compared across `impls`, with the trainer's
+    /// default optimiser settings (the authors' script).
+    fn case(&self, name: &str, method: MethodConfig, impls: &[Impl]) -> CaseSpec {
+        let o = crate::config::run::OptimConfig::default();
+        let s = self.clone();
+        CaseSpec {
+            case: Case {
+                name: name.to_string(),
+                kind: s.kind,
+                backbone: s.backbone,
+                timm: s.timm.map(str::to_string),
+                timm_kwargs: s.timm_kwargs,
+                method,
+                batch: s.batch,
+                img: s.img,
+                classes: s.classes,
+                stack: s.stack,
+                head_lr: o.head_lr,
+                adapter_lr: o.adapter_lr,
+                clip_grad_norm: o.clip_grad_norm,
+            },
+            impls: impls.to_vec(),
+        }
+    }
+}
+
+const PLAIN: [Impl; 2] = [Impl::Reference, Impl::Ours { checkpoint: false }];
+const WITH_CKPT: [Impl; 3] = [
+    Impl::Reference,
+    Impl::Ours { checkpoint: false },
+    Impl::Ours { checkpoint: true },
+];
+
+fn by_name(name: &str) -> MethodConfig {
+    MethodConfig::by_name(name).expect("a known method")
+}
+
+/// The cases: ViT-B/16 at 224 (batch 8) under linear probing, LoRA, Adapter (d 64 and, DKA's
+/// width, 192), DKA d̂ 16 and 192; a DKA segmentation step at a 32x32 token grid (512 input);
+/// the DKA layer stack alone at 32x32 and 64x64 (MedSAM's 1024 input); ResNet-50 with DKA
+/// after every bottleneck. `quick`: the same with tiny models.
+pub fn cases(quick: bool) -> Vec<CaseSpec> {
+    if quick {
+        quick_cases()
+    } else {
+        paper_cases()
+    }
+}
+
+fn paper_cases() -> Vec<CaseSpec> {
+    let null = Value::Object(Default::default());
+    let vit = Shape::model(CaseKind::Classify, vit_base(224), "vit_base_patch16_224", null.clone());
+    let seg = Shape::model(
+        CaseKind::Segment,
+        vit_base(512),
+        "vit_base_patch16_224",
+        serde_json::json!({"img_size": 512}),
+    )
+    .at(2, 512);
+    let mut resnet50 = BackboneConfig::preset("resnet50").expect("a preset");
+    resnet50.set_num_classes(0);
+    let resnet = Shape::model(CaseKind::Classify, resnet50, "resnet50", null);
+    // The Adapter at DKA's segmentation width: the same two Down/GELU/Up per block as DKA
+    // d̂ 192 without the convolutions, so the DKA d̂ 192 / Adapter d192 ratio is what the
+    // convolutions themselves cost.
+    let adapter192 = MethodConfig::Adapter(dka_baselines::adapter::AdapterConfig {
+        dim: 192,
+        ..Default::default()
+    });
     vec![
-        cls(
-            "vit-b16 224 b8 linear",
-            MethodConfig::by_name("linear").expect("known"),
-        ),
-        cls(
-            "vit-b16 224 b8 lora r8",
-            MethodConfig::by_name("lora").expect("known"),
-        ),
-        cls(
-            "vit-b16 224 b8 adapter d64",
-            MethodConfig::by_name("adapter").expect("known"),
-        ),
-        // The Adapter at DKA's segmentation width: the same two Down/GELU/Up per block as DKA
-        // d̂ 192 without the convolutions, so the DKA d̂ 192 / Adapter d192 ratio is what the
-        // convolutions themselves cost.
-        cls(
-            "vit-b16 224 b8 adapter d192",
-            MethodConfig::Adapter(dka_baselines::adapter::AdapterConfig {
-                dim: 192,
-                ..Default::default()
-            }),
-        ),
-        cls("vit-b16 224 b8 dka d16", dka(16)),
-        cls("vit-b16 224 b8 dka d192", dka(192)),
-        CaseSpec {
-            case: mk(
-                "vit-b16 512 b2 seg dka d192",
-                CaseKind::Segment,
-                Some(vit_base(512)),
-                Some(vit),
-                serde_json::json!({"img_size": 512}),
-                dka(192),
-                2,
-                512,
-                2,
-                None,
-            ),
-            impls: with_ckpt.clone(),
-        },
-        stack(32, 2, with_ckpt.clone()),
-        stack(64, 1, with_ckpt.clone()),
-        CaseSpec {
-            case: mk(
-                "resnet50 224 b8 dka d16",
-                CaseKind::Classify,
-                BackboneConfig::preset("resnet50").map(|mut c| {
-                    c.set_num_classes(0);
-                    c
-                }),
-                Some("resnet50"),
-                null.clone(),
-                dka(16),
-                8,
-                224,
-                3,
-                None,
-            ),
-            impls: plain,
-        },
+        vit.case("vit-b16 224 b8 linear", by_name("linear"), &PLAIN),
+        vit.case("vit-b16 224 b8 lora r8", by_name("lora"), &PLAIN),
+        vit.case("vit-b16 224 b8 adapter d64", by_name("adapter"), &PLAIN),
+        vit.case("vit-b16 224 b8 adapter d192", adapter192, &PLAIN),
+        vit.case("vit-b16 224 b8 dka d16", dka(16), &PLAIN),
+        vit.case("vit-b16 224 b8 dka d192", dka(192), &PLAIN),
+        seg.case("vit-b16 512 b2 seg dka d192", dka(192), &WITH_CKPT),
+        Shape::stack(768, 32, 12, 2).case("dka stack d192 32x32 b2", dka(192), &WITH_CKPT),
+        Shape::stack(768, 64, 12, 1).case("dka stack d192 64x64 b1", dka(192), &WITH_CKPT),
+        resnet.case("resnet50 224 b8 dka d16", dka(16), &PLAIN),
     ]
 }
 
-/// The trainer's default optimiser settings (the authors' script): head lr, adapter lr, clip.
-struct OptimDefaults(f64, f64, Option<f64>);
-
-impl OptimDefaults {
-    fn get() -> Self {
-        let o = crate::config::run::OptimConfig::default();
-        Self(o.head_lr, o.adapter_lr, o.clip_grad_norm)
-    }
+/// The same kinds of case with tiny models (seconds; for checking the bench itself).
+fn quick_cases() -> Vec<CaseSpec> {
+    let vit = BackboneConfig::from_json_str(
+        r#"{"arch":"vit","img_size":32,"patch_size":8,"embed_dim":32,"depth":2,"num_heads":2,"num_classes":0}"#,
+    )
+    .expect("valid");
+    let kw = serde_json::json!({"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2});
+    let resnet = BackboneConfig::from_json_str(
+        r#"{"arch":"resnet","block":"bottleneck","layers":[1,1,1,1],"num_classes":0}"#,
+    )
+    .expect("valid");
+    let t = "vit_base_patch16_224";
+    let cls = Shape::model(CaseKind::Classify, vit.clone(), t, kw.clone()).at(2, 32);
+    let seg = Shape::model(CaseKind::Segment, vit, t, kw).at(2, 32);
+    let res = Shape::model(
+        CaseKind::Classify,
+        resnet,
+        "resnet50",
+        serde_json::json!({"layers": [1, 1, 1, 1]}),
+    )
+    .at(2, 64);
+    vec![
+        cls.case("tiny linear", by_name("linear"), &PLAIN),
+        cls.case("tiny lora", by_name("lora"), &PLAIN),
+        cls.case("tiny adapter", by_name("adapter"), &PLAIN),
+        cls.case("tiny dka d4", dka(4), &PLAIN),
+        seg.case("tiny seg dka d4", dka(4), &WITH_CKPT),
+        Shape::stack(16, 6, 2, 2).case("tiny dka stack 6x6", dka(4), &WITH_CKPT),
+        res.case("tiny resnet dka d4", dka(4), &PLAIN),
+    ]
 }

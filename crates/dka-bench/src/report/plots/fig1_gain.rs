@@ -9,6 +9,7 @@ use super::style::{self, font, Figure};
 use super::tables::{order, Cell, Run};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use crate::util::stats::mean_std;
 use std::collections::BTreeMap;
 
 /// One point: fraction (%), mean and sample std (points), number of draws.
@@ -43,15 +44,82 @@ pub struct Gain {
     pub y_label: String,
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let s = if v.len() > 1 {
-        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    } else {
-        0.0
+/// Scores (points) by (row, panel, fraction) and draw, from runs.csv.
+type Draws = BTreeMap<(String, Vec<String>, String), BTreeMap<u64, f64>>;
+
+/// The values of the column axes other than the fraction (at `fi`): a panel's key.
+fn panel_of(cols: &[String], fi: usize) -> Vec<String> {
+    cols.iter()
+        .enumerate()
+        .filter(|(i, _)| *i != fi)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// Every finished run's score by (row, panel, fraction) and draw.
+fn draws_of(runs: &[Run], row_axis: &str, col_axes: &[String], fi: usize) -> Draws {
+    let mut draws = Draws::new();
+    for r in runs {
+        let (Some(row), Some(d), Some(v)) = (r.axes.get(row_axis), r.draw(), r.metric) else {
+            continue;
+        };
+        let Some(cols) = col_axes
+            .iter()
+            .map(|c| r.axes.get(c).cloned())
+            .collect::<Option<Vec<String>>>()
+        else {
+            continue;
+        };
+        draws
+            .entry((row.clone(), panel_of(&cols, fi), cols[fi].clone()))
+            .or_default()
+            .insert(d, 100.0 * v);
+    }
+    draws
+}
+
+/// One point of row `r` at fraction `f` (`x` on the axis): its score, or its gain over the
+/// baseline `b` (mean ± std of the per-draw differences; the difference of the means when no
+/// draws pair up).
+fn point(
+    (own, base): (&Cell, Option<&Cell>),
+    draws: &Draws,
+    (r, b): (&str, Option<&str>),
+    pv: &[String],
+    (x, f): (f64, &str),
+) -> Point {
+    let (Some(base), Some(b)) = (base, b) else {
+        return Point {
+            x,
+            mean: own.stats.mean,
+            std: own.stats.std,
+            n: own.stats.n,
+        };
     };
-    (m, s)
+    let key = |row: &str| (row.to_string(), pv.to_vec(), f.to_string());
+    let diffs: Vec<f64> = match (draws.get(&key(r)), draws.get(&key(b))) {
+        (Some(a), Some(l)) => a
+            .iter()
+            .filter_map(|(d, v)| l.get(d).map(|w| v - w))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if diffs.is_empty() {
+        // No paired draws in runs.csv: the difference of the means.
+        return Point {
+            x,
+            mean: own.stats.mean - base.stats.mean,
+            std: 0.0,
+            n: 0,
+        };
+    }
+    let (mean, std) = mean_std(&diffs);
+    Point {
+        x,
+        mean,
+        std,
+        n: diffs.len(),
+    }
 }
 
 /// The lines from a table's cells and its runs (`row_axis` names the methods; `col_axes` must
@@ -67,118 +135,58 @@ pub fn data(
         .iter()
         .position(|c| c == "fraction")
         .ok_or_else(|| anyhow::anyhow!("the gain figure needs a `fraction` column axis"))?;
-    let others: Vec<String> = col_axes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != fi)
-        .map(|(_, c)| c.clone())
-        .collect();
-    let panel_of = |cols: &[String]| -> Vec<String> {
-        cols.iter()
-            .enumerate()
-            .filter(|(i, _)| *i != fi)
-            .map(|(_, v)| v.clone())
-            .collect()
-    };
+    let others = panel_of(col_axes, fi);
     let rows = order(cells.iter().map(|c| c.row.clone()));
     let baseline = rows
         .iter()
         .find(|r| style::method_key(r) == "linear")
         .cloned();
-    // Per (row, panel, fraction): draw -> score (points).
-    let mut draws: BTreeMap<(String, Vec<String>, String), BTreeMap<u64, f64>> = BTreeMap::new();
-    for r in runs {
-        let (Some(row), Some(d), Some(v)) = (r.axes.get(row_axis), r.draw(), r.metric) else {
-            continue;
-        };
-        let Some(cols) = col_axes
-            .iter()
-            .map(|c| r.axes.get(c).cloned())
-            .collect::<Option<Vec<String>>>()
-        else {
-            continue;
-        };
-        draws
-            .entry((row.clone(), panel_of(&cols), cols[fi].clone()))
-            .or_default()
-            .insert(d, 100.0 * v);
-    }
+    let draws = draws_of(runs, row_axis, col_axes, fi);
     let mut fractions: Vec<(f64, String)> = order(cells.iter().map(|c| c.cols[fi].clone()))
         .into_iter()
         .filter_map(|f| Some((style::numeric(&f)?, f)))
         .collect();
     fractions.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let panels = order(cells.iter().map(|c| panel_of(&c.cols).join("\u{1f}")))
-        .into_iter()
-        .map(|key| {
-            let pv: Vec<String> = if others.is_empty() {
-                Vec::new()
-            } else {
-                key.split('\u{1f}').map(str::to_owned).collect()
-            };
-            let cell = |row: &str, f: &str| {
-                cells
-                    .iter()
-                    .find(|c| c.row == row && panel_of(&c.cols) == pv && c.cols[fi] == f)
-            };
-            let series = rows
+    let panel = |key: String| -> Panel {
+        let pv: Vec<String> = if others.is_empty() {
+            Vec::new()
+        } else {
+            key.split('\u{1f}').map(str::to_owned).collect()
+        };
+        let cell = |row: &str, f: &str| {
+            cells
                 .iter()
-                .enumerate()
-                .filter(|(_, r)| Some(*r) != baseline.as_ref())
-                .map(|(i, r)| {
-                    let points = fractions
-                        .iter()
-                        .filter_map(|(x, f)| {
-                            let own = cell(r, f)?;
-                            let Some(b) = &baseline else {
-                                return Some(Point {
-                                    x: *x,
-                                    mean: own.stats.mean,
-                                    std: own.stats.std,
-                                    n: own.stats.n,
-                                });
-                            };
-                            let base = cell(b, f)?;
-                            let key = |row: &str| (row.to_string(), pv.clone(), f.clone());
-                            let (a, l) = (draws.get(&key(r)), draws.get(&key(b)));
-                            let diffs: Vec<f64> = match (a, l) {
-                                (Some(a), Some(l)) => a
-                                    .iter()
-                                    .filter_map(|(d, v)| l.get(d).map(|w| v - w))
-                                    .collect(),
-                                _ => Vec::new(),
-                            };
-                            Some(if diffs.is_empty() {
-                                // No paired draws in runs.csv: the difference of the means.
-                                Point {
-                                    x: *x,
-                                    mean: own.stats.mean - base.stats.mean,
-                                    std: 0.0,
-                                    n: 0,
-                                }
-                            } else {
-                                let (m, s) = mean_std(&diffs);
-                                Point {
-                                    x: *x,
-                                    mean: m,
-                                    std: s,
-                                    n: diffs.len(),
-                                }
-                            })
-                        })
-                        .collect();
-                    Series {
-                        label: style::display(r),
-                        color: style::color(r, i),
-                        points,
-                    }
-                })
-                .collect();
-            Panel {
-                title: style::combo_label(&others, &pv),
-                series,
-            }
-        })
+                .find(|c| c.row == row && panel_of(&c.cols, fi) == pv && c.cols[fi] == f)
+        };
+        let b = baseline.as_deref();
+        let series = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| Some(r.as_str()) != b)
+            .map(|(i, r)| Series {
+                label: style::display(r),
+                color: style::color(r, i),
+                points: fractions
+                    .iter()
+                    .filter_map(|(x, f)| {
+                        let own = cell(r, f)?;
+                        let base = match b {
+                            Some(b) => Some(cell(b, f)?),
+                            None => None,
+                        };
+                        Some(point((own, base), &draws, (r, b), &pv, (*x, f)))
+                    })
+                    .collect(),
+            })
+            .collect();
+        Panel {
+            title: style::combo_label(&others, &pv),
+            series,
+        }
+    };
+    let panels = order(cells.iter().map(|c| panel_of(&c.cols, fi).join("\u{1f}")))
+        .into_iter()
+        .map(panel)
         .collect();
     Ok(Gain {
         panels,

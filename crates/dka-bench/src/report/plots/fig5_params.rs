@@ -4,6 +4,7 @@
 use super::parts::{self, Key, Stack};
 use super::style::{self, font, Figure};
 use super::tables::{order, Cell, Run};
+use crate::util::stats::median;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -31,19 +32,6 @@ pub struct Params {
     pub missing: usize,
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
 pub fn data(
     cells: &[Cell],
     runs: &[Run],
@@ -66,8 +54,8 @@ pub fn data(
                 .enumerate()
                 .filter_map(|(i, r)| {
                     let c = cells.iter().find(|c| &c.row == r && c.cols == cols)?;
-                    let params = median(
-                        runs.iter()
+                    let counts: Vec<f64> = runs
+                        .iter()
                             .filter(|x| {
                                 x.axes.get(row_axis) == Some(r)
                                     && col_axes
@@ -76,9 +64,8 @@ pub fn data(
                                         .all(|(a, v)| x.axes.get(a) == Some(v))
                             })
                             .filter_map(|x| x.fields.trainable_params)
-                            .collect(),
-                    );
-                    let Some(params) = params.filter(|p| *p > 0.0) else {
+                            .collect();
+                    let Some(params) = median(&counts).filter(|p| *p > 0.0) else {
                         missing += 1;
                         return None;
                     };
