@@ -39,13 +39,8 @@ fn temp_sibling(path: &Path) -> PathBuf {
 /// Writes `path` atomically: `write` fills a temporary sibling (unique to this process and
 /// call, so concurrent writers never share one), which is synced to disk and renamed over
 /// `path`. Readers see the old file or the whole new one; on failure the sibling is removed.
-/// Creates `path`'s folder if needed.
+/// `path`'s folder must exist.
 pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     let tmp = temp_sibling(path);
     let result = write(&tmp)
         .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
@@ -58,8 +53,18 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>)
 }
 
 /// Writes `bytes` to `path` atomically (see [`write_with`]).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |tmp| std::fs::File::create(tmp)?.write_all(bytes))
+}
+
+/// [`write_bytes`], creating `path`'s folder first if needed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    write_bytes(path, bytes)
 }
 
 #[cfg(test)]
@@ -81,6 +86,8 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two", "a failed write changes nothing");
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary file is left behind");
+        let nowhere = d.path().join("missing/b.txt");
+        assert!(write_bytes(&nowhere, b"x").is_err(), "write_bytes needs the folder");
         assert_eq!(
             sha256_file(&p).unwrap(),
             "3fc4ccfe745870e2c0d99f71f30ff0656c8dedd41cc1d7d3d376b0dbe685e2f3"

@@ -78,20 +78,27 @@ fn canonical_json(v: &serde_json::Value, s: &mut String) {
     }
 }
 
+/// `n` runs along one axis, `draw` = 0, 1, … (for tests of what handles runs).
+#[cfg(test)]
+pub(crate) fn numbered_specs(n: usize) -> Vec<RunSpec> {
+    (0..n)
+        .map(|i| {
+            RunSpec::new(
+                BTreeMap::from([("draw".to_string(), i.to_string())]),
+                serde_json::json!({ "draw": i }),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn specs(n: usize) -> Vec<RunSpec> {
-        (0..n)
-            .map(|i| {
-                RunSpec::new(
-                    BTreeMap::from([("draw".to_string(), i.to_string())]),
-                    serde_json::json!({ "draw": i }),
-                )
-            })
-            .collect()
+        numbered_specs(n)
     }
+
 
     #[test]
     fn ids_hash_the_canonical_config() {

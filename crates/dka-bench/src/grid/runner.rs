@@ -230,14 +230,7 @@ mod tests {
     use super::*;
 
     fn specs(n: usize) -> Vec<RunSpec> {
-        (0..n)
-            .map(|i| {
-                RunSpec::new(
-                    BTreeMap::from([("draw".to_string(), i.to_string())]),
-                    serde_json::json!({ "draw": i }),
-                )
-            })
-            .collect()
+        crate::config::spec::numbered_specs(n)
     }
 
     fn ok(

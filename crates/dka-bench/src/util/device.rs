@@ -129,20 +129,24 @@ pub fn peak_memory(device: Device) -> Option<u64> {
             let b = unsafe { dka_cuda_peak_allocated(i as i32) };
             u64::try_from(b).ok()
         }
-        _ => {
-            let status = std::fs::read_to_string("/proc/self/status").ok()?;
-            let kb: u64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
-            Some(kb * 1024)
-        }
+        _ => proc_status_bytes("VmHWM"),
     }
 }
+
+/// Resident set (`VmRSS`) or its high-water mark (`VmHWM`) of this process, bytes.
+pub fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 
 #[cfg(test)]
 mod tests {

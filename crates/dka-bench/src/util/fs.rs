@@ -4,13 +4,13 @@ use anyhow::Context;
 use std::path::Path;
 use tch::Tensor;
 
-/// Writes `bytes` to `path` atomically; creates its folder if needed.
+/// Writes `bytes` to `path` atomically (its folder must exist).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    Ok(dka_data::files::write_atomic(path, bytes)?)
+    Ok(dka_data::files::write_bytes(path, bytes)?)
 }
 
-/// Writes named tensors as safetensors to `path` atomically, so a failure leaves nothing
-/// half-written.
+/// Writes named tensors as safetensors to `path` atomically (its folder must exist), so a
+/// failure leaves nothing half-written.
 pub fn write_safetensors(path: &Path, tensors: &[(&str, Tensor)]) -> anyhow::Result<()> {
     let tensors: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (*n, t.contiguous())).collect();
     dka_data::files::write_with(path, |tmp| {

@@ -96,20 +96,6 @@ pub enum Request {
     Quit,
 }
 
-/// Resident set (`VmRSS`) or its high-water mark (`VmHWM`) of this process, bytes.
-pub fn proc_status_bytes(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 /// Resets the CPU high-water mark of the resident set to its current value (Linux >= 4.0).
 pub fn reset_cpu_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
@@ -488,7 +474,7 @@ impl Server {
             }
             Request::Memory => {
                 sync(self.device);
-                let rss = proc_status_bytes("VmRSS");
+                let rss = crate::util::device::proc_status_bytes("VmRSS");
                 match self.device {
                     Device::Cuda(_) => json!({
                         "peak_bytes": crate::util::device::peak_memory(self.device),
@@ -496,7 +482,7 @@ impl Server {
                         "rss_bytes": rss,
                     }),
                     _ => json!({
-                        "peak_bytes": proc_status_bytes("VmHWM"),
+                        "peak_bytes": crate::util::device::proc_status_bytes("VmHWM"),
                         "now_bytes": rss,
                         "rss_bytes": rss,
                     }),
