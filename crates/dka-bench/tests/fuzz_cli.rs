@@ -4,9 +4,9 @@
 //!
 //! `just test` runs a few dozen cases per property; `just fuzz` sets `PROPTEST_CASES`. A failing
 //! case is shrunk and saved to `tests/fuzz_cli.proptest-regressions`, replayed first afterwards.
-use dka_bench::util::device::DeviceArg;
 use dka_bench::grid::runner::Shard;
 use dka_bench::grid::slurm::{self, format_time_limit, parse_time_limit, SlurmOptions};
+use dka_bench::util::device::DeviceArg;
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 

@@ -331,7 +331,10 @@ mod tests {
     #[test]
     fn the_block_memo_keeps_values_only_inside_a_scope() {
         let mut made = 0;
-        assert!(block_memo(1u32, || 10).is_none(), "nothing is kept outside a scope");
+        assert!(
+            block_memo(1u32, || 10).is_none(),
+            "nothing is kept outside a scope"
+        );
         {
             let _outer = BlockScope::enter();
             let a = block_memo(1u32, || {
@@ -344,11 +347,22 @@ mod tests {
                     made += 1;
                     11
                 });
-                assert_eq!((*a.unwrap(), *b.unwrap()), (10, 10), "nested scopes share it");
+                assert_eq!(
+                    (*a.unwrap(), *b.unwrap()),
+                    (10, 10),
+                    "nested scopes share it"
+                );
             }
-            assert!(BlockScope::is_open(), "closing an inner scope keeps the outer one");
+            assert!(
+                BlockScope::is_open(),
+                "closing an inner scope keeps the outer one"
+            );
             assert_eq!(*block_memo(2u32, || 20).unwrap(), 20);
-            assert_eq!(*block_memo(1u64, || 30u8).unwrap(), 30, "other types, other slots");
+            assert_eq!(
+                *block_memo(1u64, || 30u8).unwrap(),
+                30,
+                "other types, other slots"
+            );
         }
         assert_eq!(made, 1);
         assert!(!BlockScope::is_open());

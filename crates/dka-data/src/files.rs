@@ -83,11 +83,18 @@ mod tests {
             Err(std::io::Error::other("disk full"))
         });
         assert!(failed.unwrap_err().to_string().contains("disk full"));
-        assert_eq!(std::fs::read(&p).unwrap(), b"two", "a failed write changes nothing");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            b"two",
+            "a failed write changes nothing"
+        );
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary file is left behind");
         let nowhere = d.path().join("missing/b.txt");
-        assert!(write_bytes(&nowhere, b"x").is_err(), "write_bytes needs the folder");
+        assert!(
+            write_bytes(&nowhere, b"x").is_err(),
+            "write_bytes needs the folder"
+        );
         assert_eq!(
             sha256_file(&p).unwrap(),
             "3fc4ccfe745870e2c0d99f71f30ff0656c8dedd41cc1d7d3d376b0dbe685e2f3"

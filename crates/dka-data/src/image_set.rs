@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use image::GrayImage;
 use rayon::prelude::*;
 
+use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::image_io::{
     check_decodes, dimensions, read_mask, read_rgb, read_rgb_scaled, MaskValues,
 };
 use crate::options::{CheckLevel, LoaderOptions};
 use crate::preset::Preprocess;
-use crate::dataset::Dataset;
 use crate::sample::{RawSample, Record, Skipped, SplitName, Task};
 
 /// One image found by a scanner, paths relative to the root.

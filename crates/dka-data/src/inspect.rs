@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::manifest::Manifest;
 use crate::options::LoaderOptions;
-use crate::dataset::Dataset;
 use crate::sample::{Skipped, SplitName, Task};
 use crate::split::{make_split, Split, SplitSpec};
 use crate::{brats, busi, covid, csv_generic, folder, isic2018, isic2019, mni};

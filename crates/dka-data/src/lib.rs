@@ -52,6 +52,7 @@ pub use augment::{Augment, RandomResizedCrop};
 pub use cache::{
     CacheKey, CacheOutcome, CacheStats, CachedLoader, DecodedSplit, U8Batch, U8Target,
 };
+pub use dataset::Dataset;
 pub use error::{DataError, Result};
 pub use file_hashes::{HashCache, HashStats};
 pub use inspect::{
@@ -72,6 +73,5 @@ pub use preset::{
     IMAGENET_STD,
 };
 pub use rng::Rng;
-pub use dataset::Dataset;
 pub use sample::{RawSample, Record, Sample, Skipped, SplitName, Target, Task};
 pub use split::{make_split, parse_fraction, train_count, Split, SplitSpec, PAPER_FRACTIONS};

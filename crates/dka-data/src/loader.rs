@@ -27,10 +27,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::Augment;
+use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::preset::Preprocess;
 use crate::rng::Rng;
-use crate::dataset::Dataset;
 use crate::sample::{Sample, Target};
 
 /// Batch loader settings.

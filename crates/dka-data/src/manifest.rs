@@ -10,12 +10,12 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::file_hashes::{HashCache, HashStats};
 use crate::files::{hex, sha256_file, write_atomic};
 use crate::image_set::rel_id;
 use crate::options::LoaderOptions;
-use crate::dataset::Dataset;
 use crate::sample::{Skipped, SplitName, Task};
 use crate::split::{Split, SplitSpec};
 
@@ -253,4 +253,3 @@ impl Manifest {
         Ok(split)
     }
 }
-

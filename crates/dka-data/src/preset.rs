@@ -124,4 +124,3 @@ pub struct U8Sample {
     /// (height, width) of the content at the top-left; the rest is padding.
     pub extent: (u32, u32),
 }
-

@@ -6,7 +6,6 @@ use image::{GrayImage, RgbImage};
 use ndarray::{Array2, Array3};
 use serde::{Deserialize, Serialize};
 
-
 /// What the labels are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]

@@ -11,6 +11,7 @@ use image::{GrayImage, RgbImage};
 use ndarray::Array3;
 use rayon::prelude::*;
 
+use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::image_set::skip_or_fail;
 use crate::nifti_volume::{
@@ -19,7 +20,6 @@ use crate::nifti_volume::{
 use crate::options::{EmptySlices, LoaderOptions};
 use crate::rng::{hash_str, Rng};
 use crate::sample::SplitName;
-use crate::dataset::Dataset;
 use crate::sample::{RawSample, Record, Skipped, Task};
 
 /// Where a case's label map comes from.

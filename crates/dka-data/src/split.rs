@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::rng::Rng;
-use crate::dataset::Dataset;
 use crate::sample::SplitName;
 
 const TAG_TEST: u64 = 0x7E57;

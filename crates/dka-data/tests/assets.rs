@@ -199,13 +199,7 @@ fn colin27_grey_matter_has_a_held_out_slab_and_two_classes() {
     let (t0, t1) = (*test.iter().min().unwrap(), *test.iter().max().unwrap());
     // No training slice within 8 % of the range of a test slice (7 % allows for rounding).
     for &s in &train {
-        let d = if s < t0 {
-            t0 - s
-        } else if s > t1 {
-            s - t1
-        } else {
-            0
-        };
+        let d = if s < t0 { t0 - s } else { s.saturating_sub(t1) };
         assert!(
             d as f64 >= 0.07 * range,
             "training slice {s} is {d} slices from the test slab"

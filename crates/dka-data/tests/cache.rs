@@ -441,7 +441,7 @@ fn a_loader_started_at_a_batch_yields_what_the_full_loader_yields_from_there() {
     };
     let order: Vec<usize> = (0..split.len()).rev().collect();
     let aug = Some(Augment::default());
-    let full: Vec<U8Batch> = CachedLoader::new(split.clone(), order.clone(), aug.clone(), &cfg, 3)
+    let full: Vec<U8Batch> = CachedLoader::new(split.clone(), order.clone(), aug, &cfg, 3)
         .unwrap()
         .map(|b| b.unwrap())
         .collect();

@@ -17,15 +17,15 @@
 //! `erf.csv` (the high-contribution area ratios at t = 0.2, 0.3, 0.5, 0.99, read from the
 //! normalised log map of the mean, as RepLKNet's `analyze_erf.py`), `erf.json` (what was
 //! measured) and `erf.png`/`.svg` (the heatmap with a colour bar).
-use crate::config::sources::Sources;
-use crate::util::device::pick;
 use crate::config::record::{read_record, Status};
-use crate::util::fs::write_atomic;
+use crate::config::run::{Precision, RunConfig};
+use crate::config::sources::Sources;
 use crate::report::plots::fig2_erf::{self, ErfMap, RatioRow};
 use crate::report::plots::{short_name, style};
-use crate::config::run::{Precision, RunConfig};
 use crate::train::data::{loader, manifest_of, preprocess, to_device, Normalizer, RunData};
 use crate::train::model::Model;
+use crate::util::device::pick;
+use crate::util::fs::write_atomic;
 use anyhow::{bail, Context};
 use dka_baselines::MethodConfig;
 use dka_core::erf::{backbone_feature_map, high_contribution_area_ratios, ErfAccumulator};
@@ -451,7 +451,13 @@ fn targets(o: &ErfOptions) -> anyhow::Result<Vec<(Target, PathBuf)>> {
             dataset,
             img_size,
         } => vec![(
-            method_target(method, backbone.as_deref(), dataset.as_deref(), *img_size, o)?,
+            method_target(
+                method,
+                backbone.as_deref(),
+                dataset.as_deref(),
+                *img_size,
+                o,
+            )?,
             o.out.clone(),
         )],
         Subject::Grid {

@@ -87,8 +87,5 @@ pub fn extract(a: &FeaturesOptions) -> anyhow::Result<Vec<(String, Vec<i64>)>> {
         out.push(("logits", l.to_device(tch::Device::Cpu)));
     }
     write_safetensors(&a.output, &out)?;
-    Ok(out
-        .iter()
-        .map(|(n, t)| (n.to_string(), t.size()))
-        .collect())
+    Ok(out.iter().map(|(n, t)| (n.to_string(), t.size())).collect())
 }

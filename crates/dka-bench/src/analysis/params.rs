@@ -1,9 +1,9 @@
 //! `dka params`: trainable and total parameters of a backbone adapted by a method, with a
 //! task head of `--num-classes` outputs on the pooled features.
+use crate::util::fs::write_atomic;
 use anyhow::Context;
 use dka_baselines::{MethodConfig, NAMES};
 use dka_core::{Backbone, BackboneConfig};
-use crate::util::fs::write_atomic;
 use std::path::Path;
 use tch::{nn, Device};
 

@@ -53,11 +53,11 @@ impl ConvArgs {
     pub fn options(&self) -> ConvOptions {
         ConvOptions {
             output: self.output.clone(),
-            batch: self.batch.clone(),
-            reps: self.reps.clone(),
-            large: self.large.clone(),
-            small: self.small.clone(),
-            no_step: self.no_step.clone(),
+            batch: self.batch,
+            reps: self.reps,
+            large: self.large,
+            small: self.small,
+            no_step: self.no_step,
         }
     }
 }
@@ -105,16 +105,16 @@ impl DataArgs {
     pub fn options(&self) -> DataOptions {
         DataOptions {
             output: self.output.clone(),
-            images: self.images.clone(),
-            width: self.width.clone(),
-            height: self.height.clone(),
-            size: self.size.clone(),
-            epochs: self.epochs.clone(),
-            brats_cases: self.brats_cases.clone(),
-            brats_dims: self.brats_dims.clone(),
-            brats_uncached_slices: self.brats_uncached_slices.clone(),
-            threads: self.threads.clone(),
-            batch: self.batch.clone(),
+            images: self.images,
+            width: self.width,
+            height: self.height,
+            size: self.size,
+            epochs: self.epochs,
+            brats_cases: self.brats_cases,
+            brats_dims: self.brats_dims,
+            brats_uncached_slices: self.brats_uncached_slices,
+            threads: self.threads,
+            batch: self.batch,
             workdir: self.workdir.clone(),
         }
     }
@@ -165,22 +165,21 @@ pub struct StepsArgs {
     pub keep_subnormals: bool,
 }
 
-
 impl StepsArgs {
     pub fn options(&self) -> StepsOptions {
         StepsOptions {
             output: self.output.clone(),
-            device: self.device.clone(),
-            reps: self.reps.clone(),
-            parity_steps: self.parity_steps.clone(),
-            loss_tol: self.loss_tol.clone(),
+            device: self.device,
+            reps: self.reps,
+            parity_steps: self.parity_steps,
+            loss_tol: self.loss_tol,
             cases: self.cases.clone(),
-            quick: self.quick.clone(),
+            quick: self.quick,
             python: self.python.clone(),
             reference: self.reference.clone(),
-            no_plot: self.no_plot.clone(),
-            threads: self.threads.clone(),
-            keep_subnormals: self.keep_subnormals.clone(),
+            no_plot: self.no_plot,
+            threads: self.threads,
+            keep_subnormals: self.keep_subnormals,
         }
     }
 }

@@ -35,7 +35,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let device = pick(a.data.device)?;
     let cfg = cfg.resolve(device)?;
-    let data = RunData::open(&cfg, &a.data.sources().root(&cfg.dataset)?, &a.data.sources().cache_dir())?;
+    let data = RunData::open(
+        &cfg,
+        &a.data.sources().root(&cfg.dataset)?,
+        &a.data.sources().cache_dir(),
+    )?;
     anyhow::ensure!(
         data.split_sha256 == crate::train::data::manifest_of(&a.run)?,
         "{}: the data at hand is not the data this run was trained on (its manifest.json differs)",

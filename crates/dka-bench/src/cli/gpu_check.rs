@@ -37,12 +37,12 @@ impl Args {
         GpuCheckOptions {
             out: self.out.clone(),
             fixtures: self.fixtures.clone(),
-            batch: self.batch.clone(),
-            steps: self.steps.clone(),
-            cuda: self.cuda.clone(),
-            no_grid: self.no_grid.clone(),
+            batch: self.batch,
+            steps: self.steps,
+            cuda: self.cuda,
+            no_grid: self.no_grid,
             backbone: self.backbone.clone(),
-            cpu_steps: self.cpu_steps.clone(),
+            cpu_steps: self.cpu_steps,
         }
     }
 }

@@ -2,11 +2,11 @@
 //! figure; or plan it (`--plan`), list it (`--dry-run`) or write it as a Slurm job array
 //! (`--emit-slurm N`).
 use super::args::DataArgs;
+use crate::config::experiment::Experiment;
 use crate::grid::experiment::{emit_job_array, run_experiment, ExperimentOptions};
 use crate::grid::plan::{plan_grids, PlanOptions};
 use crate::grid::runner::Shard;
 use crate::grid::slurm::SlurmOptions;
-use crate::config::experiment::Experiment;
 use crate::util::device::pick;
 use anyhow::bail;
 use std::path::PathBuf;
@@ -101,20 +101,19 @@ pub struct SlurmArgs {
     pub sbatch_extra: Vec<String>,
 }
 
-
 impl SlurmArgs {
     /// What each array task asks Slurm for.
     pub fn options(&self) -> SlurmOptions {
         SlurmOptions {
-            gpus_per_task: self.gpus_per_task.clone(),
+            gpus_per_task: self.gpus_per_task,
             gpu_type: self.gpu_type.clone(),
-            cpus_per_task: self.cpus_per_task.clone(),
+            cpus_per_task: self.cpus_per_task,
             mem: self.mem.clone(),
             time: self.time.clone(),
             partition: self.partition.clone(),
             account: self.account.clone(),
-            term_before: self.term_before.clone(),
-            requeue: self.requeue.clone(),
+            term_before: self.term_before,
+            requeue: self.requeue,
             sbatch_extra: self.sbatch_extra.clone(),
         }
     }
@@ -198,31 +197,30 @@ mod tests {
     use super::*;
 
     #[test]
-fn the_command_line_takes_bare_sbatch_options() {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        slurm: SlurmArgs,
-        #[arg(long)]
-        shard: Option<String>,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        plan: bool,
+    fn the_command_line_takes_bare_sbatch_options() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            slurm: SlurmArgs,
+            #[arg(long)]
+            shard: Option<String>,
+            #[arg(long)]
+            dry_run: bool,
+            #[arg(long)]
+            plan: bool,
+        }
+        let c = Cli::try_parse_from([
+            "dka",
+            "--emit-slurm",
+            "4",
+            "--sbatch-extra",
+            "--qos=high",
+            "--sbatch-extra",
+            "#SBATCH --exclusive",
+        ])
+        .unwrap();
+        assert_eq!(c.slurm.sbatch_extra, ["--qos=high", "#SBATCH --exclusive"]);
+        assert!(Cli::try_parse_from(["dka", "--emit-slurm", "4", "--shard", "0/4"]).is_err());
     }
-    let c = Cli::try_parse_from([
-        "dka",
-        "--emit-slurm",
-        "4",
-        "--sbatch-extra",
-        "--qos=high",
-        "--sbatch-extra",
-        "#SBATCH --exclusive",
-    ])
-    .unwrap();
-    assert_eq!(c.slurm.sbatch_extra, ["--qos=high", "#SBATCH --exclusive"]);
-    assert!(Cli::try_parse_from(["dka", "--emit-slurm", "4", "--shard", "0/4"]).is_err());
-}
-
 }

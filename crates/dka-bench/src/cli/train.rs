@@ -32,8 +32,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     crate::util::interrupt::install()?;
     let cfg = a.data.sources().resolve(read_run_config(&a.config)?);
     let device = pick(a.data.device)?;
-    let data = RunData::open(&cfg, &a.data.sources().root(&cfg.dataset)?, &a.data.sources().cache_dir())
-        .with_context(|| a.config.display().to_string())?;
+    let data = RunData::open(
+        &cfg,
+        &a.data.sources().root(&cfg.dataset)?,
+        &a.data.sources().cache_dir(),
+    )
+    .with_context(|| a.config.display().to_string())?;
     let created = !a.out.exists();
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
     let out = match crate::train::train(&cfg, &data, &a.out, device) {
@@ -51,4 +55,3 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -31,8 +31,8 @@
 //! (`{ name = "full", with = { "optimizer.backbone_lr" = 1e-5 } }`), applied after every
 //! axis. Every cell is parsed into a `RunConfig` (unknown fields are errors) before any run
 //! starts.
-use crate::config::spec::RunSpec;
 use crate::config::run::RunConfig;
+use crate::config::spec::RunSpec;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use serde_json::Value;

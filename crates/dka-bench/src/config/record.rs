@@ -75,4 +75,3 @@ pub fn read_all(out: &Path) -> anyhow::Result<Vec<RunRecord>> {
     records.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(records)
 }
-

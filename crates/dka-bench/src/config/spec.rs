@@ -99,7 +99,6 @@ mod tests {
         numbered_specs(n)
     }
 
-
     #[test]
     fn ids_hash_the_canonical_config() {
         // sha256('{"draw":0}') starts f992480c83cc; ids must never change between versions.
@@ -110,5 +109,4 @@ mod tests {
         assert_eq!(c, r#"{"a":{"b":[1,2.5,"x"],"c":null},"z":true}"#);
         assert_eq!(RunSpec::new(BTreeMap::new(), v).id, "a21afcd76fa1");
     }
-
 }

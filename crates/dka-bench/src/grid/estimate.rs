@@ -10,8 +10,8 @@
 //! ids cannot be known: every run counts as still to do. For ViT backbones the floating-point
 //! work is also counted analytically, for a projection to a GPU of a stated throughput.
 use crate::config::run::{RunConfig, Selection};
-use crate::util::stats::median;
 use crate::train::model::Model;
+use crate::util::stats::median;
 use anyhow::Context;
 use dka_core::BackboneConfig;
 use std::collections::BTreeMap;
@@ -372,7 +372,8 @@ impl Plan {
                 }
             ));
         }
-        let (total_runs, done, todo, hours) = (self.total_runs, self.done, self.to_do(), self.hours());
+        let (total_runs, done, todo, hours) =
+            (self.total_runs, self.done, self.to_do(), self.hours());
         if hours.is_finite() {
             out.push(format!(
                 "{total_runs} run(s) in all, {done} done, {todo} to do: about {hours:.1} h on {} (measured here{})",

@@ -7,10 +7,10 @@ use super::resolve::resolve_runs;
 use super::runner::{run_grid, GridOptions, GridSummary, RunResult, Shard};
 use super::runs_csv;
 use super::slurm::{self, SlurmOptions};
-use crate::config::sources::Sources;
 use crate::config::experiment::{Experiment, Profile};
 use crate::config::record::{RunRecord, Status};
 use crate::config::run::RunConfig;
+use crate::config::sources::Sources;
 use crate::config::spec::RunSpec;
 use crate::util::device::{pick, DeviceArg};
 use anyhow::{bail, Context};
@@ -156,7 +156,15 @@ pub fn run_experiment(o: &ExperimentOptions) -> anyhow::Result<Outcome> {
         .iter()
         .filter(|r| ids.contains(r.id.as_str()))
         .collect();
-    write_outputs(o, &exp, &prof, &specs, &out, &current, records.len() - current.len())?;
+    write_outputs(
+        o,
+        &exp,
+        &prof,
+        &specs,
+        &out,
+        &current,
+        records.len() - current.len(),
+    )?;
     outcome.failed = current
         .iter()
         .filter(|r| r.status == Status::Failed)

@@ -1,8 +1,8 @@
 //! What decides a run's result, hashed into its id: the resolved config (without the weights
 //! file's path and without settings that cannot change a result, such as loader threads), the
 //! weights file's content and the exact split (its manifest's content).
-use crate::util::fs::write_atomic;
 use crate::config::run::RunConfig;
+use crate::util::fs::write_atomic;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

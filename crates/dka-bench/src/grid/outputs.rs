@@ -32,7 +32,12 @@ fn axis_order(specs: &[RunSpec], axis: &str) -> Vec<String> {
 fn runs_shown(specs: &[RunSpec], current: &[&RunRecord]) -> RunsShown {
     let configs: HashMap<&str, RunConfig> = specs
         .iter()
-        .filter_map(|s| Some((s.id.as_str(), serde_json::from_value(s.config.clone()).ok()?)))
+        .filter_map(|s| {
+            Some((
+                s.id.as_str(),
+                serde_json::from_value(s.config.clone()).ok()?,
+            ))
+        })
         .collect();
     let mut shown = RunsShown::default();
     for r in current {

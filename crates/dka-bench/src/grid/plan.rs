@@ -3,10 +3,10 @@
 use super::estimate::{nominal_sizes, Plan, Sizes};
 use super::experiment::default_out;
 use super::resolve::{resolve_runs, Resolved};
-use crate::config::sources::Sources;
 use crate::config::experiment::Experiment;
 use crate::config::record::{read_record, Status};
 use crate::config::run::RunConfig;
+use crate::config::sources::Sources;
 use dka_data::Dataset;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,10 +36,7 @@ fn decode_seconds(ds: &dyn Dataset, indices: &[usize]) -> f64 {
 }
 
 /// The sizes of a planned run's splits and the decoding its uncached splits still need.
-fn measured_sizes(
-    p: &Resolved,
-    decode_s: &mut HashMap<String, f64>,
-) -> anyhow::Result<Sizes> {
+fn measured_sizes(p: &Resolved, decode_s: &mut HashMap<String, f64>) -> anyhow::Result<Sizes> {
     let task = p.data.ds.task();
     let spec = p.cfg.input_spec()?;
     let pre = crate::train::data::preprocess(&p.cfg, &spec);

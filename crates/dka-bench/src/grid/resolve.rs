@@ -2,8 +2,8 @@
 //! weights file hashed once, and each run's id computed from its identity (config, weights'
 //! content, split's content: [`super::identity`]).
 use super::identity::{file_sha256, run_identity};
-use crate::config::sources::Sources;
 use crate::config::run::RunConfig;
+use crate::config::sources::Sources;
 use crate::config::spec::RunSpec;
 use crate::train::data::{open, split_spec, RunData};
 use dka_data::Dataset;
@@ -99,4 +99,3 @@ pub fn resolve_runs(
     bar.finish_and_clear();
     Ok((out, planned))
 }
-

@@ -235,7 +235,12 @@ fn cached_rows(
     Ok(())
 }
 
-fn isic(a: &DataOptions, work: &Path, cfg: &LoaderConfig, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+fn isic(
+    a: &DataOptions,
+    work: &Path,
+    cfg: &LoaderConfig,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
     let root = work.join("isic2019");
     tracing::info!(
         "making {} {}x{} JPEGs in {}",
@@ -300,7 +305,12 @@ fn isic(a: &DataOptions, work: &Path, cfg: &LoaderConfig, rows: &mut Vec<Row>) -
     )
 }
 
-fn brats(a: &DataOptions, work: &Path, cfg: &LoaderConfig, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+fn brats(
+    a: &DataOptions,
+    work: &Path,
+    cfg: &LoaderConfig,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
     let root = work.join("brats");
     let [x, y, z] = a.brats_dims;
     tracing::info!(
@@ -422,9 +432,9 @@ pub fn run(a: &DataOptions) -> anyhow::Result<()> {
     };
     let mut rows = Vec::new();
     let result = (|| -> anyhow::Result<()> {
-        isic(&a, &work, &cfg, &mut rows)?;
+        isic(a, &work, &cfg, &mut rows)?;
         if a.brats_cases > 0 {
-            brats(&a, &work, &cfg, &mut rows)?;
+            brats(a, &work, &cfg, &mut rows)?;
         }
         Ok(())
     })();

@@ -3,15 +3,15 @@
 //! CUDA in fp32 and bf16 against the reference library's output; one training step of every
 //! method on ViT-B/16 (random weights) in bf16 with its time and peak memory; a two-epoch grid
 //! on CUDA. Without CUDA it says so and runs the CPU part only.
-use crate::grid::experiment::{run_experiment, ExperimentOptions};
+use crate::config::run::{Precision, RunConfig};
 use crate::config::sources::Sources;
+use crate::grid::experiment::{run_experiment, ExperimentOptions};
+use crate::train::model::Model;
 use crate::train::precision::Amp;
 use crate::util::device::{
     cuda_bf16_native, cuda_device_name, device_name, peak_memory, reset_peak_memory, DeviceArg,
 };
 use crate::util::stats::median;
-use crate::config::run::{Precision, RunConfig};
-use crate::train::model::Model;
 use anyhow::Context;
 use dka_core::weights::{load_checkpoint, read_safetensors, Checkpoint};
 use dka_core::{Backbone, BackboneConfig};
@@ -247,7 +247,11 @@ fn step_rows(
                 sync();
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            Ok((median(&times).unwrap_or(f64::NAN), peak_memory(device), loss))
+            Ok((
+                median(&times).unwrap_or(f64::NAN),
+                peak_memory(device),
+                loss,
+            ))
         })();
         let (value, ok, note, peak) = match result {
             Ok((ms, peak, loss)) => (
@@ -301,7 +305,7 @@ fn grid_row(device: Device) -> Row {
     let result = tiny_grid(&tmp, device);
     let _ = std::fs::remove_dir_all(&tmp);
     let (ok, note) = match result {
-        Ok(failed) if failed == 0 => ("true".to_string(), String::new()),
+        Ok(0) => ("true".to_string(), String::new()),
         Ok(failed) => ("false".to_string(), format!("{failed} run(s) failed")),
         Err(e) => ("false".to_string(), format!("{e:#}")),
     };

@@ -1,10 +1,10 @@
 //! Evaluation of a model on a split: the metrics of every batch, pooled over the split.
-use crate::train::metrics::{classification_metrics, Confusion};
-use crate::train::precision::Amp;
 use crate::config::metrics::primary_metric;
 use crate::config::run::RunConfig;
 use crate::train::data::{to_device, Normalizer, RunData};
+use crate::train::metrics::{classification_metrics, Confusion};
 use crate::train::model::Model;
+use crate::train::precision::Amp;
 use anyhow::Context;
 use dka_data::{CachedLoader, DecodedSplit};
 use std::collections::BTreeMap;

@@ -3,8 +3,8 @@
 //! u8), preallocated so there is no concatenation peak, and streamed to the device per batch.
 use super::data::{loader, to_device, Normalizer};
 use super::model::Model;
-use crate::train::precision::Amp;
 use crate::config::run::RunConfig;
+use crate::train::precision::Amp;
 use dka_data::DecodedSplit;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};

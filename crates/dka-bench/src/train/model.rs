@@ -1,9 +1,9 @@
 //! The model of a run: the backbone (with its pretrained weights), the method's modules and
 //! the task head, each in its own variable store, built in one place.
 use crate::config::run::DecoderKind;
+use crate::config::run::RunConfig;
 use crate::train::decoder::MaskTransformer;
 use crate::train::optim::Groups;
-use crate::config::run::RunConfig;
 use anyhow::Context;
 use dka_core::{Backbone, BackboneConfig, Features};
 use std::collections::BTreeMap;

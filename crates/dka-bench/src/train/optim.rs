@@ -6,8 +6,8 @@
 //! learning rate; weight decay applies only to the decayed half, which holds neither biases,
 //! norms, prompts, position/class embeddings, learnable radii nor any 1-D tensor (unless
 //! `decay_all`), nor the head (unless `decay_head`).
-use crate::train::precision::LossScaler;
 use crate::config::run::{OptimConfig, OptimKind, Schedule};
+use crate::train::precision::LossScaler;
 use tch::{Kind, Tensor};
 
 /// Named trainable tensors by role: the task head, the method's modules, trained backbone

@@ -227,13 +227,22 @@ impl<'a> TrainState<'a> {
                 .collect();
             for chunk in chunks {
                 tch::manual_seed(step_seed(cfg.seed, epoch, self.next_batch));
-                let (e, y) = self.fx.cache.as_ref().expect("cached").batch(&chunk, device);
+                let (e, y) = self
+                    .fx
+                    .cache
+                    .as_ref()
+                    .expect("cached")
+                    .batch(&chunk, device);
                 self.step(&e, &y, true)?;
                 self.after_batch()?;
             }
         } else {
             let train = self.fx.splits.train.clone();
-            let order = epoch_order(&(0..train.len()).collect::<Vec<_>>(), cfg.seed, epoch as u64);
+            let order = epoch_order(
+                &(0..train.len()).collect::<Vec<_>>(),
+                cfg.seed,
+                epoch as u64,
+            );
             // Augmented crops move the padding: normalise whole images then.
             let pad_now = self.fx.setup.pad && self.fx.augment.is_none();
             let batches = loader_from(
@@ -258,7 +267,12 @@ impl<'a> TrainState<'a> {
 
     /// The loss of one batch, back-propagated (gradients cleared first). With activation
     /// checkpointing the backbone runs its own backward.
-    fn forward_backward(&mut self, input: &Tensor, y: &Tensor, cached: bool) -> anyhow::Result<f64> {
+    fn forward_backward(
+        &mut self,
+        input: &Tensor,
+        y: &Tensor,
+        cached: bool,
+    ) -> anyhow::Result<f64> {
         let (cfg, model, setup) = (self.fx.cfg, self.fx.model, &self.fx.setup);
         if cfg.checkpoint_blocks && !cached {
             // A non-finite fp32 loss still stops the run before any update.
@@ -373,7 +387,7 @@ impl<'a> TrainState<'a> {
             Selection::BestTest => true,
             Selection::Last => last,
             Selection::BestVal => false,
-        } || (cfg.test_every > 0 && (epoch + 1) % cfg.test_every == 0);
+        } || (cfg.test_every > 0 && (epoch + 1).is_multiple_of(cfg.test_every));
         let test = if test_now { Some(self.test()?) } else { None };
         Ok((val, test))
     }
@@ -396,7 +410,11 @@ impl<'a> TrainState<'a> {
             Selection::Last => None,
         };
         let Some(s) = score else { return };
-        if self.best.as_ref().is_none_or(|b| s > b.score || b.score.is_nan()) {
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|b| s > b.score || b.score.is_nan())
+        {
             self.best = Some(Best {
                 score: s,
                 epoch,
@@ -440,7 +458,9 @@ impl<'a> TrainState<'a> {
         };
         let state_bytes: i64 = self.fx.model.groups().counts().iter().sum::<i64>() * 4 * copies;
         let every = if state_bytes < (256 << 20) { 10 } else { 60 };
-        if signal.is_some() || self.last_saved.elapsed().as_secs() >= every || self.epoch == cfg.epochs
+        if signal.is_some()
+            || self.last_saved.elapsed().as_secs() >= every
+            || self.epoch == cfg.epochs
         {
             self.save()?;
             self.last_saved = Instant::now();
@@ -507,7 +527,8 @@ impl<'a> TrainState<'a> {
                 self.fx.model.restore(&b.snapshot);
                 (
                     b.epoch,
-                    b.test.context("best-test evaluates the test set each epoch")?,
+                    b.test
+                        .context("best-test evaluates the test set each epoch")?,
                 )
             }
             (Selection::BestVal, Some(b)) => {

@@ -147,7 +147,6 @@ pub fn proc_status_bytes(field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,11 +9,11 @@ use memmap2::MmapMut;
 use rayon::prelude::*;
 
 use super::{CacheKey, Meta, IMAGES, MASKS, META};
+use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::normalize::write_chw;
 use crate::preprocess::prepare_u8;
 use crate::preset::{Preprocess, U8Sample};
-use crate::dataset::Dataset;
 
 /// A writable temporary file, mapped (or empty), renamed into place by [`Temp::publish`] and
 /// removed if dropped unpublished.

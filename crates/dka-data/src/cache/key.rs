@@ -4,13 +4,13 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
-use crate::image_set::rel_id;
 use crate::files::hex;
+use crate::image_set::rel_id;
 use crate::manifest::Manifest;
 use crate::options::LoaderOptions;
 use crate::preset::{Interpolation, Preprocess, ResizeMode};
-use crate::dataset::Dataset;
 
 /// Bumped whenever the decoded pixels of an unchanged input would change (decoders, filters,
 /// file layout), so that older caches are rebuilt rather than reused.

@@ -48,10 +48,10 @@ use serde::{Deserialize, Serialize};
 pub use key::{CacheKey, Geometry, KeyMaterial, KeyRecord, CACHE_FORMAT};
 pub use loader::{CachedLoader, U8Batch, U8Target};
 
+use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::manifest::Manifest;
 use crate::preset::Preprocess;
-use crate::dataset::Dataset;
 
 pub(crate) const IMAGES: &str = "images.u8";
 pub(crate) const MASKS: &str = "masks.u8";

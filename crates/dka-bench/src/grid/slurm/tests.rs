@@ -82,7 +82,6 @@ fn user_options_pass_through() {
         term_before: 300,
         requeue: true,
         sbatch_extra: vec!["#SBATCH --qos=high".into(), "--exclude=node7".into()],
-        ..SlurmOptions::default()
     };
     let s = text(&a, DeviceArg::Cuda(1)).unwrap();
     let lines = sbatch_lines(&s);
@@ -134,7 +133,11 @@ fn inconsistent_options_are_refused() {
     let cases: Vec<(SlurmOptions, DeviceArg, &str)> = vec![
         (one, DeviceArg::Cpu, "--gpus-per-task 0"),
         (cpu.clone(), DeviceArg::Cuda(0), "--gpus-per-task 1"),
-        (SlurmOptions::default(), DeviceArg::Cuda(1), "numbered from 0"),
+        (
+            SlurmOptions::default(),
+            DeviceArg::Cuda(1),
+            "numbered from 0",
+        ),
         (
             SlurmOptions {
                 time: "1:00".into(),

@@ -111,9 +111,9 @@ impl<'a> Workers<'a> {
         let mut flops = (0.0, 0.0);
         let mut ref_ms = 0.0f64;
         for s in 0..opts.parity_steps.max(1) {
-            for i in 0..n {
+            for (i, ep) in self.eps.iter_mut().enumerate() {
                 let is_ref = spec.impls[i] == Impl::Reference;
-                let v = self.eps[i].call(&Request::Step {
+                let v = ep.call(&Request::Step {
                     count_flops: is_ref && s == 0,
                 })?;
                 losses[i].push(f(&v, "loss")?);

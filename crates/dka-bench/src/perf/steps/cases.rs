@@ -148,7 +148,12 @@ pub fn cases(quick: bool) -> Vec<CaseSpec> {
 
 fn paper_cases() -> Vec<CaseSpec> {
     let null = Value::Object(Default::default());
-    let vit = Shape::model(CaseKind::Classify, vit_base(224), "vit_base_patch16_224", null.clone());
+    let vit = Shape::model(
+        CaseKind::Classify,
+        vit_base(224),
+        "vit_base_patch16_224",
+        null.clone(),
+    );
     let seg = Shape::model(
         CaseKind::Segment,
         vit_base(512),

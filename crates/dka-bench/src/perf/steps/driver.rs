@@ -1,8 +1,8 @@
 //! Running `dka bench steps`: the fp32 GEMM throughput of each implementation, then every
 //! case (setup, parity steps, interleaved timed rounds, memory), the CSV, the sidecar and the
 //! chart.
-use super::endpoint::Launcher;
 use super::case::run_case;
+use super::endpoint::Launcher;
 use super::meter::loadavg;
 use super::worker::Request;
 use super::{cases, CaseSpec, Impl, Row, StepsOptions};

@@ -2,8 +2,8 @@
 //! (a `dka bench worker` child or the Python reference, speaking JSON lines; in tests, this
 //! process), started by a [`Launcher`] with the same threads and subnormal settings.
 
-use crate::perf::steps::cases::Impl;
 use super::StepsOptions;
+use crate::perf::steps::cases::Impl;
 use crate::perf::steps::worker::{Request, Server};
 use anyhow::{bail, Context};
 use serde_json::Value;
@@ -101,7 +101,7 @@ impl Endpoint {
 impl Drop for Endpoint {
     fn drop(&mut self) {
         if let Endpoint::Child { stdin, child, .. } = self {
-            let _ = writeln!(stdin, "{}", r#"{"cmd":"quit"}"#);
+            let _ = writeln!(stdin, "{{\"cmd\":\"quit\"}}");
             let _ = stdin.flush();
             let _ = child.wait();
         }
@@ -126,7 +126,10 @@ impl Launcher {
             env.push(("MKL_NUM_THREADS".into(), n.to_string()));
         }
         if !args.keep_subnormals {
-            env.push((crate::perf::steps::worker::FLUSH_DENORMAL_ENV.into(), "1".into()));
+            env.push((
+                crate::perf::steps::worker::FLUSH_DENORMAL_ENV.into(),
+                "1".into(),
+            ));
         }
         Self {
             python: args.python.clone(),

@@ -59,4 +59,3 @@ impl CpuMeter {
         Some((((m1 - m0) - (o1 - o0)) / wall.max(1e-3)).max(0.0))
     }
 }
-

@@ -127,4 +127,3 @@ pub struct Row {
     /// Rounds discarded because other processes used more than 0.25 cores meanwhile.
     pub rounds_discarded: usize,
 }
-

@@ -8,9 +8,9 @@
 //! `backbone/<timm name>`, method `adapter/<name>`, head `head/<name>`) with the input batch
 //! (`input`) and targets (`target`) to a safetensors file; every other worker loads that file,
 //! so all implementations start from the same numbers.
-use crate::train::optim::{Groups, Optimizer};
 use crate::config::run::{OptimConfig, Precision, RunConfig};
 use crate::train::model::{dense_map, Model};
+use crate::train::optim::{Groups, Optimizer};
 use anyhow::{bail, Context};
 use dka_baselines::MethodConfig;
 use dka_core::dka::Dka;
@@ -447,8 +447,9 @@ impl Server {
                 export,
                 checkpoint,
             } => {
-                self.device =
-                    crate::util::device::pick(device.parse().map_err(|e: String| anyhow::anyhow!(e))?)?;
+                self.device = crate::util::device::pick(
+                    device.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+                )?;
                 self.worker = None;
                 let w = Worker::new(&case, &file, self.device, export, checkpoint)?;
                 let trainable = w.trainable();
@@ -489,8 +490,9 @@ impl Server {
                 }
             }
             Request::Gemm { n, reps, device } => {
-                let d =
-                    crate::util::device::pick(device.parse().map_err(|e: String| anyhow::anyhow!(e))?)?;
+                let d = crate::util::device::pick(
+                    device.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+                )?;
                 json!({ "gflops": gemm_gflops(d, n, reps) })
             }
             Request::Info => json!({

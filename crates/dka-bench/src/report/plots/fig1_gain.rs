@@ -7,9 +7,9 @@
 use super::parts::{self, Key, Stack};
 use super::style::{self, font, Figure};
 use super::tables::{order, Cell, Run};
+use crate::util::stats::mean_std;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use crate::util::stats::mean_std;
 use std::collections::BTreeMap;
 
 /// One point: fraction (%), mean and sample std (points), number of draws.

@@ -56,15 +56,15 @@ pub fn data(
                     let c = cells.iter().find(|c| &c.row == r && c.cols == cols)?;
                     let counts: Vec<f64> = runs
                         .iter()
-                            .filter(|x| {
-                                x.axes.get(row_axis) == Some(r)
-                                    && col_axes
-                                        .iter()
-                                        .zip(&cols)
-                                        .all(|(a, v)| x.axes.get(a) == Some(v))
-                            })
-                            .filter_map(|x| x.fields.trainable_params)
-                            .collect();
+                        .filter(|x| {
+                            x.axes.get(row_axis) == Some(r)
+                                && col_axes
+                                    .iter()
+                                    .zip(&cols)
+                                    .all(|(a, v)| x.axes.get(a) == Some(v))
+                        })
+                        .filter_map(|x| x.fields.trainable_params)
+                        .collect();
                     let Some(params) = median(&counts).filter(|p| *p > 0.0) else {
                         missing += 1;
                         return None;

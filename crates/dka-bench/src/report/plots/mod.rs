@@ -26,8 +26,8 @@ pub mod style;
 pub mod table_bars;
 pub mod tables;
 
-use anyhow::Context;
 use crate::config::figure::{FigureSpec, PlotKind};
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 /// The grid's figure: writes `out/figure.json` (`spec`), then `out/figure.png` and

@@ -373,7 +373,13 @@ impl<'a> Table<'a> {
 
     /// One markdown cell: mean ± std, † when indistinguishable from its reference, the
     /// number of draws when fewer than elsewhere, failed runs. Also says what was marked.
-    fn md_cell(&self, row: &str, c: &[String], tests: &compare::CellTests, marks: &mut Marks) -> String {
+    fn md_cell(
+        &self,
+        row: &str,
+        c: &[String],
+        tests: &compare::CellTests,
+        marks: &mut Marks,
+    ) -> String {
         let mut s = String::new();
         match self.get(row, c, &self.t.metric) {
             Some(x) => {
@@ -405,7 +411,12 @@ impl<'a> Table<'a> {
     }
 
     /// The table in the paper's layout, under its title, subtitle and provenance line.
-    fn md_table(&self, records: &[&RunRecord], md: &mut String, marks: &mut Marks) -> std::fmt::Result {
+    fn md_table(
+        &self,
+        records: &[&RunRecord],
+        md: &mut String,
+        marks: &mut Marks,
+    ) -> std::fmt::Result {
         let t = self.t;
         writeln!(md, "# {}\n", t.title)?;
         if let Some(s) = &t.subtitle {
@@ -432,7 +443,10 @@ impl<'a> Table<'a> {
             for (c, tests) in self.combos.iter().zip(&self.tests) {
                 line += &self.md_cell(row, c, tests, marks);
                 if self.paper {
-                    let ps = self.paper_for(row, c).map(|v| format!("{v:.2}")).unwrap_or_default();
+                    let ps = self
+                        .paper_for(row, c)
+                        .map(|v| format!("{v:.2}"))
+                        .unwrap_or_default();
                     line += &format!(" {ps} |");
                 }
             }
@@ -529,7 +543,10 @@ impl<'a> Table<'a> {
             md,
             "\n{d} against the best baseline (points; paired by draw; 95 % paired t interval; paired t-test):\n"
         )?;
-        writeln!(md, "| column | best baseline | {d} − best | 95 % CI | p | pairs |")?;
+        writeln!(
+            md,
+            "| column | best baseline | {d} − best | 95 % CI | p | pairs |"
+        )?;
         writeln!(md, "|---|---|---:|---:|---:|---:|")?;
         for l in lines {
             writeln!(md, "{l}")?;
@@ -578,7 +595,10 @@ pub fn aggregate(
     );
     let table = Table::new(t, records);
     write_atomic(&out.join("table.csv"), &table.csv()?)?;
-    write_atomic(&out.join("table.md"), table.markdown(records, left_out)?.as_bytes())?;
+    write_atomic(
+        &out.join("table.md"),
+        table.markdown(records, left_out)?.as_bytes(),
+    )?;
     Ok(())
 }
 
