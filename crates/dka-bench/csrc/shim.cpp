@@ -1,7 +1,12 @@
 // libtorch functions that tch does not expose: the autocast dtype (bf16 vs fp16) and autocast
-// on the CPU, and the CUDA caching allocator's peak-memory statistics. Every function catches
-// C++ exceptions and reports failure through its return value (never unwinds into Rust).
+// on the CPU, the fused Adam(W) update and AMP's fused unscale-and-check, and the CUDA caching
+// allocator's peak-memory statistics. Every function catches C++ exceptions and reports
+// failure through its return value (never unwinds into Rust).
 #include <ATen/autocast_mode.h>
+#include <ATen/ops/_amp_foreach_non_finite_check_and_unscale.h>
+#include <ATen/ops/_fused_adam.h>
+#include <ATen/ops/_fused_adamw.h>
+#include <vector>
 #ifndef DKA_NO_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -15,6 +20,14 @@ cudaDeviceProp* getDeviceProperties(c10::DeviceIndex device);
 #endif
 
 static at::DeviceType device_type(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
+
+// tch's tensor handles are `at::Tensor*`.
+static std::vector<at::Tensor> tensors(const at::Tensor* const* ts, int n) {
+  std::vector<at::Tensor> v;
+  v.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) v.push_back(*ts[i]);
+  return v;
+}
 
 extern "C" {
 
@@ -47,6 +60,44 @@ int dka_autocast_decrement_nesting() {
     int n = static_cast<int>(at::autocast::decrement_nesting());
     if (n == 0) at::autocast::clear_cache();
     return n;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// One Adam (decoupled = 0: L2 weight decay) or AdamW (decoupled = 1) step over n tensors in
+// libtorch's fused kernel (`torch.optim.Adam(fused=True)`): `steps` are float scalars the
+// kernel increments. 0 on success, -1 when libtorch refuses (e.g. no fused kernel for this
+// device or type); nothing is changed then.
+int dka_fused_adam(int decoupled, const at::Tensor* const* params, const at::Tensor* const* grads,
+                   const at::Tensor* const* exp_avgs, const at::Tensor* const* exp_avg_sqs,
+                   const at::Tensor* const* steps, int n, double lr, double beta1, double beta2,
+                   double weight_decay, double eps) {
+  try {
+    auto p = tensors(params, n), g = tensors(grads, n), m = tensors(exp_avgs, n),
+         v = tensors(exp_avg_sqs, n), s = tensors(steps, n);
+    std::vector<at::Tensor> none;
+    if (decoupled) {
+      at::_fused_adamw_(p, g, m, v, none, s, lr, beta1, beta2, weight_decay, eps, false, false);
+    } else {
+      at::_fused_adam_(p, g, m, v, none, s, lr, beta1, beta2, weight_decay, eps, false, false);
+    }
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// Multiplies n gradients by `inv_scale` (a one-element float tensor) in place and sets
+// `found_inf` (one-element float, zeroed by the caller) to 1 if any value is not finite:
+// AMP's fused unscale. 0 on success, -1 on error.
+int dka_unscale_check(const at::Tensor* const* grads, int n, const at::Tensor* found_inf,
+                      const at::Tensor* inv_scale) {
+  try {
+    auto g = tensors(grads, n);
+    at::Tensor found = *found_inf;  // a handle to the same tensor: the kernel writes into it
+    at::_amp_foreach_non_finite_check_and_unscale_(g, found, *inv_scale);
+    return 0;
   } catch (...) {
     return -1;
   }

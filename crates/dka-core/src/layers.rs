@@ -63,11 +63,13 @@ impl Mlp {
     }
 }
 
-/// `branch + x` for a residual connection. When neither needs autograd (a frozen forward:
-/// linear probing's features, evaluation) the sum is written into `branch`, which must be a
-/// tensor the caller owns (a layer's fresh output): no new buffer. Same value either way.
+/// `branch + x` for a residual connection, in the type `x + branch` has (PyTorch's type
+/// promotion, as timm adds): under autocast a bf16 branch added to an fp32 stream gives fp32.
+/// When neither needs autograd (a frozen forward: linear probing's features, evaluation) and
+/// the types already match, the sum is written into `branch`, which must be a tensor the
+/// caller owns (a layer's fresh output): no new buffer. Same value and type either way.
 pub(crate) fn residual(branch: Tensor, x: &Tensor) -> Tensor {
-    if branch.requires_grad() || x.requires_grad() {
+    if branch.requires_grad() || x.requires_grad() || branch.kind() != x.kind() {
         return branch + x;
     }
     let mut b = branch;
@@ -246,4 +248,32 @@ pub(crate) fn linear_tensors(l: &nn::Linear) -> [Option<&Tensor>; 2] {
 /// Weight and bias of a LayerNorm, for [`block_trains`].
 pub(crate) fn norm_tensors(n: &nn::LayerNorm) -> [Option<&Tensor>; 2] {
     [n.ws.as_ref(), n.bs.as_ref()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_residual_sum_has_the_promoted_type_of_timms_x_plus_branch() {
+        let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        let branch = Tensor::from_slice(&[0.5f32, 0.25, 0.125]).to_kind(tch::Kind::BFloat16);
+        let sum = residual(branch.shallow_clone(), &x);
+        assert_eq!(
+            sum.kind(),
+            tch::Kind::Float,
+            "bf16 branch + fp32 stream is fp32"
+        );
+        assert_eq!(Vec::<f32>::try_from(&sum).unwrap(), [1.5, 2.25, 3.125]);
+        assert_eq!(
+            branch.kind(),
+            tch::Kind::BFloat16,
+            "the branch is left as it was"
+        );
+        // Matching types in a frozen forward: the sum goes into the branch's own buffer.
+        let b = Tensor::from_slice(&[1.0f32, 1.0, 1.0]);
+        let ptr = b.data_ptr();
+        let s = residual(b, &x);
+        assert_eq!((s.data_ptr(), s.kind()), (ptr, tch::Kind::Float));
+    }
 }

@@ -160,23 +160,26 @@ impl Attention {
         let (p, h, w) = (layout.prefix, layout.h, layout.w);
         let (n, nh) = (h * w, self.num_heads);
         let hd = d / nh;
+        // q, k, v: [batch, heads, tokens, head_dim], the 4-D layout the fused attention
+        // kernels take (a 3-D `[batch * heads, ...]` layout makes them fall back to the math
+        // path, which materialises every score in fp32).
         let qkv = linear_with(&self.qkv, &sites.qkv, x, train)
             .view([b, t, 3, nh, hd])
-            .permute([2, 0, 3, 1, 4])
-            .reshape([3, b * nh, t, hd]);
+            .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let rh = rel_pos_table(h, &self.rel_pos_h);
         let rw = rel_pos_table(w, &self.rel_pos_w);
-        let rq = q.narrow(1, p, n).reshape([b * nh, h, w, hd]);
+        let rq = q.narrow(2, p, n).reshape([b * nh, h, w, hd]);
         let rel_h = Tensor::einsum("bhwc,hkc->bhwk", &[&rq, &rh], None::<i64>);
         let rel_w = Tensor::einsum("bhwc,wkc->bhwk", &[&rq, &rw], None::<i64>);
-        let mut bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape([b * nh, n, n]);
+        // The decomposed relative-position bias, as the attention mask: [batch, heads, t, t].
+        let mut bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape([b, nh, n, n]);
         if p > 0 {
             bias = bias.constant_pad_nd([p, 0, p, 0]);
         }
         let o =
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, false);
-        let o = o.view([b, nh, t, hd]).transpose(1, 2).reshape([b, t, d]);
+        let o = o.transpose(1, 2).reshape([b, t, d]);
         linear_with(&self.proj, &sites.proj, &o, train)
     }
 }

@@ -103,29 +103,12 @@ fn passive_openmp() {
     }
 }
 
-/// A bug must still reach the user as one line, not a backtrace.
-fn one_line_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("unknown panic");
-        let first = msg.lines().next().unwrap_or(msg);
-        let at = info
-            .location()
-            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
-            .unwrap_or_default();
-        eprintln!("error: internal error: {first}{at}");
-    }));
-}
-
 /// The `dka` binary: parse, run, print the error chain on one line; the exit status says how
 /// it ended (128 + the signal after a SIGINT/SIGTERM that saved a checkpoint).
 pub fn main() -> ExitCode {
     passive_openmp();
-    one_line_panics();
+    // A bug must still reach the user as one line, not a backtrace.
+    crate::util::panics::install_hook();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -82,8 +82,9 @@ pub enum Selection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 autocast on CUDA, fp32 elsewhere (resolved before the run starts; `config.json`
-    /// records the result). GPUs older than Ampere run bf16 slowly: choose `fp16` there.
+    /// bf16 autocast on a GPU with native bf16 (Ampere or later), fp16 with loss scaling on
+    /// an older GPU, fp32 on the CPU (resolved before the run starts, said in its log;
+    /// `config.json` records the result).
     Auto,
     Fp32,
     /// bf16 autocast; weights, gradients and optimiser state stay fp32. On CUDA, and on the CPU
@@ -283,8 +284,7 @@ impl RunConfig {
             source: Some(spec.source),
         };
         c.precision = match (c.precision, device.is_cuda()) {
-            (Precision::Auto, true) => Precision::Bf16,
-            (Precision::Auto, false) => Precision::Fp32,
+            (Precision::Auto, _) => auto_precision(device).0,
             (Precision::Fp16, false) => {
                 anyhow::bail!(
                     "precision fp16 needs CUDA; this run is on the CPU (use bf16, fp32 or auto)"
@@ -333,6 +333,28 @@ impl RunConfig {
     /// The weights file, or `None` for random initialisation (`weights` unset or `"none"`).
     pub fn weights_file(&self) -> Option<&std::path::Path> {
         self.weights.as_deref().filter(|p| p.as_os_str() != "none")
+    }
+}
+
+/// What `precision = "auto"` becomes on `device`, and why: bf16 autocast on a GPU that
+/// computes bf16 natively (compute capability 8.0, Ampere, or later), fp16 autocast with
+/// dynamic loss scaling on an older GPU (where bf16 is emulated and slow), fp32 on the CPU.
+pub fn auto_precision(device: tch::Device) -> (Precision, String) {
+    if !device.is_cuda() {
+        return (Precision::Fp32, "fp32 on the CPU".into());
+    }
+    match crate::util::device::cuda_bf16_native(device) {
+        Some(false) => (
+            Precision::Fp16,
+            "fp16 autocast with dynamic loss scaling: this GPU has no native bf16 (compute \
+             capability < 8.0)"
+                .into(),
+        ),
+        Some(true) => (Precision::Bf16, "bf16 autocast (native on this GPU)".into()),
+        None => (
+            Precision::Bf16,
+            "bf16 autocast (the GPU's compute capability could not be read)".into(),
+        ),
     }
 }
 

@@ -10,7 +10,9 @@
 //! ids cannot be known: every run counts as still to do. For ViT backbones the floating-point
 //! work is also counted analytically, for a projection to a GPU of a stated throughput.
 use crate::config::run::{RunConfig, Selection};
+use crate::train::evaluate::EvalSetup;
 use crate::train::model::Model;
+use crate::train::step::Stepper;
 use crate::util::stats::median;
 use anyhow::Context;
 use dka_core::BackboneConfig;
@@ -106,7 +108,10 @@ pub struct StepCost {
     pub batch: usize,
 }
 
-/// Times `steps` training steps and evaluation batches of `cfg`'s model on `device`.
+/// Times `steps` training steps (the trainer's own step: activation checkpointing included
+/// when the run asks for it) and evaluation batches of `cfg`'s model on `device`. The CPU
+/// times a small batch; a GPU the run's batch, halved until a step fits in memory. Times are
+/// scaled to the run's batch (compute is linear in it).
 pub fn measure(
     cfg: &RunConfig,
     sizes: &Sizes,
@@ -118,14 +123,51 @@ pub fn measure(
         ..cfg.clone()
     }
     .resolve(device)?;
-    let model = Model::build(&cfg, sizes.classes, sizes.segmentation, device)?;
-    let mut opt = crate::train::optim::Optimizer::new(&cfg.optimizer, model.groups())?;
-    let amp = crate::train::precision::Amp::new(cfg.precision, device);
-    // The CPU is slow: time a small batch and scale (compute is linear in the batch).
-    let b = if device.is_cuda() {
+    let mut b = if device.is_cuda() {
         cfg.batch_size
     } else {
         cfg.batch_size.min(4)
+    };
+    loop {
+        // A CUDA out-of-memory panics through tch: caught, it is this batch size's error.
+        match crate::util::panics::catch(|| time_at(&cfg, sizes, device, steps, b)) {
+            Ok((train_s, eval_s)) => {
+                let scale = cfg.batch_size as f64 / b as f64;
+                return Ok(StepCost {
+                    train_s: train_s * scale,
+                    eval_s: eval_s * scale,
+                    batch: cfg.batch_size,
+                });
+            }
+            Err(e) if b > 1 => {
+                tracing::warn!(
+                    "timing {} {} at batch {b} failed ({e:#}); trying batch {}",
+                    cfg.backbone,
+                    cfg.method.method().name(),
+                    b / 2
+                );
+                b /= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Median seconds of a training step and of an evaluation batch at batch `b`.
+fn time_at(
+    cfg: &RunConfig,
+    sizes: &Sizes,
+    device: Device,
+    steps: usize,
+    b: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let model = Model::build(cfg, sizes.classes, sizes.segmentation, device)?;
+    let mut opt = crate::train::optim::Optimizer::new(&cfg.optimizer, model.groups())?;
+    let setup = EvalSetup::new(cfg, sizes.classes, device)?;
+    let stepper = Stepper {
+        model: &model,
+        cfg,
+        setup: &setup,
     };
     let s = cfg.img_size as i64;
     let x = Tensor::randn([b as i64, 3, s, s], (Kind::Float, device));
@@ -139,30 +181,17 @@ pub fn measure(
             tch::Cuda::synchronize(i as i64);
         }
     };
+    // Linear probing trains the head on cached features: only the head's step counts.
     let frozen = cfg.method.method().frozen_features();
+    let input = if frozen {
+        tch::no_grad(|| setup.amp.run(|| model.embed(&x, false)))
+    } else {
+        x.shallow_clone()
+    };
     let mut train = || -> anyhow::Result<f64> {
+        sync();
         let t = std::time::Instant::now();
-        if frozen {
-            // Linear probing trains the head on cached features: only the head's step counts.
-            let e = tch::no_grad(|| amp.run(|| model.embed(&x, false)));
-            sync();
-            let t = std::time::Instant::now();
-            let logits = amp
-                .run(|| model.head_logits(&e, (s, s), true))
-                .to_kind(Kind::Float);
-            logits
-                .cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, 255, 0.0)
-                .backward();
-            opt.step(None)?;
-            sync();
-            return Ok(t.elapsed().as_secs_f64());
-        }
-        let logits = amp
-            .run(|| model.head_logits(&model.embed(&x, true), (s, s), true))
-            .to_kind(Kind::Float);
-        let l = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, 255, 0.0);
-        opt.zero_grad()?;
-        l.backward();
+        let _loss = stepper.forward_backward(&opt, None, &input, &y, frozen)?;
         opt.step(None)?;
         sync();
         Ok(t.elapsed().as_secs_f64())
@@ -171,23 +200,22 @@ pub fn measure(
     let train_times: Vec<f64> = (0..steps.max(1))
         .map(|_| train())
         .collect::<anyhow::Result<_>>()?;
-    let train_s = median(&train_times).unwrap_or(f64::NAN);
     let eval = || {
         let t = std::time::Instant::now();
-        let _ =
-            tch::no_grad(|| amp.run(|| model.head_logits(&model.embed(&x, false), (s, s), false)));
+        let _ = tch::no_grad(|| {
+            setup
+                .amp
+                .run(|| model.head_logits(&model.embed(&x, false), (s, s), false))
+        });
         sync();
         t.elapsed().as_secs_f64()
     };
     eval();
     let eval_times: Vec<f64> = (0..steps.max(1)).map(|_| eval()).collect();
-    let eval_s = median(&eval_times).unwrap_or(f64::NAN);
-    let scale = cfg.batch_size as f64 / b as f64;
-    Ok(StepCost {
-        train_s: train_s * scale,
-        eval_s: eval_s * scale,
-        batch: cfg.batch_size,
-    })
+    Ok((
+        median(&train_times).unwrap_or(f64::NAN),
+        median(&eval_times).unwrap_or(f64::NAN),
+    ))
 }
 
 /// The estimated seconds of one run: training steps, evaluations and decoding.
@@ -284,8 +312,20 @@ pub fn estimate(
                 batch: c0.batch_size,
             }
         } else {
-            measure(c0, s0, device, steps)
-                .with_context(|| format!("timing {} {}", c0.backbone, c0.method.method().name()))?
+            // A model that cannot be timed here (out of memory even at batch 1) is reported
+            // and left untimed; the other groups are still timed.
+            measure(c0, s0, device, steps).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "timing {} {} failed ({e:#}): its runs are not timed",
+                    c0.backbone,
+                    c0.method.method().name()
+                );
+                StepCost {
+                    train_s: f64::NAN,
+                    eval_s: f64::NAN,
+                    batch: c0.batch_size,
+                }
+            })
         };
         let secs: f64 = runs
             .iter()

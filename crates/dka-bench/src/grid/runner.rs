@@ -188,7 +188,10 @@ pub fn run_grid(
             serde_json::to_string_pretty(spec)?.as_bytes(),
         )?;
         tracing::info!("run {} {:?}", spec.id, spec.axes);
-        let (status, metrics, info, error) = match run_one(spec, &dir) {
+        // A libtorch error (a CUDA out-of-memory first of all) panics through tch: caught, it
+        // is this run's error like any other, and the grid goes on.
+        let outcome = crate::util::panics::catch(|| run_one(spec, &dir));
+        let (status, metrics, info, error) = match outcome {
             Ok(r) => {
                 summary.finished += 1;
                 let m = r
@@ -361,6 +364,38 @@ mod tests {
         };
         run_grid(d.path(), &s, &retry, &mut ok(&mut calls)).unwrap();
         assert_eq!(calls.len(), 2);
+        assert_eq!(rows(d.path()).len(), 2);
+    }
+
+    #[test]
+    fn a_run_whose_libtorch_step_fails_is_a_failed_row_and_the_others_finish() {
+        let d = tempfile::tempdir().unwrap();
+        let s = specs(3);
+        let bad = s[1].id.clone();
+        let mut done = Vec::new();
+        let mut run = |spec: &RunSpec, _: &Path| -> anyhow::Result<RunResult> {
+            if spec.id == bad {
+                // A step that libtorch refuses mid-run: tch panics, as on a CUDA OOM.
+                let a = tch::Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+                let _ = a.matmul(&a);
+            }
+            done.push(spec.id.clone());
+            Ok(RunResult {
+                metrics: BTreeMap::from([("accuracy".into(), 0.5)]),
+                info: BTreeMap::new(),
+            })
+        };
+        let sum = run_grid(d.path(), &s, &GridOptions::default(), &mut run).unwrap();
+        assert_eq!(sum.finished, 2, "the runs after the failed one ran");
+        assert_eq!(done, vec![s[0].id.clone(), s[2].id.clone()]);
+        assert_eq!(sum.failed.len(), 1);
+        assert!(
+            sum.failed[0].1.contains("internal error"),
+            "{:?}",
+            sum.failed
+        );
+        let csv = std::fs::read_to_string(d.path().join("runs.csv")).unwrap();
+        assert_eq!(csv.matches(",failed,").count(), 1, "{csv}");
         assert_eq!(rows(d.path()).len(), 2);
     }
 

@@ -9,6 +9,7 @@
 //! checkpoint (the new one or the previous one). Randomness needs no state: every training
 //! step reseeds libtorch from (seed, epoch, batch), and the loader's augmentation is seeded by
 //! (seed, epoch, position), so a resumed run computes what the uninterrupted one would have.
+use crate::config::run::{Precision, RunConfig};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,6 +36,9 @@ pub struct State {
     pub test_evaluations: usize,
     pub test_images: usize,
     pub seconds: f64,
+    /// The precision the run trained in (absent in checkpoints of older versions).
+    #[serde(default)]
+    pub precision: Option<Precision>,
 }
 
 /// A loaded checkpoint: its state and its tensors by name (`model/…`, `optim/…`, `best/…`).
@@ -65,10 +69,18 @@ fn old(run: &Path) -> PathBuf {
     run.join("checkpoint.old")
 }
 
-/// SHA-256 of a resolved config's JSON.
-pub fn config_sha256(cfg: &crate::config::run::RunConfig) -> anyhow::Result<String> {
+/// SHA-256 of what in a resolved config changes the run's arithmetic: its JSON without the
+/// machine's share of it (the loader's thread count) and without the precision, which the
+/// state records on its own so that a change is refused in words rather than taken for other
+/// settings. A run requeued onto a node with another core count resumes.
+pub fn config_sha256(cfg: &RunConfig) -> anyhow::Result<String> {
     use sha2::{Digest, Sha256};
-    let d = Sha256::digest(serde_json::to_vec(cfg)?);
+    let mut v = serde_json::to_value(cfg)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("loader_threads");
+        o.remove("precision");
+    }
+    let d = Sha256::digest(serde_json::to_vec(&v)?);
     Ok(d.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -104,8 +116,13 @@ pub fn save(run: &Path, state: &State, tensors: &[(String, Tensor)]) -> anyhow::
 }
 
 /// The run's checkpoint, if it has a complete one for `config_sha256` (one for other settings
-/// is ignored with a warning).
-pub fn load(run: &Path, config_sha256: &str) -> anyhow::Result<Option<Checkpoint>> {
+/// is ignored with a warning). One made in another precision than `precision` is refused:
+/// continuing it would silently mix two precisions in one run.
+pub fn load(
+    run: &Path,
+    config_sha256: &str,
+    precision: Precision,
+) -> anyhow::Result<Option<Checkpoint>> {
     for dir in [folder(run), old(run)] {
         let state_path = dir.join("state.json");
         let Ok(text) = std::fs::read_to_string(&state_path) else {
@@ -124,6 +141,18 @@ pub fn load(run: &Path, config_sha256: &str) -> anyhow::Result<Option<Checkpoint
                 dir.display()
             );
             return Ok(None);
+        }
+        if let Some(p) = state.precision.filter(|p| *p != precision) {
+            let name = |p: Precision| format!("{p:?}").to_lowercase();
+            anyhow::bail!(
+                "{}: the run trained in {} and would continue in {}: set precision = \"{}\" \
+                 to continue it, or remove {} to start it again",
+                dir.display(),
+                name(p),
+                name(precision),
+                name(p),
+                dir.display()
+            );
         }
         let tensors = match Tensor::read_safetensors(dir.join("tensors.safetensors")) {
             Ok(t) => t.into_iter().collect(),

@@ -19,6 +19,7 @@ pub mod model;
 pub mod optim;
 pub mod precision;
 pub mod state;
+pub mod step;
 
 use anyhow::Context;
 use data::RunData;
@@ -49,6 +50,7 @@ pub fn train(
     device: Device,
 ) -> anyhow::Result<Outcome> {
     cfg.validate()?;
+    let asked = cfg;
     let cfg = cfg.resolve(device)?;
     anyhow::ensure!(
         !data.split.train.is_empty() && !data.split.test.is_empty(),
@@ -67,6 +69,12 @@ pub fn train(
     )?;
     let splits = fit::open_splits(&cfg, data)?;
     let mut log = RunLog::start(dir, &cfg, device)?;
+    if asked.precision == crate::config::run::Precision::Auto {
+        log.note(&format!(
+            "precision auto: {}",
+            crate::config::run::auto_precision(device).1
+        ));
+    }
     data.manifest.write(&dir.join("manifest.json"))?;
     log.note(&format!(
         "split (manifest.json, sha256 {}): {} train / {} val / {} test",

@@ -40,17 +40,59 @@ pub fn dense_map(f: &Features) -> Tensor {
 impl Model {
     /// Backbone from `cfg.backbone` (+ `cfg.weights`), the method attached, everything of the
     /// backbone frozen but what the method trains, and a fresh task head for `classes`.
+    ///
+    /// Everything random (a backbone without weights, the method's fresh modules, the head) is
+    /// drawn on the CPU from libtorch's seeded CPU generator whatever `device` is, then moved:
+    /// a run's initial tensors are the same on every device, so a `weights = none` run
+    /// evaluated, ERF-mapped or resumed on another device gets the backbone it trained.
     pub fn build(
         cfg: &RunConfig,
         classes: i64,
         segmentation: bool,
         device: Device,
     ) -> anyhow::Result<Self> {
+        if device == Device::Cpu {
+            Self::build_on(cfg, classes, segmentation, Device::Cpu, true)
+        } else {
+            Self::build_via_cpu(cfg, classes, segmentation, device)
+        }
+    }
+
+    /// Built on the CPU (weights loaded there), then a model of the same shape built on
+    /// `device` takes every tensor of the CPU one.
+    fn build_via_cpu(
+        cfg: &RunConfig,
+        classes: i64,
+        segmentation: bool,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        let cpu = Self::build_on(cfg, classes, segmentation, Device::Cpu, true)?;
+        let mut m = Self::build_on(cfg, classes, segmentation, device, false)?;
+        for (to, from, what) in [
+            (&mut m.backbone_vs, &cpu.backbone_vs, "backbone"),
+            (&mut m.adapter_vs, &cpu.adapter_vs, "method"),
+            (&mut m.head_vs, &cpu.head_vs, "head"),
+        ] {
+            to.copy(from)
+                .with_context(|| format!("moving the {what}'s tensors to {device:?}"))?;
+        }
+        m.weights_report = cpu.weights_report;
+        Ok(m)
+    }
+
+    /// The model on `device`, its weights loaded when `load` (and `cfg` names a file).
+    fn build_on(
+        cfg: &RunConfig,
+        classes: i64,
+        segmentation: bool,
+        device: Device,
+        load: bool,
+    ) -> anyhow::Result<Self> {
         let mut bcfg = BackboneConfig::from_spec(&cfg.backbone)?;
         bcfg.set_num_classes(0);
         let mut backbone_vs = nn::VarStore::new(device);
         let mut backbone = Backbone::new(&backbone_vs.root(), &bcfg)?;
-        let weights_report = match cfg.weights_file() {
+        let weights_report = match cfg.weights_file().filter(|_| load) {
             Some(w) => {
                 let report = dka_core::weights::load_into(&mut backbone_vs, w, bcfg.head_prefix())?;
                 format!("{}: {}", w.display(), report.summary())
@@ -241,5 +283,67 @@ impl Snapshot {
 
     pub fn from_tensors(t: impl IntoIterator<Item = (String, Tensor)>) -> Self {
         Self(t.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The path a CUDA run takes (build on the CPU, copy into a model built on the device),
+    /// taken here with the CPU as the "device": every tensor of every store equals the
+    /// CPU-built model's, although the second build drew other random numbers.
+    #[test]
+    fn a_model_built_for_another_device_has_the_cpu_built_tensors() {
+        let d = tempfile::tempdir().unwrap();
+        let vit = d.path().join("vit.json");
+        std::fs::write(
+            &vit,
+            r#"{"arch": "vit", "img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2, "num_classes": 0}"#,
+        )
+        .unwrap();
+        let cfg = RunConfig {
+            backbone: vit.display().to_string(),
+            weights: None,
+            img_size: 32,
+            ..Default::default()
+        };
+        tch::manual_seed(7);
+        let direct = Model::build(&cfg, 3, false, Device::Cpu).unwrap();
+        tch::manual_seed(7);
+        let moved = Model::build_via_cpu(&cfg, 3, false, Device::Cpu).unwrap();
+        for (a, b) in [
+            (&direct.backbone_vs, &moved.backbone_vs),
+            (&direct.adapter_vs, &moved.adapter_vs),
+            (&direct.head_vs, &moved.head_vs),
+        ] {
+            let (a, b) = (tensors(a), tensors(b));
+            assert!(!a.is_empty());
+            assert_eq!(a.len(), b.len());
+            for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+                assert_eq!(na, nb);
+                assert!(ta.equal(tb), "{na} differs");
+                assert_eq!(ta.requires_grad(), tb.requires_grad(), "{na}'s grad flag");
+            }
+        }
+        // Seeded alike, a build straight on the "device" without the CPU copy is a different
+        // draw only in what comes after the first build: the copy is what makes them equal.
+        tch::manual_seed(7);
+        let _first = Model::build_on(&cfg, 3, false, Device::Cpu, true).unwrap();
+        let second = Model::build_on(&cfg, 3, false, Device::Cpu, false).unwrap();
+        let differs = tensors(&direct.adapter_vs)
+            .iter()
+            .zip(tensors(&second.adapter_vs))
+            .any(|((_, a), (_, b))| !a.equal(&b));
+        assert!(
+            differs,
+            "the skeleton's own draw differs, so the test can fail"
+        );
     }
 }

@@ -8,7 +8,26 @@
 //! `decay_all`), nor the head (unless `decay_head`).
 use crate::config::run::{OptimConfig, OptimKind, Schedule};
 use crate::train::precision::LossScaler;
+use std::ffi::c_void;
 use tch::{Kind, Tensor};
+
+extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    fn dka_fused_adam(
+        decoupled: i32,
+        params: *const *const c_void,
+        grads: *const *const c_void,
+        exp_avgs: *const *const c_void,
+        exp_avg_sqs: *const *const c_void,
+        steps: *const *const c_void,
+        n: i32,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+    ) -> i32;
+}
 
 /// Named trainable tensors by role: the task head, the method's modules, trained backbone
 /// tensors.
@@ -48,8 +67,6 @@ pub fn decays(name: &str, t: &Tensor, cfg: &OptimConfig, head: bool) -> bool {
 /// What one optimiser step did.
 #[derive(Debug, Clone, Copy)]
 pub struct StepOutcome {
-    /// Global gradient norm before clipping (NaN when the step was skipped).
-    pub grad_norm: f64,
     /// fp16 only: the gradients were not finite, the step was skipped and the scale halved.
     pub skipped: bool,
 }
@@ -69,6 +86,9 @@ struct Param {
     v: Option<Tensor>,
     /// Steps taken by this tensor.
     step: i64,
+    /// The same count as a float scalar on the tensor's device, which the fused Adam kernel
+    /// reads and increments itself (created at the first fused step).
+    step_t: Option<Tensor>,
 }
 
 pub struct Optimizer {
@@ -78,6 +98,9 @@ pub struct Optimizer {
     /// Base learning rate of each group.
     base_lrs: [f64; 6],
     cfg: OptimConfig,
+    /// Adam and AdamW go through libtorch's fused kernel (one launch per group) until it
+    /// refuses once; then tensor by tensor, as `torch::optim` computes them.
+    fused: bool,
 }
 
 impl Optimizer {
@@ -106,6 +129,7 @@ impl Optimizer {
                     m: None,
                     v: None,
                     step: 0,
+                    step_t: None,
                 });
             }
         }
@@ -114,6 +138,7 @@ impl Optimizer {
             lrs: base_lrs,
             base_lrs,
             cfg: cfg.clone(),
+            fused: true,
         };
         o.set_epoch(0, 1)?;
         Ok(o)
@@ -154,8 +179,9 @@ impl Optimizer {
     }
 
     /// Unscales the gradients (fp16: `scaler`), skips the step when they are not finite
-    /// (fp16 only; elsewhere the loss check has already stopped the run), clips the global
-    /// gradient norm if configured, then steps.
+    /// (fp16 only; elsewhere a non-finite loss stops the run), clips the global gradient norm
+    /// if configured, then steps. Nothing here waits for the device but the fp16 scaler's one
+    /// finiteness check: the norm and the clipping factor stay on the device.
     pub fn step(&mut self, scaler: Option<&mut LossScaler>) -> anyhow::Result<StepOutcome> {
         let grads: Vec<Tensor> = self
             .params
@@ -165,47 +191,128 @@ impl Optimizer {
             .collect();
         if let Some(s) = scaler {
             if !s.unscale(&grads) {
-                return Ok(StepOutcome {
-                    grad_norm: f64::NAN,
-                    skipped: true,
-                });
+                return Ok(StepOutcome { skipped: true });
             }
         }
-        let norm = if grads.is_empty() {
-            0.0
-        } else {
-            let sq: Vec<Tensor> = grads.iter().map(|g| g.square().sum(Kind::Float)).collect();
-            Tensor::stack(&sq, 0)
-                .sum(Kind::Float)
-                .sqrt()
-                .double_value(&[])
-        };
-        let clip = match self.cfg.clip_grad_norm {
-            Some(max) if norm > max => max / (norm + 1e-6),
-            _ => 1.0,
-        };
-        let cfg = &self.cfg;
-        tch::no_grad(|| {
-            for p in self.params.iter_mut() {
-                let g = p.t.grad();
-                if !g.defined() {
-                    continue;
+        if let Some(max) = self.cfg.clip_grad_norm {
+            clip_grad_norm_(&grads, max);
+        }
+        tch::no_grad(|| match self.cfg.kind {
+            OptimKind::Adam | OptimKind::Adamw => self.adam_step(),
+            OptimKind::Sgd => {
+                for g in 0..6 {
+                    self.per_tensor_step(g);
                 }
-                let g = if clip != 1.0 { &g * clip } else { g };
-                let lr = self.lrs[p.group];
-                let wd = if p.group % 2 == 1 {
-                    cfg.weight_decay
-                } else {
-                    0.0
-                };
-                p.step += 1;
-                update(cfg.kind, cfg.momentum, p, g, lr, wd);
             }
         });
-        Ok(StepOutcome {
-            grad_norm: norm,
-            skipped: false,
-        })
+        Ok(StepOutcome { skipped: false })
+    }
+
+    /// The weight decay of group `g` (only the decayed halves, the odd groups, have it).
+    fn weight_decay(&self, g: usize) -> f64 {
+        if g % 2 == 1 {
+            self.cfg.weight_decay
+        } else {
+            0.0
+        }
+    }
+
+    /// Adam(W) over every group: fused while libtorch takes it, else tensor by tensor.
+    fn adam_step(&mut self) {
+        for g in 0..6 {
+            if !(self.fused && self.fused_adam_group(g)) {
+                self.per_tensor_step(g);
+            }
+        }
+    }
+
+    /// One fused Adam(W) launch over group `g`'s tensors that have gradients; false (nothing
+    /// changed) when libtorch refuses, after which only the per-tensor path is used.
+    fn fused_adam_group(&mut self, g: usize) -> bool {
+        let (lr, wd) = (self.lrs[g], self.weight_decay(g));
+        let decoupled = i32::from(self.cfg.kind == OptimKind::Adamw);
+        let mut members: Vec<(usize, Tensor)> = Vec::new();
+        for (i, p) in self.params.iter_mut().enumerate() {
+            let grad = p.t.grad();
+            if p.group != g || !grad.defined() {
+                continue;
+            }
+            p.m.get_or_insert_with(|| p.t.zeros_like());
+            p.v.get_or_insert_with(|| p.t.zeros_like());
+            // The kernel reads the step count after this step, as `torch.optim.Adam(fused=True)`
+            // passes it (incremented before the call).
+            let next = (p.step + 1) as f32;
+            match p.step_t.as_mut() {
+                Some(s) => {
+                    let _ = s.f_add_scalar_(1.0);
+                }
+                None => p.step_t = Some(Tensor::from(next).to_device(p.t.device())),
+            }
+            members.push((i, grad));
+        }
+        if members.is_empty() {
+            return true;
+        }
+        let ptrs = |f: &dyn Fn(&Param) -> *const c_void| -> Vec<*const c_void> {
+            members.iter().map(|(i, _)| f(&self.params[*i])).collect()
+        };
+        let params = ptrs(&|p| p.t.as_ptr() as *const c_void);
+        let exp_avgs = ptrs(&|p| p.m.as_ref().expect("created above").as_ptr() as *const c_void);
+        let exp_avg_sqs = ptrs(&|p| p.v.as_ref().expect("created above").as_ptr() as *const c_void);
+        let steps = ptrs(&|p| p.step_t.as_ref().expect("created above").as_ptr() as *const c_void);
+        let grads: Vec<*const c_void> = members
+            .iter()
+            .map(|(_, g)| g.as_ptr() as *const c_void)
+            .collect();
+        // SAFETY: every pointer is a live tch tensor handle (`at::Tensor*`) owned by `self` or
+        // `members` for the duration of the call; the shim catches every C++ exception.
+        let rc = unsafe {
+            dka_fused_adam(
+                decoupled,
+                params.as_ptr(),
+                grads.as_ptr(),
+                exp_avgs.as_ptr(),
+                exp_avg_sqs.as_ptr(),
+                steps.as_ptr(),
+                members.len() as i32,
+                lr,
+                BETAS.0,
+                BETAS.1,
+                wd,
+                EPS,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!("libtorch's fused Adam refused; the optimiser steps tensor by tensor");
+            for (i, _) in &members {
+                if let Some(s) = self.params[*i].step_t.as_mut() {
+                    let _ = s.f_sub_scalar_(1.0);
+                }
+            }
+            self.fused = false;
+            return false;
+        }
+        for (i, _) in &members {
+            self.params[*i].step += 1;
+        }
+        true
+    }
+
+    /// Group `g`'s tensors one by one, as libtorch's `torch::optim` computes them.
+    fn per_tensor_step(&mut self, g: usize) {
+        let (lr, wd) = (self.lrs[g], self.weight_decay(g));
+        let (kind, momentum) = (self.cfg.kind, self.cfg.momentum);
+        for p in self.params.iter_mut().filter(|p| p.group == g) {
+            let grad = p.t.grad();
+            if !grad.defined() {
+                continue;
+            }
+            p.step += 1;
+            if let Some(s) = p.step_t.as_mut() {
+                let _ = s.f_add_scalar_(1.0);
+            }
+            update(kind, momentum, p, grad, lr, wd);
+        }
     }
 
     /// The optimiser state as named tensors (`<param>.m`, `<param>.v`, `<param>.step`), for
@@ -239,6 +346,7 @@ impl Optimizer {
             p.step = by
                 .get(format!("{}.step", p.name).as_str())
                 .map_or(0, |t| t.int64_value(&[]));
+            p.step_t = None;
         }
         let known: std::collections::HashSet<String> = self
             .params
@@ -252,6 +360,22 @@ impl Optimizer {
         }
         Ok(())
     }
+}
+
+/// `torch.nn.utils.clip_grad_norm_`: every gradient times `min(1, max / (‖g‖ + 1e-6))`, `‖g‖`
+/// the global L2 norm, all on the device (no value read back).
+fn clip_grad_norm_(grads: &[Tensor], max: f64) {
+    if grads.is_empty() {
+        return;
+    }
+    tch::no_grad(|| {
+        let sq: Vec<Tensor> = grads.iter().map(|g| g.square().sum(Kind::Float)).collect();
+        let norm = Tensor::stack(&sq, 0).sum(Kind::Float).sqrt();
+        let coef = ((norm + 1e-6).reciprocal() * max).clamp_max(1.0);
+        for g in grads {
+            let _ = g.shallow_clone().f_mul_(&coef);
+        }
+    });
 }
 
 /// One tensor's update, as libtorch's `torch::optim` computes it.
@@ -306,6 +430,59 @@ mod tests {
     use tch::{COptimizer, Device};
 
     /// Our update equals libtorch's own optimiser on the same tensors and gradients.
+    /// The fused kernel is what runs on the CPU here (it did not fall back), and it computes
+    /// what the per-tensor path computes, within round-off, with two parameter groups and
+    /// clipping on.
+    #[test]
+    fn fused_adam_runs_and_matches_the_per_tensor_path() {
+        for kind in [OptimKind::Adam, OptimKind::Adamw] {
+            tch::manual_seed(1);
+            let init = [
+                Tensor::randn([4, 3], (Kind::Float, Device::Cpu)),
+                Tensor::randn([6], (Kind::Float, Device::Cpu)),
+            ];
+            let make = || {
+                let ts: Vec<Tensor> = init
+                    .iter()
+                    .map(|t| t.copy().set_requires_grad(true))
+                    .collect();
+                let cfg = OptimConfig {
+                    kind,
+                    weight_decay: 0.05,
+                    clip_grad_norm: Some(0.5),
+                    ..Default::default()
+                };
+                let groups = Groups {
+                    adapter: vec![
+                        ("w".into(), ts[0].shallow_clone()),
+                        ("b".into(), ts[1].shallow_clone()),
+                    ],
+                    ..Default::default()
+                };
+                (ts, Optimizer::new(&cfg, groups).unwrap())
+            };
+            let (a, mut fused) = make();
+            let (b, mut plain) = make();
+            plain.fused = false;
+            for k in 0..6 {
+                let target = Tensor::randn([4, 3], (Kind::Float, Device::Cpu)) * (k + 1);
+                for (ts, opt) in [(&a, &mut fused), (&b, &mut plain)] {
+                    opt.zero_grad().unwrap();
+                    ((&ts[0] - &target).square().sum(Kind::Float)
+                        + ts[1].square().sum(Kind::Float))
+                    .backward();
+                    opt.step(None).unwrap();
+                }
+            }
+            assert!(fused.fused, "{kind:?}: libtorch's fused kernel ran");
+            for (x, y) in a.iter().zip(&b) {
+                let diff = (x - y).abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "{kind:?}: fused vs per tensor {diff}");
+            }
+            assert_eq!(fused.params[0].step, 6);
+        }
+    }
+
     #[test]
     fn matches_libtorchs_optimisers() {
         for (kind, wd) in [

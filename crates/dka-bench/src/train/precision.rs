@@ -14,6 +14,12 @@ extern "C" {
     fn dka_autocast_set(cuda: i32, enabled: i32, bf16: i32) -> i32;
     fn dka_autocast_increment_nesting() -> i32;
     fn dka_autocast_decrement_nesting() -> i32;
+    fn dka_unscale_check(
+        grads: *const *const std::ffi::c_void,
+        n: i32,
+        found_inf: *const std::ffi::c_void,
+        inv_scale: *const std::ffi::c_void,
+    ) -> i32;
 }
 
 /// The autocast setting of a run: off, or a reduced type on the run's device.
@@ -151,15 +157,7 @@ impl LossScaler {
     /// step) when any gradient is not finite: the scale halves. After `growth_interval`
     /// finite steps in a row it doubles.
     pub fn unscale(&mut self, grads: &[Tensor]) -> bool {
-        let finite = tch::no_grad(|| {
-            let mut all = true;
-            for g in grads {
-                let mut g = g.shallow_clone();
-                let _ = g.f_mul_scalar_(1.0 / self.scale);
-                all &= g.isfinite().all().int64_value(&[]) != 0;
-            }
-            all
-        });
+        let finite = tch::no_grad(|| unscale_all_finite(grads, 1.0 / self.scale));
         if finite {
             self.consecutive_skips = 0;
             self.good_steps += 1;
@@ -175,6 +173,44 @@ impl LossScaler {
         }
         finite
     }
+}
+
+/// Multiplies every gradient by `inv_scale` in place and says whether all are finite, with
+/// one value read back from the device: AMP's fused unscale-and-check where libtorch has it,
+/// else the same per tensor with the flags gathered on the device.
+fn unscale_all_finite(grads: &[Tensor], inv_scale: f64) -> bool {
+    let Some(first) = grads.first() else {
+        return true;
+    };
+    let dev = first.device();
+    let found_inf = Tensor::zeros([1], (Kind::Float, dev));
+    let inv = Tensor::from_slice(&[inv_scale as f32]).to_device(dev);
+    let ptrs: Vec<*const std::ffi::c_void> = grads
+        .iter()
+        .map(|g| g.as_ptr() as *const std::ffi::c_void)
+        .collect();
+    let fused = grads.iter().all(|g| g.kind() == Kind::Float)
+        // SAFETY: live tch tensor handles for the duration of the call; the shim catches every
+        // C++ exception and changes nothing when it fails.
+        && unsafe {
+            dka_unscale_check(
+                ptrs.as_ptr(),
+                ptrs.len() as i32,
+                found_inf.as_ptr() as *const std::ffi::c_void,
+                inv.as_ptr() as *const std::ffi::c_void,
+            )
+        } == 0;
+    if fused {
+        return found_inf.double_value(&[0]) == 0.0;
+    }
+    let flags: Vec<Tensor> = grads
+        .iter()
+        .map(|g| {
+            let _ = g.shallow_clone().f_mul_scalar_(inv_scale);
+            g.isfinite().all()
+        })
+        .collect();
+    Tensor::stack(&flags, 0).all().int64_value(&[]) != 0
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@ use super::evaluate::{evaluate, EvalSetup, Evaluation};
 use super::feature_cache::FeatureCache;
 use super::fit::{Fitted, Splits};
 use super::log::{MetricsLog, RunLog};
-use super::loss::loss;
 use super::model::{Model, Snapshot};
 use super::optim::Optimizer;
 use super::precision::LossScaler;
+use super::step::Stepper;
 use crate::config::metrics::primary_metric;
 use crate::config::run::{Precision, RunConfig, Selection};
 use crate::util::interrupt::{self, Interrupted};
@@ -25,6 +25,11 @@ use tch::{Device, Kind, Tensor};
 
 /// fp16 runs stop after this many steps in a row with non-finite gradients.
 const MAX_CONSECUTIVE_SKIPS: usize = 50;
+
+/// fp32 and bf16 runs read their summed loss back from the device every this many steps (and
+/// at the end of each epoch) and stop when it is not finite; in between no step waits for the
+/// device.
+const LOSS_CHECK_EVERY: usize = 32;
 
 /// The libtorch seed of one training step: dropout's randomness depends only on the run's
 /// seed, the epoch and the batch, so a resumed run draws what the uninterrupted one would.
@@ -129,8 +134,10 @@ pub struct TrainState<'a> {
     /// The epoch in progress (or next), and how many of its batches are done.
     epoch: usize,
     next_batch: usize,
-    /// The training loss summed over this epoch's steps so far, and their count.
-    loss: (f64, usize),
+    /// The training loss summed over this epoch's steps so far (f64, on the device), and
+    /// their count.
+    loss_sum: Tensor,
+    loss_steps: usize,
     /// Seconds trained before this process (a resumed run).
     seconds_before: f64,
     started: Instant,
@@ -161,7 +168,8 @@ impl<'a> TrainState<'a> {
             tests: TestCount::default(),
             epoch: 0,
             next_batch: 0,
-            loss: (0.0, 0),
+            loss_sum: Tensor::zeros([], (Kind::Double, fx.setup.device)),
+            loss_steps: 0,
             seconds_before: 0.0,
             started: Instant::now(),
             last_saved: Instant::now(),
@@ -180,7 +188,8 @@ impl<'a> TrainState<'a> {
     pub fn resume(&mut self, log: &mut RunLog) -> anyhow::Result<MetricsLog> {
         let path = self.fx.dir.join("metrics.csv");
         let segmentation = self.fx.model.segmentation;
-        let Some(ck) = checkpoint::load(self.fx.dir, &self.config_sha)? else {
+        let Some(ck) = checkpoint::load(self.fx.dir, &self.config_sha, self.fx.cfg.precision)?
+        else {
             return MetricsLog::create(&path, segmentation);
         };
         let st = &ck.state;
@@ -203,7 +212,8 @@ impl<'a> TrainState<'a> {
             images: st.test_images,
         };
         (self.epoch, self.next_batch) = (st.epoch, st.next_batch);
-        self.loss = (st.loss_sum, st.loss_steps);
+        self.loss_sum = Tensor::from(st.loss_sum).to_device(self.fx.setup.device);
+        self.loss_steps = st.loss_steps;
         self.seconds_before = st.seconds;
         log.note(&format!(
             "resumed from the checkpoint at epoch {}, batch {}",
@@ -262,73 +272,21 @@ impl<'a> TrainState<'a> {
                 self.after_batch()?;
             }
         }
-        Ok(self.loss.0 / self.loss.1.max(1) as f64)
-    }
-
-    /// The loss of one batch, back-propagated (gradients cleared first). With activation
-    /// checkpointing the backbone runs its own backward.
-    fn forward_backward(
-        &mut self,
-        input: &Tensor,
-        y: &Tensor,
-        cached: bool,
-    ) -> anyhow::Result<f64> {
-        let (cfg, model, setup) = (self.fx.cfg, self.fx.model, &self.fx.setup);
-        if cfg.checkpoint_blocks && !cached {
-            // A non-finite fp32 loss still stops the run before any update.
-            self.opt.zero_grad()?;
-            let mut value = f64::NAN;
-            let scaler = self.scaler.as_ref();
-            let _detached_loss = setup.amp.run(|| {
-                model.backbone.forward_backward(input, true, true, |f| {
-                    let logits = model
-                        .head_logits(&model.embed_features(f), setup.size, true)
-                        .to_kind(Kind::Float);
-                    let l = loss(&logits, y, cfg.seg_loss);
-                    value = l.double_value(&[]);
-                    match scaler {
-                        Some(s) => s.scaled(&l),
-                        None => l,
-                    }
-                })
-            });
-            return Ok(value);
-        }
-        let logits = setup
-            .amp
-            .run(|| {
-                if cached {
-                    model.head_logits(input, setup.size, true)
-                } else {
-                    model.head_logits(&model.embed(input, true), setup.size, true)
-                }
-            })
-            .to_kind(Kind::Float);
-        let l = loss(&logits, y, cfg.seg_loss);
-        let v = l.double_value(&[]);
-        if v.is_finite() || self.scaler.is_some() {
-            self.opt.zero_grad()?;
-            match self.scaler.as_ref() {
-                Some(s) => s.scaled(&l).backward(),
-                None => l.backward(),
-            }
-        }
-        Ok(v)
+        // The one read of the epoch's loss (and, for fp32/bf16, its last finiteness check).
+        let sum = self.check_loss()?;
+        Ok(sum / self.loss_steps.max(1) as f64)
     }
 
     /// One training step: forward, backward, the optimiser's update (skipped by the fp16
-    /// scaler when the gradients are not finite). A non-finite fp32 loss stops the run.
+    /// scaler when the gradients are not finite). The loss is added up on the device; fp32 and
+    /// bf16 runs stop at the next check when it is not finite.
     fn step(&mut self, input: &Tensor, y: &Tensor, cached: bool) -> anyhow::Result<()> {
-        let v = self.forward_backward(input, y, cached)?;
-        if !v.is_finite() && self.scaler.is_none() {
-            bail!(
-                "epoch {}, step {}: the loss is {v} ({:?}); the run stops \
-                 (metrics.csv keeps every finished epoch)",
-                self.epoch,
-                self.loss.1,
-                self.fx.cfg.precision
-            );
-        }
+        let stepper = Stepper {
+            model: self.fx.model,
+            cfg: self.fx.cfg,
+            setup: &self.fx.setup,
+        };
+        let l = stepper.forward_backward(&self.opt, self.scaler.as_ref(), input, y, cached)?;
         let outcome = self.opt.step(self.scaler.as_mut())?;
         if let Some(s) = self.scaler.as_ref() {
             if s.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
@@ -341,10 +299,29 @@ impl<'a> TrainState<'a> {
             }
         }
         if !outcome.skipped {
-            self.loss.0 += v;
-            self.loss.1 += 1;
+            let _ = self.loss_sum.f_add_(&l.to_kind(Kind::Double));
+            self.loss_steps += 1;
+            if self.scaler.is_none() && self.loss_steps % LOSS_CHECK_EVERY == 0 {
+                self.check_loss()?;
+            }
         }
         Ok(())
+    }
+
+    /// The epoch's summed loss so far, read from the device; fp32 and bf16 runs stop when it
+    /// is not finite (fp16 skips such steps instead).
+    fn check_loss(&self) -> anyhow::Result<f64> {
+        let sum = self.loss_sum.double_value(&[]);
+        if !sum.is_finite() && self.scaler.is_none() {
+            bail!(
+                "epoch {}, by step {}: the loss is {sum} ({:?}); the run stops (metrics.csv \
+                 keeps every finished epoch)",
+                self.epoch,
+                self.loss_steps,
+                self.fx.cfg.precision
+            );
+        }
+        Ok(sum)
     }
 
     /// Counts the batch; a pending signal saves a checkpoint here and stops the run.
@@ -441,7 +418,8 @@ impl<'a> TrainState<'a> {
         }
         self.epoch += 1;
         self.next_batch = 0;
-        self.loss = (0.0, 0);
+        self.loss_sum = self.loss_sum.zeros_like();
+        self.loss_steps = 0;
     }
 
     /// After an epoch: a checkpoint when the last one is old enough (10 s, or a minute for
@@ -477,8 +455,8 @@ impl<'a> TrainState<'a> {
             config_sha256: self.config_sha.clone(),
             epoch: self.epoch,
             next_batch: self.next_batch,
-            loss_sum: self.loss.0,
-            loss_steps: self.loss.1,
+            loss_sum: self.loss_sum.double_value(&[]),
+            loss_steps: self.loss_steps,
             scaler: self.scaler.as_ref().map(LossScaler::state),
             best: self
                 .best
@@ -488,6 +466,7 @@ impl<'a> TrainState<'a> {
             test_evaluations: self.tests.evaluations,
             test_images: self.tests.images,
             seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
+            precision: Some(self.fx.cfg.precision),
         };
         let mut tensors: Vec<(String, Tensor)> = self
             .fx

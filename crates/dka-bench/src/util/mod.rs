@@ -1,12 +1,13 @@
 //! The bottom layer: small helpers every other layer uses, knowing nothing of runs, grids or
 //! figures. One implementation of each: the atomic writers ([`fs`]), median / mean / sample
 //! standard deviation ([`stats`]), where numbers were made ([`provenance`]), devices and their
-//! memory ([`device`]), progress bars ([`progress`]), stop signals ([`interrupt`]) and the
-//! figures' font ([`fonts`]).
+//! memory ([`device`]), progress bars ([`progress`]), stop signals ([`interrupt`]), panics as
+//! errors ([`panics`]) and the figures' font ([`fonts`]).
 pub mod device;
 pub mod fonts;
 pub mod fs;
 pub mod interrupt;
+pub mod panics;
 pub mod progress;
 pub mod provenance;
 pub mod stats;
