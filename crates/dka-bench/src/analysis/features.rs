@@ -1,12 +1,14 @@
 //! `dka features`: a backbone's `forward_features` (and head) on a batch from a file.
 //! A user feature (feature extraction) and how anyone checks parity from the command line.
+use crate::config::run::Precision;
+use crate::train::precision::Amp;
 use crate::util::device::{pick, DeviceArg};
 use crate::util::fs::write_safetensors;
 use anyhow::{anyhow, Context};
 use dka_core::weights::{load_checkpoint, read_safetensors, Checkpoint};
 use dka_core::{Backbone, BackboneConfig};
 use std::path::PathBuf;
-use tch::{nn, Kind};
+use tch::{nn, Kind, Tensor};
 
 /// What `dka features` runs and on what.
 #[derive(Debug, Clone)]
@@ -22,6 +24,9 @@ pub struct FeaturesOptions {
     /// A trained adapter folder (dka's, or a peft LoRA folder).
     pub adapter: Option<PathBuf>,
     pub device: DeviceArg,
+    /// The forward's precision: `bf16`/`fp16` autocast on the device (fp16 needs CUDA), `fp32`,
+    /// or `auto` (as a run would choose). The outputs are written as float32 either way.
+    pub precision: Precision,
 }
 
 /// Names under which a trained task head is saved next to an adapter.
@@ -31,6 +36,14 @@ pub const TASK_HEAD: [&str; 2] = ["task_head.weight", "task_head.bias"];
 /// logits); returns the written tensors' names and shapes.
 pub fn extract(a: &FeaturesOptions) -> anyhow::Result<Vec<(String, Vec<i64>)>> {
     let device = pick(a.device)?;
+    let precision = match a.precision {
+        Precision::Auto => crate::config::run::auto_precision(device).0,
+        Precision::Fp16 if !device.is_cuda() => {
+            anyhow::bail!("--precision fp16 needs CUDA; on the CPU use bf16 or fp32")
+        }
+        p => p,
+    };
+    let amp = Amp::new(precision, device);
     let mut cfg = BackboneConfig::from_spec(&a.backbone)?;
     let ckpt = Checkpoint::read(&a.weights)?;
     // The head is part of the output only when the checkpoint brings one.
@@ -75,16 +88,19 @@ pub fn extract(a: &FeaturesOptions) -> anyhow::Result<Vec<(String, Vec<i64>)>> {
     let input = input.to_kind(Kind::Float).to_device(device);
 
     let (features, logits) = tch::no_grad(|| {
-        let f = model.forward_features(&input, false);
-        let logits = match &task_head {
-            Some((w, b)) => Some(model.pool(&f).linear(w, Some(b))),
-            None => model.forward_head(&f),
-        };
-        (f.x, logits)
+        amp.run(|| {
+            let f = model.forward_features(&input, false);
+            let logits = match &task_head {
+                Some((w, b)) => Some(model.pool(&f).linear(w, Some(b))),
+                None => model.forward_head(&f),
+            };
+            (f.x, logits)
+        })
     });
-    let mut out = vec![("features", features.to_device(tch::Device::Cpu))];
+    let host = |t: Tensor| t.to_kind(Kind::Float).to_device(tch::Device::Cpu);
+    let mut out = vec![("features", host(features))];
     if let Some(l) = logits {
-        out.push(("logits", l.to_device(tch::Device::Cpu)));
+        out.push(("logits", host(l)));
     }
     write_safetensors(&a.output, &out)?;
     Ok(out.iter().map(|(n, t)| (n.to_string(), t.size())).collect())

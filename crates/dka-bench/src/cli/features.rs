@@ -1,6 +1,7 @@
 //! `dka features`: a backbone's `forward_features` (and head) on a batch from a file; a
 //! user feature (feature extraction) and how anyone checks parity from the command line.
 use crate::analysis::features::{extract, FeaturesOptions};
+use crate::config::run::Precision;
 use crate::util::device::DeviceArg;
 use std::path::PathBuf;
 
@@ -28,6 +29,11 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value_t)]
     pub device: DeviceArg,
+    /// The forward's precision: fp32, bf16 (autocast, on the CPU too), fp16 (autocast, CUDA
+    /// only) or auto (bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on the CPU).
+    /// Outputs are written as float32.
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    pub precision: Precision,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -38,6 +44,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         output: a.output,
         adapter: a.adapter,
         device: a.device,
+        precision: a.precision,
     };
     let shapes: Vec<String> = extract(&o)?
         .iter()
@@ -45,4 +52,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .collect();
     tracing::info!("wrote {} ({})", o.output.display(), shapes.join(", "));
     Ok(())
+}
+
+/// `fp32`, `bf16`, `fp16` or `auto`.
+pub fn parse_precision(s: &str) -> Result<Precision, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
+        .map_err(|_| format!("'{s}' is not a precision: use fp32, bf16, fp16 or auto"))
 }

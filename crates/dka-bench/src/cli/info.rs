@@ -39,6 +39,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         loaded("/libtorch_cuda.so").is_some()
     );
     println!("cuda usable: {cuda}");
+    println!(
+        "nvidia driver: {}",
+        crate::util::device::nvidia_driver().unwrap_or_else(|| "none seen".into())
+    );
+    if let Some(why) = crate::util::device::cuda_diagnosis() {
+        println!("warning: {why}");
+    }
     if cuda {
         println!("cuda devices: {}", tch::Cuda::device_count());
         for i in 0..tch::Cuda::device_count() as usize {

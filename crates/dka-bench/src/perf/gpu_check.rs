@@ -377,7 +377,17 @@ pub fn check(a: &GpuCheckOptions) -> anyhow::Result<Vec<Row>> {
             option_env!("DKA_LIBTORCH_VERSION").unwrap_or("unknown"),
         ),
         Row::info("cuda usable", cuda),
+        Row::info(
+            "nvidia driver",
+            crate::util::device::nvidia_driver().unwrap_or_else(|| "none seen".into()),
+        ),
     ];
+    if let Some(why) = crate::util::device::cuda_diagnosis() {
+        let mut r = Row::info("cuda diagnosis", "not usable");
+        r.ok = "false".into();
+        r.note = why;
+        rows.push(r);
+    }
     if cuda {
         rows.push(Row::info("gpu", cuda_device_name(gpu).unwrap_or_default()));
         rows.push(Row::info(

@@ -51,17 +51,26 @@ pub fn pick(arg: DeviceArg) -> anyhow::Result<Device> {
     Ok(match arg {
         DeviceArg::Auto => {
             let d = Device::cuda_if_available();
-            if d == Device::Cpu {
-                tracing::info!("device auto: CUDA is not usable here, running on the CPU");
-            } else {
-                tracing::info!("device auto: cuda:0");
+            match (d, cuda_diagnosis()) {
+                (Device::Cpu, Some(why)) => {
+                    tracing::warn!("device auto: running on the CPU: {why}")
+                }
+                (Device::Cpu, None) => {
+                    tracing::info!("device auto: no GPU here, running on the CPU")
+                }
+                _ => tracing::info!("device auto: cuda:0"),
             }
             d
         }
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Cuda(i) => {
             if !tch::Cuda::is_available() {
-                bail!("--device cuda:{i}: CUDA is not usable here (see `dka info`: a CUDA wheel that does not match the driver falls back to the CPU)");
+                bail!(
+                    "--device cuda:{i}: CUDA is not usable here: {}",
+                    cuda_diagnosis().unwrap_or_else(|| "no NVIDIA GPU is visible to this process \
+                        (no /dev/nvidia0; in a container, pass the GPU through)"
+                        .into())
+                );
             }
             let n = tch::Cuda::device_count() as usize;
             if i >= n {
@@ -73,6 +82,84 @@ pub fn pick(arg: DeviceArg) -> anyhow::Result<Device> {
             Device::Cuda(i)
         }
     })
+}
+
+/// The NVIDIA kernel driver's version (`/proc/driver/nvidia/version`), when a driver is loaded.
+pub fn nvidia_driver() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/driver/nvidia/version").ok()?;
+    driver_version(&text)
+}
+
+/// The version in `/proc/driver/nvidia/version`'s text ("NVRM version: NVIDIA UNIX x86_64
+/// Kernel Module  580.65.06  Sun Jul 27 ...").
+fn driver_version(text: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.starts_with("NVRM version"))?;
+    line.split_whitespace()
+        .find(|w| w.split('.').count() >= 2 && w.split('.').all(|p| p.parse::<u32>().is_ok()))
+        .map(str::to_string)
+}
+
+/// Whether this process sees an NVIDIA GPU at all (device nodes or a loaded driver).
+fn gpu_visible() -> bool {
+    std::path::Path::new("/dev/nvidia0").exists()
+        || std::path::Path::new("/proc/driver/nvidia/version").exists()
+}
+
+/// Why CUDA is not usable although an NVIDIA GPU is there, in one paragraph for the user;
+/// `None` when CUDA works or no GPU is visible.
+pub fn cuda_diagnosis() -> Option<String> {
+    if tch::Cuda::is_available() || !gpu_visible() {
+        return None;
+    }
+    Some(diagnose(
+        nvidia_driver().as_deref(),
+        option_env!("DKA_LIBTORCH_VERSION").unwrap_or("unknown"),
+    ))
+}
+
+/// The driver a PyTorch wheel's CUDA needs: (CUDA version, minimum driver).
+fn wheel_needs(wheel: &str) -> Option<(&'static str, &'static str, u32)> {
+    let cuda = wheel.split('+').nth(1)?;
+    match cuda {
+        "cu130" => Some(("13.0", "580", 580)),
+        c if c.starts_with("cu12") => Some(("12.x", "525.60", 525)),
+        _ => None,
+    }
+}
+
+/// The diagnosis for a GPU that CUDA cannot use: the driver seen, what the installed wheel
+/// needs, and what to do.
+fn diagnose(driver: Option<&str>, wheel: &str) -> String {
+    let seen = driver.map_or(
+        "the NVIDIA driver's version could not be read".to_string(),
+        |v| format!("NVIDIA driver {v}"),
+    );
+    let fix = "run `just setup cuda=cu126` (CUDA 12.6: driver >= 525.60) and rebuild, or update \
+               the driver; `just gpu-check` then says whether CUDA works";
+    if wheel.ends_with("+cpu") {
+        return format!(
+            "an NVIDIA GPU is present ({seen}) but this build's PyTorch {wheel} is CPU-only: run \
+             `just setup cuda=default` (CUDA 13.0, driver >= 580) or `just setup cuda=cu126`"
+        );
+    }
+    let Some((cuda, min, min_major)) = wheel_needs(wheel) else {
+        return format!(
+            "an NVIDIA GPU is present ({seen}) but CUDA is not usable with PyTorch {wheel}; {fix}"
+        );
+    };
+    let major = driver.and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+    let verdict = match major {
+        Some(m) if m < min_major => "too old for it".to_string(),
+        Some(_) => {
+            "new enough, so the cause is elsewhere (is libtorch_cuda loaded? see `dka info`)"
+                .to_string()
+        }
+        None => "which may be too old".to_string(),
+    };
+    format!(
+        "an NVIDIA GPU is present ({seen}) but CUDA is not usable: this build's PyTorch {wheel} \
+         needs CUDA {cuda}, i.e. driver >= {min}, and the driver is {verdict}; {fix}"
+    )
 }
 
 /// `cpu`, `cuda:0`, ...
@@ -163,5 +250,26 @@ mod tests {
         assert_eq!(device_name(Device::Cuda(1)), "cuda:1");
         assert!(peak_memory(Device::Cpu).unwrap() > 0);
         assert_eq!(cuda_bf16_native(Device::Cpu), None);
+    }
+
+    #[test]
+    fn a_gpu_that_cuda_cannot_use_is_explained() {
+        let proc = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\nGCC version:  gcc version 12.2.0";
+        assert_eq!(driver_version(proc).as_deref(), Some("535.104.05"));
+        let old = diagnose(Some("535.104.05"), "2.11.0+cu130");
+        assert!(
+            old.contains("driver >= 580") && old.contains("too old"),
+            "{old}"
+        );
+        assert!(old.contains("just setup cuda=cu126"), "{old}");
+        let new = diagnose(Some("580.65.06"), "2.11.0+cu130");
+        assert!(new.contains("new enough"), "{new}");
+        let cpu = diagnose(Some("580.65.06"), "2.11.0+cpu");
+        assert!(cpu.contains("CPU-only"), "{cpu}");
+        let cu12 = diagnose(Some("470.1"), "2.11.0+cu126");
+        assert!(
+            cu12.contains("driver >= 525.60") && cu12.contains("too old"),
+            "{cu12}"
+        );
     }
 }
