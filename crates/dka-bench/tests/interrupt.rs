@@ -1,6 +1,7 @@
 //! A run or a grid stopped from outside loses nothing and repeats nothing: SIGTERM
-//! checkpoints a run and the restarted run ends as the uninterrupted one; shard processes
-//! killed and restarted on one folder record every run exactly once.
+//! checkpoints a run and the restarted run ends as the uninterrupted one (also with another
+//! loader thread count; another precision is refused); shard processes killed and restarted
+//! on one folder record every run exactly once.
 use std::path::Path;
 use std::process::Command;
 
@@ -70,7 +71,24 @@ method = { name = "dka", d_hat = 8 }
         "{e}"
     );
     assert!(cut.join("checkpoint/state.json").is_file());
-    let b = train_cpu(&cfg, &cut, &data);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // Continuing in another precision is refused in one line; the checkpoint stays.
+    let bf16 = tmp.path().join("bf16.toml");
+    std::fs::write(&bf16, format!("{text}precision = \"bf16\"\n")).unwrap();
+    let refused = train_cpu(&bf16, &cut, &data);
+    let e = stderr(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        e.contains("the run trained in fp32 and would continue in bf16")
+            && e.contains("precision = \"fp32\""),
+        "{e}"
+    );
+    assert!(cut.join("checkpoint/state.json").is_file());
+    // Resumed with another loader thread count (a node with other cores): the checkpoint is
+    // this run's all the same.
+    let threads = tmp.path().join("threads.toml");
+    std::fs::write(&threads, format!("{text}loader_threads = 3\n")).unwrap();
+    let b = train_cpu(&threads, &cut, &data);
     assert!(b.status.success(), "{}", stderr(&b));
     assert!(
         !cut.join("checkpoint").exists(),

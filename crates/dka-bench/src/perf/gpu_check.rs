@@ -101,7 +101,14 @@ impl Row {
 }
 
 /// Features of a fixture's backbone on `device`, fp32 or bf16 autocast, on the CPU as f32.
-fn fixture_features(dir: &Path, device: Device, amp: Amp) -> anyhow::Result<(Tensor, Tensor)> {
+/// A fixture's features from our backbone on `device` under `amp` (as f32 on the CPU), the
+/// reference's fp32 features and, when the fixture has them, the reference's bf16 features
+/// (CPU autocast; through the kernels dka calls where those differ: `features_bf16_fused`).
+fn fixture_features(
+    dir: &Path,
+    device: Device,
+    amp: Amp,
+) -> anyhow::Result<(Tensor, Tensor, Option<Tensor>)> {
     let mut cfg = BackboneConfig::from_spec(dir.join("config.json").to_str().unwrap_or(""))?;
     let ckpt = Checkpoint::read(&dir.join("model.safetensors"))?;
     cfg.set_num_classes(ckpt.head_classes(cfg.head_prefix()).unwrap_or(0));
@@ -122,8 +129,64 @@ fn fixture_features(dir: &Path, device: Device, amp: Amp) -> anyhow::Result<(Ten
     };
     let input = get("input")?.to_kind(Kind::Float).to_device(device);
     let reference = get("features")?.to_kind(Kind::Float);
+    let bf16 = get("features_bf16_fused")
+        .or_else(|_| get("features_bf16"))
+        .ok();
     let out = tch::no_grad(|| amp.run(|| model.forward_features(&input, false).x));
-    Ok((out.to_kind(Kind::Float).to_device(Device::Cpu), reference))
+    Ok((
+        out.to_kind(Kind::Float).to_device(Device::Cpu),
+        reference,
+        bf16,
+    ))
+}
+
+/// One fixture on one device in one precision. fp32: against the reference's fp32 output,
+/// relative to max(1, max |ref|): 1e-4 on the CPU (as the parity tests), 1e-3 on CUDA (TF32
+/// convolutions, cuDNN's default). bf16: against the reference's bf16 output (CPU autocast),
+/// in units of bf16's own effect on it (max |ref bf16 - ref fp32|): at most 0.1 on the CPU
+/// (as tests/bf16_parity.rs; in practice 0), at most 1 on CUDA, whose bf16 kernels round
+/// otherwise than the CPU's the reference ran on.
+fn forward_row(dir: &Path, name: String, device: Device, precision: Precision) -> Row {
+    let bf16 = precision == Precision::Bf16;
+    let tol = match (device, bf16) {
+        (Device::Cpu, false) => 1e-4,
+        (_, false) => 1e-3,
+        (Device::Cpu, true) => 0.1,
+        (_, true) => 1.0,
+    };
+    let (value, ok, note) = match fixture_features(dir, device, Amp::new(precision, device)) {
+        Ok((out, reference, ref_bf16)) => {
+            let err = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+            let v = match (bf16, ref_bf16) {
+                (true, Some(rb)) => Ok(err(&out, &rb) / err(&rb, &reference).max(1e-12)),
+                (true, None) => Err("no features_bf16 in the fixture (rerun `just fixtures`)"),
+                (false, _) => {
+                    Ok(err(&out, &reference) / reference.abs().max().double_value(&[]).max(1.0))
+                }
+            };
+            match v {
+                Ok(v) => (format!("{v:.3e}"), (v <= tol).to_string(), String::new()),
+                Err(e) => (String::new(), "false".into(), e.to_string()),
+            }
+        }
+        Err(e) => (String::new(), "false".into(), format!("{e:#}")),
+    };
+    Row {
+        section: "forward",
+        item: name,
+        device: device_name(device),
+        precision: format!("{precision:?}").to_lowercase(),
+        value,
+        unit: if bf16 {
+            "max |ours - ref bf16| / max |ref bf16 - ref fp32|"
+        } else {
+            "max |ours - reference| / max(1, max |reference|)"
+        }
+        .into(),
+        tolerance: format!("{tol:e}"),
+        ok,
+        note,
+    }
 }
 
 fn forward_rows(fixtures: &Path, devices: &[(Device, Precision)]) -> Vec<Row> {
@@ -151,41 +214,11 @@ fn forward_rows(fixtures: &Path, devices: &[(Device, Precision)]) -> Vec<Row> {
     }
     for dir in dirs {
         for &(device, precision) in devices {
-            // Relative to max(1, max |ref|): CPU fp32 as the parity tests; CUDA fp32 may use
-            // TF32 convolutions (cuDNN's default); bf16 keeps 8 bits of mantissa.
-            let tol = match (device, precision) {
-                (Device::Cpu, _) => 1e-4,
-                (_, Precision::Fp32) => 1e-3,
-                _ => 5e-2,
-            };
-            let amp = Amp::new(precision, device);
             let name = dir
                 .file_name()
                 .map(|f| f.to_string_lossy().to_string())
                 .unwrap_or_default();
-            let (value, ok, note) = match fixture_features(&dir, device, amp) {
-                Ok((out, reference)) => {
-                    let scale = reference.abs().max().double_value(&[]).max(1.0);
-                    let err = (&out - &reference).abs().max().double_value(&[]) / scale;
-                    (
-                        format!("{err:.3e}"),
-                        (err <= tol).to_string(),
-                        String::new(),
-                    )
-                }
-                Err(e) => (String::new(), "false".into(), format!("{e:#}")),
-            };
-            rows.push(Row {
-                section: "forward",
-                item: name,
-                device: device_name(device),
-                precision: format!("{precision:?}").to_lowercase(),
-                value,
-                unit: "max |ours - reference| / max(1, max |reference|)".into(),
-                tolerance: format!("{tol:e}"),
-                ok,
-                note,
-            });
+            rows.push(forward_row(&dir, name, device, precision));
         }
     }
     rows
@@ -396,7 +429,10 @@ pub fn check(a: &GpuCheckOptions) -> anyhow::Result<Vec<Row>> {
         ));
         rows.push(Row::info("cudnn", tch::utils::version_cudnn()));
     }
-    let mut devices = vec![(Device::Cpu, Precision::Fp32)];
+    let mut devices = vec![
+        (Device::Cpu, Precision::Fp32),
+        (Device::Cpu, Precision::Bf16),
+    ];
     if cuda {
         devices.extend([(gpu, Precision::Fp32), (gpu, Precision::Bf16)]);
     }
