@@ -123,27 +123,35 @@ pub fn measure(
         ..cfg.clone()
     }
     .resolve(device)?;
-    let mut b = if device.is_cuda() {
+    let b = if device.is_cuda() {
         cfg.batch_size
     } else {
         cfg.batch_size.min(4)
     };
+    let what = format!("{} {}", cfg.backbone, cfg.method.method().name());
+    let (b, (train_s, eval_s)) =
+        halving_until_it_fits(b, &what, |b| time_at(&cfg, sizes, device, steps, b))?;
+    let scale = cfg.batch_size as f64 / b as f64;
+    Ok(StepCost {
+        train_s: train_s * scale,
+        eval_s: eval_s * scale,
+        batch: cfg.batch_size,
+    })
+}
+
+/// `f` at batch `b`, else at half of it, and so on down to 1 (a CUDA out-of-memory panics
+/// through tch: caught, it is that batch size's error); the batch that worked and its result.
+fn halving_until_it_fits<T>(
+    mut b: usize,
+    what: &str,
+    mut f: impl FnMut(usize) -> anyhow::Result<T>,
+) -> anyhow::Result<(usize, T)> {
     loop {
-        // A CUDA out-of-memory panics through tch: caught, it is this batch size's error.
-        match crate::util::panics::catch(|| time_at(&cfg, sizes, device, steps, b)) {
-            Ok((train_s, eval_s)) => {
-                let scale = cfg.batch_size as f64 / b as f64;
-                return Ok(StepCost {
-                    train_s: train_s * scale,
-                    eval_s: eval_s * scale,
-                    batch: cfg.batch_size,
-                });
-            }
+        match crate::util::panics::catch(|| f(b)) {
+            Ok(t) => return Ok((b, t)),
             Err(e) if b > 1 => {
                 tracing::warn!(
-                    "timing {} {} at batch {b} failed ({e:#}); trying batch {}",
-                    cfg.backbone,
-                    cfg.method.method().name(),
+                    "timing {what} at batch {b} failed ({e:#}); trying batch {}",
                     b / 2
                 );
                 b /= 2;
@@ -459,5 +467,57 @@ impl Plan {
             &path.with_extension("json"),
             serde_json::to_string_pretty(&summary)?.as_bytes(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_that_does_not_fit_is_timed_at_half_the_batch() {
+        // A libtorch failure above batch 2 (as a CUDA out-of-memory would be).
+        let (b, v) = halving_until_it_fits(8, "test", |b| {
+            if b > 2 {
+                let a = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+                let _ = a.matmul(&a);
+            }
+            Ok(b * 10)
+        })
+        .unwrap();
+        assert_eq!((b, v), (2, 20));
+        let e = halving_until_it_fits(4, "test", |_| -> anyhow::Result<()> {
+            anyhow::bail!("never fits")
+        });
+        assert!(e.unwrap_err().to_string().contains("never fits"));
+    }
+
+    #[test]
+    fn the_estimate_times_the_checkpointed_step_the_run_will_take() {
+        let d = tempfile::tempdir().unwrap();
+        let vit = d.path().join("vit.json");
+        std::fs::write(
+            &vit,
+            r#"{"arch": "vit", "img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2, "num_classes": 0}"#,
+        )
+        .unwrap();
+        let cfg = RunConfig {
+            backbone: vit.display().to_string(),
+            img_size: 32,
+            batch_size: 8,
+            checkpoint_blocks: true,
+            ..Default::default()
+        };
+        let sizes = Sizes {
+            train: 16,
+            val: 0,
+            test: 8,
+            classes: 3,
+            segmentation: false,
+            decode_s: 0.0,
+            nominal: false,
+        };
+        let c = measure(&cfg, &sizes, Device::Cpu, 1).unwrap();
+        assert!(c.train_s > 0.0 && c.eval_s > 0.0 && c.batch == 8, "{c:?}");
     }
 }
