@@ -25,23 +25,13 @@ use dka_bench::config::run::Precision;
 use dka_bench::util::device::DeviceArg;
 use dka_core::weights::read_safetensors;
 use std::collections::HashMap;
-use std::path::PathBuf;
+
+mod common;
+use common::fixture;
 use tch::{Kind, Tensor};
 
 /// Our error must stay below this fraction of bf16's own effect on timm's output.
 const OF_BF16_EFFECT: f64 = 0.1;
-
-fn fixture(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name);
-    assert!(
-        dir.join("io.safetensors").is_file(),
-        "fixture {} is missing: run `just fixtures` (or `just test`)",
-        dir.display()
-    );
-    dir
-}
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])

@@ -4,17 +4,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use tch::Tensor;
 
-fn fixture(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name);
-    assert!(
-        dir.join("io.safetensors").is_file(),
-        "fixture {} is missing: run `just fixtures`",
-        dir.display()
-    );
-    dir
-}
+mod common;
+use common::fixture;
 
 fn dka(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dka"))

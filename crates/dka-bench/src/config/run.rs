@@ -389,3 +389,17 @@ fn non_finite(v: &toml::Value, path: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// A tiny ViT's config file for tests: 32 px, patch 8, width 16 (`embed_dim`), depth 2.
+#[cfg(test)]
+pub(crate) fn tiny_vit_for_tests(dir: &std::path::Path, embed_dim: i64) -> String {
+    let path = dir.join("vit.json");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"arch": "vit", "img_size": 32, "patch_size": 8, "embed_dim": {embed_dim}, "depth": 2, "num_heads": 2, "num_classes": 0}}"#
+        ),
+    )
+    .expect("a temporary folder");
+    path.display().to_string()
+}

@@ -302,14 +302,9 @@ mod tests {
     #[test]
     fn a_model_built_for_another_device_has_the_cpu_built_tensors() {
         let d = tempfile::tempdir().unwrap();
-        let vit = d.path().join("vit.json");
-        std::fs::write(
-            &vit,
-            r#"{"arch": "vit", "img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2, "num_classes": 0}"#,
-        )
-        .unwrap();
+        let vit = crate::config::run::tiny_vit_for_tests(d.path(), 16);
         let cfg = RunConfig {
-            backbone: vit.display().to_string(),
+            backbone: vit.clone(),
             weights: None,
             img_size: 32,
             ..Default::default()

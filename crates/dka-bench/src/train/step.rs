@@ -98,12 +98,7 @@ mod tests {
     #[test]
     fn checkpointed_and_plain_bf16_steps_give_equal_gradients_for_every_method() {
         let d = tempfile::tempdir().unwrap();
-        let vit = d.path().join("vit.json");
-        std::fs::write(
-            &vit,
-            r#"{"arch": "vit", "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 0}"#,
-        )
-        .unwrap();
+        let vit = crate::config::run::tiny_vit_for_tests(d.path(), 32);
         for name in dka_baselines::NAMES {
             // No dropout: the two passes draw their masks in another order.
             let mut json =
@@ -114,7 +109,7 @@ mod tests {
             let method: dka_baselines::MethodConfig = serde_json::from_value(json).unwrap();
             let run = |checkpoint_blocks: bool| {
                 let cfg = RunConfig {
-                    backbone: vit.display().to_string(),
+                    backbone: vit.clone(),
                     method: method.clone(),
                     img_size: 32,
                     checkpoint_blocks,

@@ -15,6 +15,17 @@ pub fn repo() -> PathBuf {
 }
 
 /// `dka ARGS` in the repository root, logging warnings only.
+/// A parity fixture's folder (`just fixtures` writes them; `just test` runs it first).
+pub fn fixture(name: &str) -> PathBuf {
+    let dir = repo().join("fixtures").join(name);
+    assert!(
+        dir.join("io.safetensors").is_file(),
+        "fixture {} is missing: run `just fixtures` (or `just test`)",
+        dir.display()
+    );
+    dir
+}
+
 pub fn dka(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dka"))
         .args(args)
