@@ -53,6 +53,8 @@ pub struct Bottleneck {
     /// `z + scale * Up(...)` instead of `scale * Up(...)`.
     pub skip: bool,
     pub feed: Feed,
+    /// Where its tensors are (`blocks.0.adapter_attn`), for export.
+    prefix: String,
 }
 
 impl Bottleneck {
@@ -88,7 +90,20 @@ impl Bottleneck {
             dropout: 0.0,
             skip: false,
             feed: Feed::Normed,
+            prefix: dka_core::sites::path_name(p, ""),
         }
+    }
+
+    /// The export description: `down` and `up` under `prefix`, and the knobs.
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "bottleneck",
+            "prefix": self.prefix,
+            "act": self.act,
+            "scale": self.scale,
+            "skip": self.skip,
+            "feed": self.feed,
+        })
     }
 
     pub fn with(mut self, act: Act, scale: f64, dropout: f64, skip: bool, feed: Feed) -> Self {
@@ -113,6 +128,10 @@ impl Bottleneck {
 }
 
 impl TokenModule for Bottleneck {
+    fn export(&self) -> Option<serde_json::Value> {
+        Some(self.describe())
+    }
+
     fn forward_t(&self, x: &Tensor, _l: TokenLayout, train: bool) -> Tensor {
         let d = self.delta(x, train);
         if self.skip {
@@ -124,6 +143,10 @@ impl TokenModule for Bottleneck {
 }
 
 impl ParallelModule for Bottleneck {
+    fn export(&self) -> Option<serde_json::Value> {
+        Some(self.describe())
+    }
+
     fn forward_t(&self, x: &Tensor, normed: &Tensor, l: TokenLayout, train: bool) -> Tensor {
         let input = match self.feed {
             Feed::Residual => x,
@@ -135,6 +158,10 @@ impl ParallelModule for Bottleneck {
 
 /// On a CNN map the bottleneck acts per pixel over channels (1x1 projections).
 impl MapModule for Bottleneck {
+    fn export(&self) -> Option<serde_json::Value> {
+        Some(self.describe())
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let t = x.permute([0, 2, 3, 1]);
         let (_, h, w, _) = t.size4().expect("map is 4-D");

@@ -48,6 +48,8 @@ struct Bypass {
     stride: i64,
     scale: f64,
     dropout: f64,
+    /// Where its tensors are (`blocks.0.adapter_attn`), for export.
+    prefix: String,
 }
 
 impl Bypass {
@@ -84,6 +86,7 @@ impl Bypass {
             stride,
             scale: c.scale,
             dropout: c.dropout,
+            prefix: dka_core::sites::path_name(p, ""),
         }
     }
 
@@ -100,6 +103,16 @@ impl Bypass {
 }
 
 impl ParallelModule for Bypass {
+    /// `down`, `conv` (a dense 3x3, stride `stride`) and `up` under `prefix`, and the scale.
+    fn export(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "kind": "convpass",
+            "prefix": self.prefix,
+            "stride": self.stride,
+            "scale": self.scale,
+        }))
+    }
+
     fn forward_t(&self, _x: &Tensor, normed: &Tensor, l: TokenLayout, train: bool) -> Tensor {
         let (b, _, _) = normed.size3().expect("tokens are 3-D");
         let z = Act::QuickGelu.apply(&self.down.forward(normed));

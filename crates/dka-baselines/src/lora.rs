@@ -180,6 +180,8 @@ fn pair(q: &nn::Path, suffix: &str, r: i64, din: i64, dout: i64) -> (Tensor, Ten
 #[derive(Debug)]
 pub struct LoraDelta {
     parts: Vec<(Option<i64>, Tensor, Tensor)>,
+    /// The names of each part's A and B (for export), in `parts`' order.
+    names: Vec<(String, String)>,
     slice: i64,
     scale: f64,
     dropout: f64,
@@ -187,6 +189,26 @@ pub struct LoraDelta {
 }
 
 impl LinearDelta for LoraDelta {
+    /// Each part's slot (`0`, `1`, `2` for q, k, v of a fused `qkv`; `null` for the whole
+    /// output) with the names of its A and B, the scale `alpha / r` and the slice width.
+    fn export(&self) -> Option<serde_json::Value> {
+        if self.layout != QkvLayout::Grouped {
+            return None;
+        }
+        let parts: Vec<serde_json::Value> = self
+            .parts
+            .iter()
+            .zip(&self.names)
+            .map(|((slot, _, _), (a, b))| serde_json::json!({ "slot": slot, "a": a, "b": b }))
+            .collect();
+        Some(serde_json::json!({
+            "kind": "lora",
+            "parts": parts,
+            "scale": self.scale,
+            "slice": self.slice,
+        }))
+    }
+
     fn delta(&self, input: &Tensor, train: bool) -> Tensor {
         let x = input.dropout(self.dropout, train);
         let low = |a: &Tensor, b: &Tensor| x.matmul(&a.tr()).matmul(&b.tr()) * self.scale;
@@ -293,21 +315,34 @@ impl Method for LoraConfig {
                 for part in site_path(&info.path, target).split('.') {
                     q = &q / part;
                 }
-                let parts = if target == "qkv" && !self.whole_qkv() {
+                let suffixes: Vec<(Option<i64>, String)> = if target == "qkv" && !self.whole_qkv() {
                     self.slots()
                         .into_iter()
-                        .map(|s| {
-                            let l = &"qkv"[s as usize..s as usize + 1];
-                            let (a, b) = pair(&q, &format!("_{l}"), self.r, din, dim);
-                            (Some(s), a, b)
-                        })
+                        .map(|s| (Some(s), format!("_{}", &"qkv"[s as usize..s as usize + 1])))
                         .collect()
                 } else {
-                    let (a, b) = pair(&q, "", self.r, din, dout);
-                    vec![(None, a, b)]
+                    vec![(None, String::new())]
                 };
+                let parts = suffixes
+                    .iter()
+                    .map(|(s, suffix)| {
+                        let out = if s.is_some() { dim } else { dout };
+                        let (a, b) = pair(&q, suffix, self.r, din, out);
+                        (*s, a, b)
+                    })
+                    .collect();
+                let names = suffixes
+                    .iter()
+                    .map(|(_, suffix)| {
+                        (
+                            dka_core::sites::path_name(&q, &format!("lora_A{suffix}.weight")),
+                            dka_core::sites::path_name(&q, &format!("lora_B{suffix}.weight")),
+                        )
+                    })
+                    .collect();
                 let delta = LoraDelta {
                     parts,
+                    names,
                     slice: dim,
                     scale: self.scale(),
                     dropout: self.dropout,

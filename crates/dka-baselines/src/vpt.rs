@@ -111,6 +111,7 @@ impl VptConfig {
         Rc::new(Prompts {
             prompts,
             dropout: self.dropout,
+            name: dka_core::sites::path_name(p, "prompts"),
         })
     }
 
@@ -200,9 +201,17 @@ struct Prompts {
     /// `[layers, p, D]`: row 0 for block 0, rows 1.. for the deep blocks.
     prompts: Tensor,
     dropout: f64,
+    /// The tensor's name, for export.
+    name: String,
 }
 
 impl PromptModule for Prompts {
+    /// The `[layers, p, D]` tensor's name: row k goes in at block k (row 0 after the class
+    /// token, later rows replace the previous prompts).
+    fn export(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "kind": "prompts", "name": self.name }))
+    }
+
     fn count(&self) -> i64 {
         self.prompts.size()[1]
     }

@@ -229,6 +229,19 @@ impl Backbone {
         self.head().map(|h| h.forward(&self.pool(f)))
     }
 
+    /// What the attached method computes, block by block, for `dka export --format torch`
+    /// (see [`crate::vit::Vit::export_sites`]). ViT only so far.
+    pub fn export_sites(&self) -> Result<serde_json::Value> {
+        match self {
+            Self::Vit(m) => m.export_sites(),
+            other => Err(CoreError::Invalid(format!(
+                "PyTorch export (--format torch) covers ViT backbones (timm's VisionTransformer) \
+                 so far, not {}; the run's adapter folder loads in dka (`dka features --adapter`)",
+                other.arch()
+            ))),
+        }
+    }
+
     /// Family name for messages (`vit`, `resnet`, `samvit`, `tinyvit`).
     pub fn arch(&self) -> &'static str {
         match self {

@@ -18,6 +18,15 @@ use std::hash::Hash;
 use std::rc::Rc;
 use tch::Tensor;
 
+/// The dotted name of `leaf` under `p` (`blocks.0.dka` + `down` -> `blocks.0.dka.down`), as
+/// the variable store names it: how exportable modules record where their tensors are.
+pub fn path_name(p: &tch::nn::Path, leaf: &str) -> String {
+    p.components()
+        .chain((!leaf.is_empty()).then_some(leaf))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// Blocks (or stages) selected by an optional list of indices (`None` = all): where a method
 /// fills sites.
 pub fn selected(layers: &Option<Vec<usize>>, i: usize) -> bool {
@@ -118,12 +127,24 @@ impl TokenLayout {
 /// A module mapping tokens to tokens of the same shape (`[batch, tokens, dim]`).
 pub trait TokenModule: Debug {
     fn forward_t(&self, x: &Tensor, layout: TokenLayout, train: bool) -> Tensor;
+
+    /// What this module computes and where its tensors are, for `dka export --format torch`
+    /// (`python/dka_torch.py` rebuilds it from this); `None`: it cannot be exported.
+    fn export(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// A module running beside a residual branch: it sees the branch's residual input `x` and the
 /// normalised input `normed` (what the branch itself sees) and returns a term that is added.
 pub trait ParallelModule: Debug {
     fn forward_t(&self, x: &Tensor, normed: &Tensor, layout: TokenLayout, train: bool) -> Tensor;
+
+    /// What this module computes and where its tensors are, for `dka export --format torch`
+    /// (`python/dka_torch.py` rebuilds it from this); `None`: it cannot be exported.
+    fn export(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// A term added to the output of a frozen Linear layer, computed from that layer's input
@@ -131,6 +152,12 @@ pub trait ParallelModule: Debug {
 /// the layer's own row order (for a fused `qkv`, see [`QkvLayout`]).
 pub trait LinearDelta: Debug {
     fn delta(&self, input: &Tensor, train: bool) -> Tensor;
+
+    /// What this module computes and where its tensors are, for `dka export --format torch`
+    /// (`python/dka_torch.py` rebuilds it from this); `None`: it cannot be exported.
+    fn export(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// A term added to the output of a frozen convolution, computed from that convolution's input
@@ -138,11 +165,23 @@ pub trait LinearDelta: Debug {
 /// `input: [batch, c_in, h, w]` -> `[batch, c_out, h', w']`, the layer's own output shape.
 pub trait ConvDelta: Debug {
     fn delta(&self, input: &Tensor, train: bool) -> Tensor;
+
+    /// What this module computes and where its tensors are, for `dka export --format torch`
+    /// (`python/dka_torch.py` rebuilds it from this); `None`: it cannot be exported.
+    fn export(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// A module on a CNN feature map `[batch, channels, h, w]`, same shape out.
 pub trait MapModule: Debug {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor;
+
+    /// What this module computes and where its tensors are, for `dka export --format torch`
+    /// (`python/dka_torch.py` rebuilds it from this); `None`: it cannot be exported.
+    fn export(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Extra tokens inserted after the class token (visual prompt tuning). SAM's encoder has no
@@ -155,6 +194,12 @@ pub trait PromptModule: Debug {
     /// per sample). Block 0 inserts them; a later block that gets `Some` replaces the previous
     /// ones (deep prompts); `None` keeps what is there.
     fn prompts(&self, layer: usize, batch: i64, train: bool) -> Option<Tensor>;
+
+    /// What this module computes and where its tensors are, for `dka export --format torch`
+    /// (`python/dka_torch.py` rebuilds it from this); `None`: it cannot be exported.
+    fn export(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// The sites of a transformer block:
@@ -179,6 +224,49 @@ pub struct BlockSites {
     pub proj: Option<Rc<dyn LinearDelta>>,
     pub fc1: Option<Rc<dyn LinearDelta>>,
     pub fc2: Option<Rc<dyn LinearDelta>>,
+}
+
+impl BlockSites {
+    /// Every filled site's export description by site name (`qkv`, `attn_branch`, …); an
+    /// error names the first site whose module cannot be exported.
+    pub fn export(&self) -> crate::Result<serde_json::Map<String, serde_json::Value>> {
+        let mut out = serde_json::Map::new();
+        let unsupported = |site: &str| {
+            crate::CoreError::Invalid(format!(
+                "the module in site {site} cannot be exported for PyTorch"
+            ))
+        };
+        let tokens = [
+            ("attn_branch", &self.attn_branch),
+            ("after_attn", &self.after_attn),
+            ("mlp_branch", &self.mlp_branch),
+            ("after_mlp", &self.after_mlp),
+        ];
+        for (name, site) in tokens {
+            if let Some(m) = site {
+                out.insert(name.into(), m.export().ok_or_else(|| unsupported(name))?);
+            }
+        }
+        for (name, site) in [
+            ("attn_parallel", &self.attn_parallel),
+            ("mlp_parallel", &self.mlp_parallel),
+        ] {
+            if let Some(m) = site {
+                out.insert(name.into(), m.export().ok_or_else(|| unsupported(name))?);
+            }
+        }
+        for (name, site) in [
+            ("qkv", &self.qkv),
+            ("proj", &self.proj),
+            ("fc1", &self.fc1),
+            ("fc2", &self.fc2),
+        ] {
+            if let Some(m) = site {
+                out.insert(name.into(), m.export().ok_or_else(|| unsupported(name))?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Names of the Linear layers of a transformer block that accept a [`LinearDelta`].

@@ -482,6 +482,30 @@ impl Vit {
         self.head.as_ref()
     }
 
+    /// What the methods attached to this ViT compute, for `dka export --format torch`: the
+    /// sites of every block (`blocks[i]`: site name -> the module's description) and the
+    /// prompt tokens, if any.
+    pub fn export_sites(&self) -> Result<serde_json::Value> {
+        let blocks = self
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                b.sites
+                    .export()
+                    .map(serde_json::Value::Object)
+                    .map_err(|e| CoreError::Invalid(format!("block {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let prompts = match &self.prompts {
+            Some(p) => Some(p.export().ok_or_else(|| {
+                CoreError::Invalid("the prompt tokens cannot be exported for PyTorch".into())
+            })?),
+            None => None,
+        };
+        Ok(serde_json::json!({ "blocks": blocks, "prompts": prompts }))
+    }
+
     /// Patch tokens as a feature map `[batch, dim, h, w]` (for dense heads and the ERF).
     pub fn feature_map(tokens: &Tensor, layout: TokenLayout) -> Tensor {
         let (b, _, d) = tokens.size3().expect("tokens are 3-D");

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod data;
 pub mod erf;
 pub mod eval;
+pub mod export;
 pub mod features;
 pub mod gpu_check;
 pub mod grid;
@@ -62,6 +63,9 @@ enum Command {
     Erf(erf::Args),
     /// Redraw every figure under a results folder from its CSVs (no training).
     Plots(plots::Args),
+    /// A trained run in PyTorch's formats: dka's modules on timm (torch), peft's LoRA folder
+    /// (peft) or one timm state dict (merged); with a model card.
+    Export(export::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -79,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::GpuCheck(a) => gpu_check::run(a),
         Command::Erf(a) => erf::run(a),
         Command::Plots(a) => plots::run(a),
+        Command::Export(a) => export::run(a),
     }
 }
 

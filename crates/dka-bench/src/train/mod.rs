@@ -20,6 +20,7 @@ pub mod optim;
 pub mod precision;
 pub mod state;
 pub mod step;
+pub mod trained;
 
 use anyhow::Context;
 use data::RunData;

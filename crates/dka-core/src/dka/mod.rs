@@ -237,6 +237,8 @@ pub struct Dka {
     activation: Activation,
     dropout: f64,
     path: ConvPath,
+    /// Where its tensors are (`blocks.0.dka`), for export.
+    prefix: String,
 }
 
 impl Dka {
@@ -299,11 +301,39 @@ impl Dka {
             activation: c.activation,
             dropout: c.dropout,
             path: c.conv_path,
+            prefix: crate::sites::path_name(p, ""),
         })
     }
 
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
+    }
+
+    /// The export description: tensors under `prefix` (`down`, `up`, `conv_large`,
+    /// `conv_small`, or `conv` + `radius_theta` for learnable sizes), the activation and biases.
+    fn describe(&self) -> serde_json::Value {
+        let side = |k: &Option<(Tensor, Option<Tensor>)>| k.as_ref().map(|(w, _)| w.size()[2]);
+        let kernels = match &self.kernels {
+            Kernels::Fixed { large, small } => {
+                serde_json::json!({ "large": side(large), "small": side(small) })
+            }
+            Kernels::Learnable {
+                kernel,
+                radius,
+                tau,
+                ..
+            } => serde_json::json!({ "learnable": {
+                "k_max": kernel.size()[2], "tau": tau, "init_radius": radius.init_radius,
+                "scale": radius.scale,
+            } }),
+        };
+        serde_json::json!({
+            "kind": "dka",
+            "prefix": self.prefix,
+            "activation": self.activation,
+            "bias": self.down.bs.is_some(),
+            "kernels": kernels,
+        })
     }
 
     fn act_in(&self, z: Tensor) -> Tensor {
@@ -315,6 +345,10 @@ impl Dka {
 }
 
 impl TokenModule for Dka {
+    fn export(&self) -> Option<serde_json::Value> {
+        Some(self.describe())
+    }
+
     fn forward_t(&self, x: &Tensor, l: TokenLayout, train: bool) -> Tensor {
         let (b, n, _) = x.size3().expect("tokens are [batch, tokens, dim]");
         let z = self.act_in(self.down.forward(x));
@@ -350,6 +384,10 @@ impl TokenModule for Dka {
 }
 
 impl MapModule for Dka {
+    fn export(&self) -> Option<serde_json::Value> {
+        Some(self.describe())
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let conv1x1 = |lin: &nn::Linear, t: &Tensor| {
             let s = lin.ws.size();

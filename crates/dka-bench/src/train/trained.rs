@@ -1,0 +1,70 @@
+//! A finished run opened for use: its resolved config, its task (classes) from its manifest,
+//! and its model with the trained tensors loaded. What `dka eval`, `dka predict` and
+//! `dka export` start from.
+use super::model::Model;
+use crate::config::run::RunConfig;
+use anyhow::Context;
+use dka_data::{Manifest, Task};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// A trained run, ready to evaluate, predict or export.
+pub struct TrainedRun {
+    pub dir: PathBuf,
+    /// The run's config, resolved for the device it is opened on.
+    pub cfg: RunConfig,
+    pub task: Task,
+    pub model: Model,
+}
+
+impl TrainedRun {
+    /// Opens the run in `dir` (a `dka train --out` folder or a grid's `runs/<id>`): its
+    /// `config.json`, `manifest.json` and `adapter/`. `weights` replaces the backbone weights
+    /// file the config names (moved since, or on another machine). A random-init backbone
+    /// (`weights = none`) is rebuilt from the run's seed, as it trained.
+    pub fn open(dir: &Path, device: Device, weights: Option<&Path>) -> anyhow::Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let text =
+            std::fs::read_to_string(&cfg_path).with_context(|| cfg_path.display().to_string())?;
+        let mut cfg: RunConfig =
+            serde_json::from_str(&text).with_context(|| cfg_path.display().to_string())?;
+        if let Some(w) = weights {
+            cfg.weights = Some(w.to_path_buf());
+        }
+        if let Some(w) = cfg.weights_file() {
+            anyhow::ensure!(
+                w.is_file(),
+                "{}: the run's backbone weights {} are not there: pass --weights FILE",
+                dir.display(),
+                w.display()
+            );
+        }
+        let manifest = Manifest::load(&dir.join("manifest.json"))
+            .with_context(|| format!("{}: not a finished run", dir.display()))?;
+        let cfg = cfg.resolve(device)?;
+        // The trainer's seed: a random-init backbone (weights none) is rebuilt identically.
+        tch::manual_seed(cfg.seed as i64);
+        let task = manifest.task.clone();
+        let mut model = Model::build(
+            &cfg,
+            task.classes().len() as i64,
+            task.is_segmentation(),
+            device,
+        )?;
+        model.load_trained(&dir.join("adapter"))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            cfg,
+            task,
+            model,
+        })
+    }
+
+    pub fn classes(&self) -> &[String] {
+        self.task.classes()
+    }
+
+    pub fn segmentation(&self) -> bool {
+        self.task.is_segmentation()
+    }
+}
