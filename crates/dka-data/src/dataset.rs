@@ -26,6 +26,12 @@ pub trait Dataset: Send + Sync + std::fmt::Debug {
     }
     /// Files that `skip_bad` left out at scan time.
     fn skipped(&self) -> &[Skipped];
+    /// The case record `index` belongs to when several records are parts of one (the slices
+    /// of a volume), for per-case scores; `None` when the record is a case of its own.
+    fn case_of(&self, index: usize) -> Option<&str> {
+        let _ = index;
+        None
+    }
     /// Decodes record `index` at native resolution.
     fn read(&self, index: usize) -> Result<RawSample>;
 

@@ -35,6 +35,7 @@ pub mod loader;
 pub mod manifest;
 pub mod mni;
 pub mod nifti_volume;
+pub mod nifti_write;
 pub mod normalize;
 pub mod options;
 pub mod preprocess;

@@ -50,7 +50,7 @@ struct Parsed {
     nbytes: usize,
 }
 
-fn inflate(path: &Path, raw: Vec<u8>, limit: Option<usize>) -> Result<Vec<u8>> {
+pub(crate) fn inflate(path: &Path, raw: Vec<u8>, limit: Option<usize>) -> Result<Vec<u8>> {
     if !raw.starts_with(&[0x1f, 0x8b]) {
         return Ok(raw);
     }
@@ -343,7 +343,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
     }
 }
 
-fn read_raw(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_raw(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| DataError::io(path, e))
 }
 

@@ -354,6 +354,10 @@ impl Dataset for SliceDataset {
         &self.skipped
     }
 
+    fn case_of(&self, index: usize) -> Option<&str> {
+        Some(&self.cases[self.index[index].0].id)
+    }
+
     fn read(&self, index: usize) -> Result<RawSample> {
         let (ci, z) = self.index[index];
         let vols = self.case(ci)?;

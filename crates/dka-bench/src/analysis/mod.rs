@@ -6,3 +6,4 @@ pub mod erf;
 pub mod export;
 pub mod features;
 pub mod params;
+pub mod predict;

@@ -15,6 +15,7 @@ pub mod info;
 pub mod params;
 pub mod plan;
 pub mod plots;
+pub mod predict;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -41,7 +42,8 @@ enum Command {
     Train(train::Args),
     /// The runs of one or more grids still to do and an estimate of their time on this device.
     Plan(plan::Args),
-    /// Evaluate a trained run's saved tensors on its split (default: test).
+    /// Evaluate a trained run on its split (default: test) or on external data with its
+    /// classes; --per-case writes one row per image or case and summary.json.
     Eval(eval::Args),
     /// Run an experiment's grid (resumable, shardable) and write its table like the paper's.
     Grid(grid::Args),
@@ -66,6 +68,9 @@ enum Command {
     /// A trained run in PyTorch's formats: dka's modules on timm (torch), peft's LoRA folder
     /// (peft) or one timm state dict (merged); with a model card.
     Export(export::Args),
+    /// Predict new images and NIfTI volumes with a trained run: labels (predictions.csv) or
+    /// masks at the inputs' own size.
+    Predict(predict::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -84,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Erf(a) => erf::run(a),
         Command::Plots(a) => plots::run(a),
         Command::Export(a) => export::run(a),
+        Command::Predict(a) => predict::run(a),
     }
 }
 

@@ -54,6 +54,9 @@ pub struct EvalSetup {
     pub device: Device,
     /// Images are padded (`longest-side-pad`): normalise the content only.
     pub pad: bool,
+    /// The data's class index → the run's (external data whose classes come in another
+    /// order); `None`: the same indices.
+    pub remap: Option<Vec<i64>>,
 }
 
 impl EvalSetup {
@@ -67,8 +70,26 @@ impl EvalSetup {
             size: (cfg.img_size as i64, cfg.img_size as i64),
             device,
             pad: spec.resize == dka_core::input::ResizeMode::LongestSidePad,
+            remap: None,
         })
     }
+
+    /// A target in the run's class indices (ignore indices stay as they are).
+    fn target(&self, t: i64) -> i64 {
+        match &self.remap {
+            Some(m) if (0..m.len() as i64).contains(&t) => m[t as usize],
+            _ => t,
+        }
+    }
+}
+
+/// What one image of an evaluation gave.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Classification: the class probabilities and the true class (the run's indices).
+    Class { probs: Vec<f32>, label: i64 },
+    /// Segmentation: the confusion of the image's pixels.
+    Pixels(Confusion),
 }
 
 /// Metrics of `model` over every batch of `loader` (over `split`), and the number of images
@@ -79,10 +100,24 @@ pub fn evaluate(
     split: &DecodedSplit,
     s: &EvalSetup,
 ) -> anyhow::Result<(Evaluation, usize)> {
+    evaluate_each(model, loader, split, s, None)
+}
+
+/// [`evaluate`], also giving each image's [`Outcome`] by its position in `split` when
+/// `each` is given. The pooled metrics are the same either way: a segmentation's pooled
+/// confusion is the sum of the images' confusions.
+pub fn evaluate_each(
+    model: &Model,
+    loader: CachedLoader,
+    split: &DecodedSplit,
+    s: &EvalSetup,
+    mut each: Option<&mut Vec<(usize, Outcome)>>,
+) -> anyhow::Result<(Evaluation, usize)> {
     let mut probs: Vec<f32> = Vec::new();
     let mut labels: Vec<i64> = Vec::new();
     let mut confusion = Confusion::new(s.classes as usize);
     let mut images = 0;
+    let c = s.classes as usize;
     for b in loader {
         let b = b.context("evaluation batch")?;
         let (x, y, valid) = to_device(&b, split, s.pad, s.device);
@@ -94,20 +129,45 @@ pub fn evaluate(
         })
         .to_kind(Kind::Float);
         if model.segmentation {
-            let pred = logits.argmax(1, false).to_device(Device::Cpu).view([-1]);
-            let target = y.to_kind(Kind::Int64).to_device(Device::Cpu).view([-1]);
-            confusion.add(
-                &Vec::<i64>::try_from(&pred)?,
-                &Vec::<i64>::try_from(&target)?,
-            );
+            let pred =
+                Vec::<i64>::try_from(&logits.argmax(1, false).to_device(Device::Cpu).view([-1]))?;
+            let mut target =
+                Vec::<i64>::try_from(&y.to_kind(Kind::Int64).to_device(Device::Cpu).view([-1]))?;
+            target.iter_mut().for_each(|t| *t = s.target(*t));
+            confusion.add(&pred, &target);
+            if let Some(each) = each.as_deref_mut() {
+                let per = pred.len() / b.indices.len().max(1);
+                for (k, &pos) in b.indices.iter().enumerate() {
+                    let mut one = Confusion::new(c);
+                    let r = k * per..(k + 1) * per;
+                    one.add(&pred[r.clone()], &target[r]);
+                    each.push((pos, Outcome::Pixels(one)));
+                }
+            }
         } else {
             let p = logits
                 .softmax(-1, Kind::Float)
                 .to_device(Device::Cpu)
                 .contiguous()
                 .view([-1]);
-            probs.extend(Vec::<f32>::try_from(&p)?);
-            labels.extend(Vec::<i64>::try_from(&y.to_device(Device::Cpu))?);
+            let p = Vec::<f32>::try_from(&p)?;
+            let y: Vec<i64> = Vec::<i64>::try_from(&y.to_device(Device::Cpu))?
+                .into_iter()
+                .map(|t| s.target(t))
+                .collect();
+            if let Some(each) = each.as_deref_mut() {
+                for (k, &pos) in b.indices.iter().enumerate() {
+                    each.push((
+                        pos,
+                        Outcome::Class {
+                            probs: p[k * c..(k + 1) * c].to_vec(),
+                            label: y[k],
+                        },
+                    ));
+                }
+            }
+            probs.extend(p);
+            labels.extend(y);
         }
     }
     let e = if model.segmentation {

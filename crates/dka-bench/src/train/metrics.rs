@@ -226,23 +226,40 @@ impl Confusion {
         self.m[target * self.n + pred]
     }
 
+    /// Adds another set's counts (the confusion of a case is the sum of its slices').
+    pub fn merge(&mut self, other: &Confusion) {
+        assert_eq!(self.n, other.n, "confusions of different class counts");
+        for (a, b) in self.m.iter_mut().zip(&other.m) {
+            *a += b;
+        }
+        self.ignored += other.ignored;
+    }
+
+    fn row(&self, c: usize) -> u64 {
+        (0..self.n).map(|p| self.get(c, p)).sum()
+    }
+
+    fn col(&self, c: usize) -> u64 {
+        (0..self.n).map(|t| self.get(t, c)).sum()
+    }
+
+    /// IoU of class `c`; `None` when it is in neither the predictions nor the targets.
+    pub fn iou(&self, c: usize) -> Option<f64> {
+        let tp = self.get(c, c);
+        let union = self.row(c) + self.col(c) - tp;
+        (union > 0).then(|| tp as f64 / union as f64)
+    }
+
+    /// Dice of class `c`; `None` when it is in neither the predictions nor the targets.
+    pub fn dice(&self, c: usize) -> Option<f64> {
+        let denom = self.row(c) + self.col(c);
+        (denom > 0).then(|| 2.0 * self.get(c, c) as f64 / denom as f64)
+    }
+
     pub fn metrics(&self) -> SegmentationMetrics {
         let n = self.n;
-        let row = |c: usize| (0..n).map(|p| self.get(c, p)).sum::<u64>();
-        let col = |c: usize| (0..n).map(|t| self.get(t, c)).sum::<u64>();
-        let iou: Vec<Option<f64>> = (0..n)
-            .map(|c| {
-                let tp = self.get(c, c);
-                let union = row(c) + col(c) - tp;
-                (union > 0).then(|| tp as f64 / union as f64)
-            })
-            .collect();
-        let dice: Vec<Option<f64>> = (0..n)
-            .map(|c| {
-                let denom = row(c) + col(c);
-                (denom > 0).then(|| 2.0 * self.get(c, c) as f64 / denom as f64)
-            })
-            .collect();
+        let iou: Vec<Option<f64>> = (0..n).map(|c| self.iou(c)).collect();
+        let dice: Vec<Option<f64>> = (0..n).map(|c| self.dice(c)).collect();
         let mean_some = |v: &[Option<f64>]| mean(&v.iter().flatten().copied().collect::<Vec<_>>());
         let fg = 1.min(n);
         SegmentationMetrics {

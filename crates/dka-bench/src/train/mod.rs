@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod decoder;
+pub mod eval_data;
 pub mod evaluate;
 pub mod feature_cache;
 pub mod fit;
@@ -17,6 +18,7 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod per_case;
 pub mod precision;
 pub mod state;
 pub mod step;

@@ -15,6 +15,8 @@ pub struct TrainedRun {
     pub cfg: RunConfig,
     pub task: Task,
     pub model: Model,
+    /// The content hash of the run's manifest (the data it trained on).
+    pub manifest_sha256: String,
 }
 
 impl TrainedRun {
@@ -23,14 +25,27 @@ impl TrainedRun {
     /// file the config names (moved since, or on another machine). A random-init backbone
     /// (`weights = none`) is rebuilt from the run's seed, as it trained.
     pub fn open(dir: &Path, device: Device, weights: Option<&Path>) -> anyhow::Result<Self> {
+        Self::open_with(dir, device, |mut cfg| {
+            if let Some(w) = weights {
+                cfg.weights = Some(w.to_path_buf());
+            }
+            cfg
+        })
+    }
+
+    /// [`Self::open`], the config read from `dir` passed through `adjust` first (the command
+    /// line's `--weights`, in any of its forms).
+    pub fn open_with(
+        dir: &Path,
+        device: Device,
+        adjust: impl FnOnce(RunConfig) -> RunConfig,
+    ) -> anyhow::Result<Self> {
         let cfg_path = dir.join("config.json");
         let text =
             std::fs::read_to_string(&cfg_path).with_context(|| cfg_path.display().to_string())?;
-        let mut cfg: RunConfig =
+        let cfg: RunConfig =
             serde_json::from_str(&text).with_context(|| cfg_path.display().to_string())?;
-        if let Some(w) = weights {
-            cfg.weights = Some(w.to_path_buf());
-        }
+        let cfg = adjust(cfg);
         if let Some(w) = cfg.weights_file() {
             anyhow::ensure!(
                 w.is_file(),
@@ -41,6 +56,7 @@ impl TrainedRun {
         }
         let manifest = Manifest::load(&dir.join("manifest.json"))
             .with_context(|| format!("{}: not a finished run", dir.display()))?;
+        let manifest_sha256 = manifest.content_hash();
         let cfg = cfg.resolve(device)?;
         // The trainer's seed: a random-init backbone (weights none) is rebuilt identically.
         tch::manual_seed(cfg.seed as i64);
@@ -57,6 +73,7 @@ impl TrainedRun {
             cfg,
             task,
             model,
+            manifest_sha256,
         })
     }
 
