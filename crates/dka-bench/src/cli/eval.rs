@@ -5,7 +5,7 @@ use crate::train::eval_data::EvalData;
 use crate::train::evaluate::{evaluate_each, EvalSetup};
 use crate::train::trained::TrainedRun;
 use crate::util::device::pick;
-use anyhow::bail;
+use anyhow::{bail, Context};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -78,7 +78,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &sources.root(&name)?,
         &sources.cache_dir(),
         which,
-    )?;
+    )
+    .with_context(|| format!("evaluating {}", a.run.display()))?;
     if let Some(note) = &data.class_note {
         tracing::warn!("{note}");
     }
