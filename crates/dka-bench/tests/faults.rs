@@ -127,8 +127,13 @@ pub fn s(p: impl AsRef<Path>) -> String {
 /// Runs `dka` from the repository root (experiment files name backbones relative to it), at
 /// most `limit`; returns (exit code or `None` when killed, stderr).
 fn dka(args: &[String], limit: Duration) -> (Option<i32>, String) {
+    // `dka train` needs --weights; the cases train random-init backbones unless they say.
+    let mut args = args.to_vec();
+    if args.first().is_some_and(|a| a == "train") && !args.iter().any(|a| a == "--weights") {
+        args.extend(["--weights".to_string(), "none".to_string()]);
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_dka"))
-        .args(args)
+        .args(&args)
         .current_dir(repo())
         .env("RUST_LOG", "warn")
         .env("NO_COLOR", "1")

@@ -315,6 +315,8 @@ optimizer = { head_lr = 1e-2, adapter_lr = 1e-2 }
             cfg.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
+            "--weights",
+            "none",
         ][..],
         &args,
     ]

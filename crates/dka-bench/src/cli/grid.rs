@@ -32,6 +32,14 @@ pub struct Args {
     /// Run again the runs whose last attempt failed (by default they are reported, not retried).
     #[arg(long)]
     pub retry_failed: bool,
+    /// Write TensorBoard event files in every run's folder (`tensorboard --logdir OUT/runs`
+    /// compares the runs); off by default for grids, whose folders are committed.
+    #[arg(long)]
+    pub tensorboard: bool,
+    /// Keep every run's final state however large (full fine-tuning: ~1 GB per ViT-B run), so
+    /// that a later grid with more epochs continues it; smaller states are always kept.
+    #[arg(long)]
+    pub keep_state: bool,
     /// Print the runs still to do and an estimate of their time on this device; run nothing.
     #[arg(long)]
     pub plan: bool,
@@ -53,6 +61,8 @@ impl Args {
             shard: self.shard,
             dry_run: self.dry_run,
             retry_failed: self.retry_failed,
+            tensorboard: self.tensorboard,
+            keep_state: self.keep_state,
             sources: self.data.sources(),
         }
     }

@@ -178,6 +178,11 @@ pub struct RunConfig {
     /// input; `results/bench/steps.csv`, the `dka+ckpt` rows). Same gradients up to the order
     /// of float sums; dropout masks are drawn in another order than without it.
     pub checkpoint_blocks: bool,
+    /// Warm start: the trained tensors (adapter and head) of another run of the same backbone
+    /// and method (`RUN` or `RUN/adapter`) to start from instead of the method's
+    /// initialisation. With `epochs = 0` the run only evaluates them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl Default for RunConfig {
@@ -208,6 +213,7 @@ impl Default for RunConfig {
             seed: 0,
             loader_threads: 0,
             checkpoint_blocks: false,
+            init_from: None,
         }
     }
 }
@@ -242,8 +248,8 @@ impl RunConfig {
             }
         }
         anyhow::ensure!(
-            self.epochs > 0 && self.batch_size > 0,
-            "epochs and batch_size must be positive"
+            (self.epochs > 0 || self.init_from.is_some()) && self.batch_size > 0,
+            "epochs and batch_size must be positive (epochs = 0 only evaluates an init_from run)"
         );
         anyhow::ensure!(
             self.img_size >= 32,

@@ -13,8 +13,12 @@ pub struct RunSpec {
     /// The run's `RunConfig` as JSON.
     pub config: serde_json::Value,
     /// What the id hashes: by default the config; `grid::identity` adds the weights'
-    /// and the split's content hashes.
+    /// and the split's content hashes (and, for a continued run, the run it continues).
     pub identity: serde_json::Value,
+    /// The id of the finished run of fewer epochs this run goes on from (a grid whose
+    /// `epochs` grew: `grid::continuation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues: Option<String>,
 }
 
 impl RunSpec {
@@ -41,6 +45,7 @@ impl RunSpec {
             axes,
             config,
             identity,
+            continues: None,
         }
     }
 }

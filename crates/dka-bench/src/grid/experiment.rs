@@ -33,6 +33,10 @@ pub struct ExperimentOptions {
     pub dry_run: bool,
     /// Run again the runs whose last attempt failed.
     pub retry_failed: bool,
+    /// TensorBoard event files in every run's folder.
+    pub tensorboard: bool,
+    /// Keep every run's final state, however large (full fine-tuning), for later continuing.
+    pub keep_state: bool,
     pub sources: Sources,
 }
 
@@ -112,7 +116,15 @@ pub fn run_experiment(o: &ExperimentOptions) -> anyhow::Result<Outcome> {
         let _ = std::fs::remove_file(probe);
     }
     crate::util::interrupt::install()?;
-    let (specs, resolved) = resolve_runs(specs, &o.sources, device)?;
+    let (specs, mut resolved) = resolve_runs(specs, &o.sources, device)?;
+    // Runs whose epochs grew go on from their finished shorter runs.
+    let (specs, renamed) = super::continuation::plan(&out, specs);
+    for (old, new) in renamed {
+        tracing::info!("run {old}: continues a finished run with fewer epochs, as run {new}");
+        if let Some(r) = resolved.remove(&old) {
+            resolved.insert(new, r);
+        }
+    }
     let opts = GridOptions {
         shard: o.shard,
         dry_run: o.dry_run,
@@ -120,14 +132,27 @@ pub fn run_experiment(o: &ExperimentOptions) -> anyhow::Result<Outcome> {
     };
     let bar = crate::util::progress::bar(specs.len() as u64, "runs");
     let profile = o.profile.clone().unwrap_or_else(|| "paper settings".into());
+    let train_opts = crate::train::TrainOptions {
+        tensorboard: o.tensorboard,
+        continuing: false,
+        keep_state: o.keep_state,
+    };
     let mut run_one = |spec: &RunSpec, dir: &Path| -> anyhow::Result<RunResult> {
         let p = resolved.get(&spec.id).context("a resolved run")?;
-        let o = crate::train::train(&p.cfg, &p.data, dir, device);
+        let mut opts = train_opts;
+        if let Some(src) = &spec.continues {
+            super::continuation::seed(&out, src, dir)?;
+            opts.continuing = true;
+        }
+        let o = crate::train::train(&p.cfg, &p.data, dir, device, opts);
         bar.inc(1);
         let o = o?;
         let mut info = o.info;
         info.insert("weights".into(), p.weights_label.clone());
         info.insert("profile".into(), profile.clone());
+        if let Some(src) = &spec.continues {
+            info.insert("continued_from".into(), src.clone());
+        }
         Ok(RunResult {
             metrics: o.metrics,
             info,
@@ -268,6 +293,12 @@ pub fn emit_job_array(
     fwd.extend(["--out".into(), out.display().to_string()]);
     if o.retry_failed {
         fwd.push("--retry-failed".into());
+    }
+    if o.tensorboard {
+        fwd.push("--tensorboard".into());
+    }
+    if o.keep_state {
+        fwd.push("--keep-state".into());
     }
     let job = slurm::Job {
         experiment: &o.experiment,

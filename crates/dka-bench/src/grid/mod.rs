@@ -1,7 +1,9 @@
 //! Running an experiment: its grid of runs resolved to ids ([`resolve`], [`identity`]), run
 //! resumably by one or many processes on one folder ([`runner`], [`runs_csv`]), written up
 //! ([`outputs`]), estimated before it runs ([`plan`], [`estimate`]) or handed to Slurm
-//! ([`slurm`]). [`experiment::run_experiment`] is the whole of `dka grid` as one call.
+//! ([`slurm`]); a grid whose epochs grew continues its finished runs ([`continuation`]).
+//! [`experiment::run_experiment`] is the whole of `dka grid` as one call.
+pub mod continuation;
 pub mod estimate;
 pub mod experiment;
 pub mod identity;

@@ -3,6 +3,9 @@
 //! the selection's best epoch so far (with its tensors) — in `<run>/checkpoint/`
 //! (`state.json` + `tensors.safetensors`).
 //!
+//! A finished run keeps its last checkpoint as its final state (what `--continue` and a grid
+//! whose `epochs` grew go on from) unless it is large (see [`crate::train::KEEP_STATE_BYTES`]).
+//!
 //! Written at the end of an epoch when the last one is 10 s old (a minute when the state is
 //! large, e.g. full fine-tuning), after the last epoch, and when a signal asks the run to stop. A new checkpoint is written to a
 //! temporary folder and swapped in by renames, so a SIGKILL at any moment leaves a complete
@@ -39,6 +42,10 @@ pub struct State {
     /// The precision the run trained in (absent in checkpoints of older versions).
     #[serde(default)]
     pub precision: Option<Precision>,
+    /// The number of epochs the run was made for (absent in checkpoints of older versions);
+    /// a run continued to more epochs (`--continue`) changes only this.
+    #[serde(default)]
+    pub epochs: Option<usize>,
 }
 
 /// A loaded checkpoint: its state and its tensors by name (`model/…`, `optim/…`, `best/…`).
@@ -70,15 +77,17 @@ fn old(run: &Path) -> PathBuf {
 }
 
 /// SHA-256 of what in a resolved config changes the run's arithmetic: its JSON without the
-/// machine's share of it (the loader's thread count) and without the precision, which the
-/// state records on its own so that a change is refused in words rather than taken for other
-/// settings. A run requeued onto a node with another core count resumes.
+/// machine's share of it (the loader's thread count) and without the precision and the number
+/// of epochs, which the state records on its own so that a change is refused in words (or,
+/// for the epochs, taken by `--continue`) rather than taken for other settings. A run
+/// requeued onto a node with another core count resumes.
 pub fn config_sha256(cfg: &RunConfig) -> anyhow::Result<String> {
     use sha2::{Digest, Sha256};
     let mut v = serde_json::to_value(cfg)?;
     if let Some(o) = v.as_object_mut() {
         o.remove("loader_threads");
         o.remove("precision");
+        o.remove("epochs");
     }
     let d = Sha256::digest(serde_json::to_vec(&v)?);
     Ok(d.iter().map(|b| format!("{b:02x}")).collect())
@@ -115,14 +124,23 @@ pub fn save(run: &Path, state: &State, tensors: &[(String, Tensor)]) -> anyhow::
     Ok(())
 }
 
-/// The run's checkpoint, if it has a complete one for `config_sha256` (one for other settings
-/// is ignored with a warning). One made in another precision than `precision` is refused:
-/// continuing it would silently mix two precisions in one run.
-pub fn load(
-    run: &Path,
-    config_sha256: &str,
-    precision: Precision,
-) -> anyhow::Result<Option<Checkpoint>> {
+/// What a run asks of its saved state.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub config_sha256: &'a str,
+    pub precision: Precision,
+    /// The run's number of epochs.
+    pub epochs: usize,
+    /// `--continue`: a state made for fewer epochs is taken on to `epochs`.
+    pub continuing: bool,
+}
+
+/// The run's checkpoint, if it has a complete one for `w.config_sha256` (one for other
+/// settings is ignored with a warning). One made in another precision is refused: continuing
+/// it would silently mix two precisions in one run. One made for another number of epochs is
+/// taken only when continuing, and only to more epochs than it has trained.
+pub fn load(run: &Path, w: Wanted) -> anyhow::Result<Option<Checkpoint>> {
+    let (config_sha256, precision) = (w.config_sha256, w.precision);
     for dir in [folder(run), old(run)] {
         let state_path = dir.join("state.json");
         let Ok(text) = std::fs::read_to_string(&state_path) else {
@@ -154,6 +172,23 @@ pub fn load(
                 dir.display()
             );
         }
+        if let Some(e) = state.epochs.filter(|e| *e != w.epochs) {
+            anyhow::ensure!(
+                w.continuing,
+                "{}: the saved state is of a {e}-epoch run (at epoch {}); pass --continue to \
+                 take it to {} epochs, or another --out to start a new run",
+                run.display(),
+                state.epoch,
+                w.epochs
+            );
+        }
+        anyhow::ensure!(
+            state.epoch <= w.epochs,
+            "{}: the run has trained {} epochs already, more than the {} asked",
+            run.display(),
+            state.epoch,
+            w.epochs
+        );
         let tensors = match Tensor::read_safetensors(dir.join("tensors.safetensors")) {
             Ok(t) => t.into_iter().collect(),
             Err(e) => {
@@ -166,7 +201,28 @@ pub fn load(
     Ok(None)
 }
 
-/// Removes the run's checkpoint (the run has ended).
+/// Copies the checkpoint of run `from` into run `to` (a continuation starting from it).
+pub fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let src = if folder(from).join("state.json").is_file() {
+        folder(from)
+    } else {
+        old(from)
+    };
+    let dst = folder(to);
+    std::fs::create_dir_all(&dst).with_context(|| dst.display().to_string())?;
+    for f in ["state.json", "tensors.safetensors"] {
+        std::fs::copy(src.join(f), dst.join(f))
+            .with_context(|| format!("copying {}", src.join(f).display()))?;
+    }
+    Ok(())
+}
+
+/// Bytes of the run's saved tensors (0 without a checkpoint).
+pub fn size(run: &Path) -> u64 {
+    std::fs::metadata(folder(run).join("tensors.safetensors")).map_or(0, |m| m.len())
+}
+
+/// Removes the run's checkpoint.
 pub fn remove(run: &Path) {
     let _ = std::fs::remove_dir_all(folder(run));
     let _ = std::fs::remove_dir_all(old(run));

@@ -2,22 +2,27 @@
 use crate::config::metrics::primary_metric;
 use crate::config::run::RunConfig;
 use crate::train::data::{to_device, Normalizer, RunData};
+use crate::train::loss::loss;
 use crate::train::metrics::{classification_metrics, Confusion};
 use crate::train::model::Model;
 use crate::train::precision::Amp;
 use anyhow::Context;
 use dka_data::{CachedLoader, DecodedSplit};
 use std::collections::BTreeMap;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
-/// The metrics of one evaluation, by name, all in [0, 1] (NaN: undefined).
+/// The metrics of one evaluation, by name, all in [0, 1] (NaN: undefined), and the mean loss
+/// over its images (the training loss, without augmentation) when it was computed.
 #[derive(Debug, Clone)]
-pub struct Evaluation(BTreeMap<String, f64>);
+pub struct Evaluation {
+    values: BTreeMap<String, f64>,
+    pub loss: Option<f64>,
+}
 
 impl Evaluation {
     fn from_serializable(m: &impl serde::Serialize) -> Self {
         let v = serde_json::to_value(m).expect("metrics serialise");
-        Self(
+        Self::from_values(
             v.as_object()
                 .map(|o| {
                     o.iter()
@@ -29,7 +34,7 @@ impl Evaluation {
     }
 
     pub fn get(&self, name: &str) -> f64 {
-        self.0.get(name).copied().unwrap_or(f64::NAN)
+        self.values.get(name).copied().unwrap_or(f64::NAN)
     }
 
     pub fn primary(&self, segmentation: bool) -> f64 {
@@ -37,11 +42,14 @@ impl Evaluation {
     }
 
     pub fn values(&self) -> BTreeMap<String, f64> {
-        self.0.clone()
+        self.values.clone()
     }
 
     pub fn from_values(v: BTreeMap<String, f64>) -> Self {
-        Self(v)
+        Self {
+            values: v,
+            loss: None,
+        }
     }
 }
 
@@ -57,6 +65,8 @@ pub struct EvalSetup {
     /// The data's class index → the run's (external data whose classes come in another
     /// order); `None`: the same indices.
     pub remap: Option<Vec<i64>>,
+    /// The loss reported with the metrics (the run's training loss).
+    pub seg_loss: crate::config::run::SegLoss,
 }
 
 impl EvalSetup {
@@ -71,15 +81,8 @@ impl EvalSetup {
             device,
             pad: spec.resize == dka_core::input::ResizeMode::LongestSidePad,
             remap: None,
+            seg_loss: cfg.seg_loss,
         })
-    }
-
-    /// A target in the run's class indices (ignore indices stay as they are).
-    fn target(&self, t: i64) -> i64 {
-        match &self.remap {
-            Some(m) if (0..m.len() as i64).contains(&t) => m[t as usize],
-            _ => t,
-        }
     }
 }
 
@@ -117,6 +120,8 @@ pub fn evaluate_each(
     let mut labels: Vec<i64> = Vec::new();
     let mut confusion = Confusion::new(s.classes as usize);
     let mut images = 0;
+    let mut loss_sum = 0.0;
+    let seg_loss = s.seg_loss;
     let c = s.classes as usize;
     for b in loader {
         let b = b.context("evaluation batch")?;
@@ -128,12 +133,25 @@ pub fn evaluate_each(
                 .run(|| model.head_logits(&model.embed(&x, false), s.size, false))
         })
         .to_kind(Kind::Float);
+        let n = x.size()[0] as f64;
+        // External data's classes in the run's indices (ignore indices stay as they are).
+        let y = match &s.remap {
+            Some(m) => {
+                let table = Tensor::from_slice(m).to_device(s.device);
+                let inside = y.ge(0).logical_and(&y.lt(m.len() as i64));
+                table
+                    .index_select(0, &y.clamp(0, m.len() as i64 - 1).view([-1]))
+                    .view_as(&y)
+                    .where_self(&inside, &y)
+            }
+            None => y,
+        };
+        loss_sum += n * tch::no_grad(|| loss(&logits, &y, seg_loss)).double_value(&[]);
         if model.segmentation {
             let pred =
                 Vec::<i64>::try_from(&logits.argmax(1, false).to_device(Device::Cpu).view([-1]))?;
-            let mut target =
+            let target =
                 Vec::<i64>::try_from(&y.to_kind(Kind::Int64).to_device(Device::Cpu).view([-1]))?;
-            target.iter_mut().for_each(|t| *t = s.target(*t));
             confusion.add(&pred, &target);
             if let Some(each) = each.as_deref_mut() {
                 let per = pred.len() / b.indices.len().max(1);
@@ -151,10 +169,7 @@ pub fn evaluate_each(
                 .contiguous()
                 .view([-1]);
             let p = Vec::<f32>::try_from(&p)?;
-            let y: Vec<i64> = Vec::<i64>::try_from(&y.to_device(Device::Cpu))?
-                .into_iter()
-                .map(|t| s.target(t))
-                .collect();
+            let y: Vec<i64> = Vec::<i64>::try_from(&y.to_device(Device::Cpu))?;
             if let Some(each) = each.as_deref_mut() {
                 for (k, &pos) in b.indices.iter().enumerate() {
                     each.push((
@@ -170,11 +185,12 @@ pub fn evaluate_each(
             labels.extend(y);
         }
     }
-    let e = if model.segmentation {
+    let mut e = if model.segmentation {
         Evaluation::from_serializable(&confusion.metrics())
     } else {
         Evaluation::from_serializable(&classification_metrics(&probs, s.classes as usize, &labels))
     };
+    e.loss = (images > 0).then(|| loss_sum / images as f64);
     Ok((e, images))
 }
 

@@ -81,7 +81,9 @@ pub fn open_splits(cfg: &RunConfig, data: &RunData) -> anyhow::Result<Splits> {
 }
 
 /// Trains `model` on the training split for `cfg.epochs` (resuming the run's checkpoint if it
-/// has one) and leaves it holding the selected epoch's tensors.
+/// has one; `continuing`, one made for fewer epochs too) and leaves it holding the selected
+/// epoch's tensors.
+#[allow(clippy::too_many_arguments)]
 pub fn fit(
     cfg: &RunConfig,
     model: &Model,
@@ -90,13 +92,12 @@ pub fn fit(
     log: &mut RunLog,
     dir: &Path,
     device: Device,
+    continuing: bool,
 ) -> anyhow::Result<Fitted> {
     let classes = data.ds.task().classes().len() as i64;
-    let fixed = Fixed::new(cfg, model, classes, splits, dir, device, log)?;
+    let fixed = Fixed::new(cfg, model, classes, splits, dir, device, log, continuing)?;
     let mut st = TrainState::new(fixed, log)?;
     let mut csv = st.resume(log)?;
-    let bar = crate::util::progress::bar(cfg.epochs as u64, "epochs");
-    bar.set_position(st.epoch() as u64);
     while st.epoch() < cfg.epochs {
         let epoch = st.epoch();
         let started = std::time::Instant::now();
@@ -105,19 +106,20 @@ pub fn fit(
         st.select(epoch, val.as_ref(), test.as_ref());
         let row = EpochRow {
             epoch,
+            epochs: cfg.epochs,
             train_loss,
             lr_factor: st.lr_factor(epoch),
+            lrs: st.lrs(),
             skipped_steps: st.skipped_steps(),
             seconds: started.elapsed().as_secs_f64(),
+            images: st.images(),
             val: val.as_ref(),
             test: test.as_ref(),
         };
         csv.append(&row)?;
-        log.epoch(&row, model.segmentation);
+        log.epoch(&row, model.segmentation)?;
         st.end_epoch(test);
-        bar.inc(1);
         st.checkpoint_or_stop()?;
     }
-    bar.finish_and_clear();
     st.finish(log)
 }

@@ -45,12 +45,29 @@ pub struct Outcome {
     pub info: BTreeMap<String, String>,
 }
 
+/// A finished run keeps its final state (`checkpoint/`, what `--continue` goes on from) when
+/// its tensors take at most this many bytes, or when asked ([`TrainOptions::keep_state`]):
+/// adapters' states are kilobytes to megabytes, full fine-tuning's a gigabyte per ViT-B run.
+pub const KEEP_STATE_BYTES: u64 = 256 << 20;
+
+/// How a run is carried out, besides its config (nothing here changes its numbers).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrainOptions {
+    /// TensorBoard event files in the run's folder.
+    pub tensorboard: bool,
+    /// Take a saved state made for fewer epochs on to the config's `epochs`.
+    pub continuing: bool,
+    /// Keep the final state even when it is larger than [`KEEP_STATE_BYTES`].
+    pub keep_state: bool,
+}
+
 /// Runs one training run in `dir` (which must exist) on `data` (see [`RunData::open`]).
 pub fn train(
     cfg: &RunConfig,
     data: &RunData,
     dir: &Path,
     device: Device,
+    opts: TrainOptions,
 ) -> anyhow::Result<Outcome> {
     cfg.validate()?;
     let asked = cfg;
@@ -64,14 +81,40 @@ pub fn train(
     // written into the run's folder.
     tch::manual_seed(cfg.seed as i64);
     let task = data.ds.task();
-    let model = Model::build(
+    let mut model = Model::build(
         &cfg,
         task.classes().len() as i64,
         task.is_segmentation(),
         device,
     )?;
+    let init = match &cfg.init_from {
+        Some(from) => {
+            let adapter = if from.join("adapter").is_dir() {
+                from.join("adapter")
+            } else {
+                from.clone()
+            };
+            let saved = dka_baselines::io::open(&adapter)
+                .with_context(|| format!("init_from {}", from.display()))?;
+            let (theirs, ours) = (saved.method.method().name(), cfg.method.method().name());
+            anyhow::ensure!(
+                theirs == ours,
+                "init_from {}: saved by a {theirs} run; this run is {ours} (a warm start needs the \
+                 same method and backbone)",
+                from.display()
+            );
+            model
+                .load_trained(&adapter)
+                .with_context(|| format!("init_from {}", from.display()))?;
+            Some(adapter)
+        }
+        None => None,
+    };
     let splits = fit::open_splits(&cfg, data)?;
-    let mut log = RunLog::start(dir, &cfg, device)?;
+    let mut log = RunLog::start(dir, &cfg, device, opts.tensorboard)?;
+    if let Some(a) = &init {
+        log.say(&format!("warm start from {}", a.display()));
+    }
     if asked.precision == crate::config::run::Precision::Auto {
         log.note(&format!(
             "precision auto: {}",
@@ -96,9 +139,25 @@ pub fn train(
     for n in &splits.notes {
         log.note(n);
     }
-    let fitted = fit::fit(&cfg, &model, data, splits, &mut log, dir, device)?;
+    let fitted = fit::fit(
+        &cfg,
+        &model,
+        data,
+        splits,
+        &mut log,
+        dir,
+        device,
+        opts.continuing,
+    )?;
     save(&cfg, &model, dir, &mut log)?;
-    checkpoint::remove(dir);
+    let state = checkpoint::size(dir);
+    if state > KEEP_STATE_BYTES && !opts.keep_state {
+        checkpoint::remove(dir);
+        log.note(&format!(
+            "final state ({:.0} MB) not kept: --keep-state keeps it for --continue",
+            state as f64 / 1e6
+        ));
+    }
 
     let mut metrics = fitted.test.values();
     metrics.insert("selected_epoch".into(), fitted.selected_epoch as f64);

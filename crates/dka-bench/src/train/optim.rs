@@ -160,6 +160,11 @@ impl Optimizer {
         }
     }
 
+    /// The learning rate each role (head, adapter, backbone) trains at now.
+    pub fn role_lrs(&self) -> [f64; 3] {
+        [self.lrs[0], self.lrs[2], self.lrs[4]]
+    }
+
     pub fn set_epoch(&mut self, epoch: usize, epochs: usize) -> anyhow::Result<()> {
         let f = self.factor(epoch, epochs);
         for (lr, base) in self.lrs.iter_mut().zip(self.base_lrs) {

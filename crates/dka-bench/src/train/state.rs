@@ -66,6 +66,8 @@ pub struct Fixed<'a> {
     /// Linear probing: the frozen backbone's features of the training split.
     cache: Option<FeatureCache>,
     dir: &'a Path,
+    /// Take a saved state made for fewer epochs on to `cfg.epochs` (`--continue`).
+    continuing: bool,
 }
 
 impl<'a> Fixed<'a> {
@@ -77,6 +79,7 @@ impl<'a> Fixed<'a> {
         dir: &'a Path,
         device: Device,
         log: &mut RunLog,
+        continuing: bool,
     ) -> anyhow::Result<Self> {
         let setup = EvalSetup::new(cfg, classes, device)?;
         let method = cfg.method.method();
@@ -108,7 +111,17 @@ impl<'a> Fixed<'a> {
             splits,
             cache,
             dir,
+            continuing,
         })
+    }
+
+    /// Batches in one training epoch.
+    fn batches(&self) -> usize {
+        let n = match &self.cache {
+            Some(c) => c.len(),
+            None => self.splits.train.len(),
+        };
+        n.div_ceil(self.cfg.batch_size.max(1))
     }
 
     /// Metrics of the model on all of `split`, and the images seen.
@@ -138,6 +151,10 @@ pub struct TrainState<'a> {
     /// their count.
     loss_sum: Tensor,
     loss_steps: usize,
+    /// Training images of this epoch seen by this process.
+    images: usize,
+    /// The step bar of the epoch in progress (hidden off a terminal).
+    bar: indicatif::ProgressBar,
     /// Seconds trained before this process (a resumed run).
     seconds_before: f64,
     started: Instant,
@@ -170,6 +187,8 @@ impl<'a> TrainState<'a> {
             next_batch: 0,
             loss_sum: Tensor::zeros([], (Kind::Double, fx.setup.device)),
             loss_steps: 0,
+            images: 0,
+            bar: indicatif::ProgressBar::hidden(),
             seconds_before: 0.0,
             started: Instant::now(),
             last_saved: Instant::now(),
@@ -188,8 +207,19 @@ impl<'a> TrainState<'a> {
     pub fn resume(&mut self, log: &mut RunLog) -> anyhow::Result<MetricsLog> {
         let path = self.fx.dir.join("metrics.csv");
         let segmentation = self.fx.model.segmentation;
-        let Some(ck) = checkpoint::load(self.fx.dir, &self.config_sha, self.fx.cfg.precision)?
-        else {
+        let wanted = checkpoint::Wanted {
+            config_sha256: &self.config_sha,
+            precision: self.fx.cfg.precision,
+            epochs: self.fx.cfg.epochs,
+            continuing: self.fx.continuing,
+        };
+        let Some(ck) = checkpoint::load(self.fx.dir, wanted)? else {
+            anyhow::ensure!(
+                !self.fx.continuing,
+                "{}: no saved state of these settings to continue (a run keeps its final state \
+                 unless it is large; then only with --keep-state)",
+                self.fx.dir.display()
+            );
             return MetricsLog::create(&path, segmentation);
         };
         let st = &ck.state;
@@ -215,10 +245,19 @@ impl<'a> TrainState<'a> {
         self.loss_sum = Tensor::from(st.loss_sum).to_device(self.fx.setup.device);
         self.loss_steps = st.loss_steps;
         self.seconds_before = st.seconds;
-        log.note(&format!(
-            "resumed from the checkpoint at epoch {}, batch {}",
-            self.epoch, self.next_batch
-        ));
+        let made_for = st.epochs.unwrap_or(self.fx.cfg.epochs);
+        if made_for != self.fx.cfg.epochs {
+            log.say(&format!(
+                "continuing a {made_for}-epoch run from the end of epoch {} to {} epochs",
+                self.epoch, self.fx.cfg.epochs
+            ));
+        } else {
+            log.say(&format!(
+                "resumed from the checkpoint at epoch {}, batch {}",
+                self.epoch + 1,
+                self.next_batch
+            ));
+        }
         MetricsLog::resume(&path, segmentation, self.epoch)
     }
 
@@ -227,6 +266,16 @@ impl<'a> TrainState<'a> {
     pub fn train_epoch(&mut self) -> anyhow::Result<f64> {
         let (cfg, epoch) = (self.fx.cfg, self.epoch);
         self.opt.set_epoch(epoch, cfg.epochs)?;
+        self.bar = crate::util::progress::styled(
+            self.fx.batches() as u64,
+            &format!(
+                "{{spinner}} epoch {}/{} {{bar:30}} {{pos}}/{{len}} steps, loss {{msg}} [{{elapsed}} < {{eta}}]",
+                epoch + 1,
+                cfg.epochs
+            ),
+        );
+        self.bar.set_position(self.next_batch as u64);
+        self.bar.set_message("-");
         let device = self.fx.setup.device;
         if let Some(c) = &self.fx.cache {
             let order = epoch_order(&(0..c.len()).collect::<Vec<_>>(), cfg.seed, epoch as u64);
@@ -274,6 +323,7 @@ impl<'a> TrainState<'a> {
         }
         // The one read of the epoch's loss (and, for fp32/bf16, its last finiteness check).
         let sum = self.check_loss()?;
+        crate::util::progress::done(&self.bar);
         Ok(sum / self.loss_steps.max(1) as f64)
     }
 
@@ -287,6 +337,7 @@ impl<'a> TrainState<'a> {
             setup: &self.fx.setup,
         };
         let l = stepper.forward_backward(&self.opt, self.scaler.as_ref(), input, y, cached)?;
+        self.images += y.size()[0] as usize;
         let outcome = self.opt.step(self.scaler.as_mut())?;
         if let Some(s) = self.scaler.as_ref() {
             if s.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
@@ -312,6 +363,8 @@ impl<'a> TrainState<'a> {
     /// is not finite (fp16 skips such steps instead).
     fn check_loss(&self) -> anyhow::Result<f64> {
         let sum = self.loss_sum.double_value(&[]);
+        self.bar
+            .set_message(format!("{:.4}", sum / self.loss_steps.max(1) as f64));
         if !sum.is_finite() && self.scaler.is_none() {
             bail!(
                 "epoch {}, by step {}: the loss is {sum} ({:?}); the run stops (metrics.csv \
@@ -327,6 +380,7 @@ impl<'a> TrainState<'a> {
     /// Counts the batch; a pending signal saves a checkpoint here and stops the run.
     fn after_batch(&mut self) -> anyhow::Result<()> {
         self.next_batch += 1;
+        self.bar.inc(1);
         match interrupt::requested() {
             Some(sig) => {
                 self.save()?;
@@ -406,6 +460,23 @@ impl<'a> TrainState<'a> {
         self.opt.factor(epoch, self.fx.cfg.epochs)
     }
 
+    /// The learning rate of each role with trainable tensors, as the last epoch trained.
+    pub fn lrs(&self) -> Vec<(&'static str, f64)> {
+        let counts = self.fx.model.groups().counts();
+        super::log::ROLES
+            .iter()
+            .zip(self.opt.role_lrs())
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|((r, lr), _)| (*r, lr))
+            .collect()
+    }
+
+    /// Training images this process saw in the epoch in progress.
+    pub fn images(&self) -> usize {
+        self.images
+    }
+
     /// fp16: steps skipped so far.
     pub fn skipped_steps(&self) -> usize {
         self.scaler.as_ref().map_or(0, |s| s.skipped)
@@ -420,6 +491,7 @@ impl<'a> TrainState<'a> {
         self.next_batch = 0;
         self.loss_sum = self.loss_sum.zeros_like();
         self.loss_steps = 0;
+        self.images = 0;
     }
 
     /// After an epoch: a checkpoint when the last one is old enough (10 s, or a minute for
@@ -467,6 +539,7 @@ impl<'a> TrainState<'a> {
             test_images: self.tests.images,
             seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
             precision: Some(self.fx.cfg.precision),
+            epochs: Some(self.fx.cfg.epochs),
         };
         let mut tensors: Vec<(String, Tensor)> = self
             .fx
@@ -496,6 +569,11 @@ impl<'a> TrainState<'a> {
     pub fn finish(mut self, log: &mut RunLog) -> anyhow::Result<Fitted> {
         let cfg = self.fx.cfg;
         let (selected_epoch, test) = match (cfg.selection, self.best.take()) {
+            // No training (a warm start evaluated as it is).
+            _ if cfg.epochs == 0 => {
+                log.say("epochs = 0: the init_from tensors evaluated as they are");
+                (0, self.test()?)
+            }
             (Selection::Last, _) => (
                 cfg.epochs - 1,
                 self.last_test

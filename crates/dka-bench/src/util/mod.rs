@@ -2,7 +2,8 @@
 //! figures. One implementation of each: the atomic writers ([`fs`]), median / mean / sample
 //! standard deviation ([`stats`]), where numbers were made ([`provenance`]), devices and their
 //! memory ([`device`]), progress bars ([`progress`]), stop signals ([`interrupt`]), panics as
-//! errors ([`panics`]) and the figures' font ([`fonts`]).
+//! errors ([`panics`]), the figures' font ([`fonts`]) and TensorBoard event files
+//! ([`tensorboard`]).
 pub mod device;
 pub mod fonts;
 pub mod fs;
@@ -11,3 +12,4 @@ pub mod panics;
 pub mod progress;
 pub mod provenance;
 pub mod stats;
+pub mod tensorboard;

@@ -35,17 +35,27 @@ pub fn dka(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// The arguments of `dka train CFG --out OUT --device cpu --data DATA`.
+/// The arguments of `dka train CFG --out OUT --device cpu --data DATA --weights none`
+/// (random initialisation: the configs of the tests name no weights).
 pub fn train_cpu_args(cfg: &Path, out: &Path, data: &str) -> Vec<String> {
     let (cfg, out) = (cfg.to_str().unwrap(), out.to_str().unwrap());
     [
-        "train", cfg, "--out", out, "--device", "cpu", "--data", data,
+        "train",
+        cfg,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--data",
+        data,
+        "--weights",
+        "none",
     ]
     .map(String::from)
     .to_vec()
 }
 
-/// Runs `dka train CFG --out OUT --device cpu --data DATA`.
+/// Runs `dka train CFG --out OUT --device cpu --data DATA --weights none`.
 pub fn train_cpu(cfg: &Path, out: &Path, data: &str) -> Output {
     dka(&train_cpu_args(cfg, out, data)
         .iter()

@@ -194,7 +194,7 @@ pub fn trained_run(d: &Path) -> (PathBuf, String) {
                 "--out",
                 &s(dir.join("run")),
             ])
-            .args(["--data", &data, "--device", "cpu"])
+            .args(["--data", &data, "--device", "cpu", "--weights", "none"])
             .args(["--cache-dir", &s(dir.join("cache"))])
             .current_dir(crate::repo())
             .env("RUST_LOG", "warn")

@@ -13,8 +13,10 @@
 //! | `heatmap` | Figure 7: adapter × head learning rates | [`fig7_lr`] |
 //! | `kernels` | Figure 8: large × small kernel sizes | [`fig8_kernels`] |
 //! | `branches` | Figure 9: large only / small only / both | [`fig9_branches`] |
+//! | — (`dka plots --run`) | one run's loss and metric per epoch, `RUN/curves.png` | [`curves`] |
 //!
 //! Without DejaVu Sans a figure is skipped with a warning; tables and CSVs are unaffected.
+pub mod curves;
 pub mod fig1_gain;
 pub mod fig2_erf;
 pub mod fig5_params;
