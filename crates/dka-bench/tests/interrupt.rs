@@ -90,10 +90,13 @@ method = { name = "dka", d_hat = 8 }
     std::fs::write(&threads, format!("{text}loader_threads = 3\n")).unwrap();
     let b = train_cpu(&threads, &cut, &data);
     assert!(b.status.success(), "{}", stderr(&b));
-    assert!(
-        !cut.join("checkpoint").exists(),
-        "the checkpoint is removed when the run ends"
-    );
+    // The checkpoint stays as the run's final state (for --continue): it is now the state
+    // after the last epoch.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cut.join("checkpoint/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["epoch"], 12, "the final state");
     let log = std::fs::read_to_string(cut.join("log.txt")).unwrap();
     assert!(
         log.contains("resumed from the checkpoint at epoch"),
