@@ -92,10 +92,9 @@ method = { name = "dka", d_hat = 8 }
     assert!(b.status.success(), "{}", stderr(&b));
     // The checkpoint stays as the run's final state (for --continue): it is now the state
     // after the last epoch.
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(cut.join("checkpoint/state.json")).unwrap(),
-    )
-    .unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cut.join("checkpoint/state.json")).unwrap())
+            .unwrap();
     assert_eq!(state["epoch"], 12, "the final state");
     let log = std::fs::read_to_string(cut.join("log.txt")).unwrap();
     assert!(

@@ -7,7 +7,7 @@ use crate::grid::experiment::{emit_job_array, run_experiment, ExperimentOptions}
 use crate::grid::plan::{plan_grids, PlanOptions};
 use crate::grid::runner::Shard;
 use crate::grid::slurm::SlurmOptions;
-use crate::util::device::pick;
+use crate::util::device::{pick, DeviceArg};
 use anyhow::bail;
 use std::path::PathBuf;
 
@@ -40,6 +40,17 @@ pub struct Args {
     /// that a later grid with more epochs continues it; smaller states are always kept.
     #[arg(long)]
     pub keep_state: bool,
+    /// Run the grid with N worker processes on this machine, sharing it run by run as Slurm
+    /// shards do (each run once, resumable): on the CPU the cores are split between them; with
+    /// CUDA each takes one device (the first N visible, or --devices).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub workers: usize,
+    /// CUDA devices for the workers, one each: `cuda:0,cuda:1` (implies one worker per device).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub devices: Vec<DeviceArg>,
+    /// Internal: this process is a worker of `--workers` (runs runs, writes no table).
+    #[arg(long, hide = true)]
+    pub worker: bool,
     /// Print the runs still to do and an estimate of their time on this device; run nothing.
     #[arg(long)]
     pub plan: bool,
@@ -63,6 +74,9 @@ impl Args {
             retry_failed: self.retry_failed,
             tensorboard: self.tensorboard,
             keep_state: self.keep_state,
+            workers: self.workers,
+            devices: self.devices.clone(),
+            worker: self.worker,
             sources: self.data.sources(),
         }
     }

@@ -132,6 +132,10 @@ pub fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
+    // A grid worker's share of the cores (`dka grid --workers`).
+    if std::env::var_os("DKA_CORES").is_some() {
+        tch::set_num_threads(crate::util::device::cores() as i32);
+    }
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {

@@ -366,10 +366,7 @@ pub fn auto_precision(device: tch::Device) -> (Precision, String) {
 
 /// The available cores minus one (at least one): the rest is libtorch's.
 pub fn default_loader_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .saturating_sub(1)
-        .max(1)
+    crate::util::device::cores().saturating_sub(1).max(1)
 }
 
 /// The dotted path of the first float in `v` that is not finite.

@@ -37,6 +37,13 @@ pub struct ExperimentOptions {
     pub tensorboard: bool,
     /// Keep every run's final state, however large (full fine-tuning), for later continuing.
     pub keep_state: bool,
+    /// Worker processes sharing the grid on this machine (0 or 1: this process runs it).
+    pub workers: usize,
+    /// CUDA devices for the workers, one each (empty: the first `workers` visible ones when
+    /// the device is CUDA; the CPU's cores split otherwise).
+    pub devices: Vec<DeviceArg>,
+    /// This process is one of `--workers`' workers: run runs only; the parent writes the table.
+    pub worker: bool,
     pub sources: Sources,
 }
 
@@ -108,7 +115,7 @@ pub fn run_experiment(o: &ExperimentOptions) -> anyhow::Result<Outcome> {
         out,
     } = load(o)?;
     let device = pick(o.sources.device)?;
-    if !o.dry_run {
+    if !o.dry_run && !o.worker {
         preflight(&exp, &prof, o, &specs, device)?;
         let probe = out.join(".write-test");
         std::fs::write(&probe, b"ok")
@@ -129,6 +136,7 @@ pub fn run_experiment(o: &ExperimentOptions) -> anyhow::Result<Outcome> {
         shard: o.shard,
         dry_run: o.dry_run,
         retry_failed: o.retry_failed,
+        shared: o.worker,
     };
     let bar = crate::util::progress::bar(specs.len() as u64, "runs");
     let profile = o.profile.clone().unwrap_or_else(|| "paper settings".into());
@@ -158,8 +166,14 @@ pub fn run_experiment(o: &ExperimentOptions) -> anyhow::Result<Outcome> {
             info,
         })
     };
-    let summary = run_grid(&out, &specs, &opts, &mut run_one)?;
-    bar.finish_and_clear();
+    let summary = match worker_slots(o, device)? {
+        Some(slots) => {
+            crate::util::progress::done(&bar);
+            run_by_workers(o, &out, &specs, &slots)?
+        }
+        None => run_grid(&out, &specs, &opts, &mut run_one)?,
+    };
+    crate::util::progress::done(&bar);
     let mut outcome = Outcome {
         name: exp.name.clone(),
         out: out.clone(),
@@ -176,6 +190,10 @@ pub fn run_experiment(o: &ExperimentOptions) -> anyhow::Result<Outcome> {
         return Ok(outcome);
     }
     let records = runs_csv::rebuild(&out)?;
+    if o.worker {
+        // The parent writes the table once every worker is done.
+        return Ok(outcome);
+    }
     let ids: BTreeSet<&str> = specs.iter().map(|s| s.id.as_str()).collect();
     let current: Vec<&RunRecord> = records
         .iter()
@@ -196,6 +214,63 @@ pub fn run_experiment(o: &ExperimentOptions) -> anyhow::Result<Outcome> {
         .map(|r| (*r).clone())
         .collect();
     Ok(outcome)
+}
+
+/// The grid run by worker processes (`slots`), and what they did as a [`GridSummary`] (from
+/// the runs' records before and after).
+fn run_by_workers(
+    o: &ExperimentOptions,
+    out: &Path,
+    specs: &[RunSpec],
+    slots: &[super::workers::Slot],
+) -> anyhow::Result<GridSummary> {
+    use crate::config::record::read_record;
+    let record = |s: &RunSpec| read_record(&out.join("runs").join(&s.id));
+    let before: Vec<Option<Status>> = specs.iter().map(|s| record(s).map(|r| r.status)).collect();
+    let mut args = vec!["grid".to_string(), o.experiment.display().to_string()];
+    args.extend(forward_args(o, out));
+    tracing::info!(
+        "{} worker(s) on {}",
+        slots.len(),
+        slots
+            .iter()
+            .map(|s| match s.cores {
+                Some(k) => format!("{k} core(s)"),
+                None => s.device.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let ended = super::workers::run(&args, slots, out, specs)?;
+    let mut summary = GridSummary::default();
+    let mut unfinished = 0;
+    for (s, was) in specs.iter().zip(before) {
+        match (was, record(s)) {
+            (Some(Status::Ok), _) => summary.skipped_already_done += 1,
+            (Some(Status::Failed), Some(r)) if r.status == Status::Failed && !o.retry_failed => {
+                summary.skipped_failed += 1
+            }
+            (_, Some(r)) if r.status == Status::Ok => summary.finished += 1,
+            (_, Some(r)) => summary
+                .failed
+                .push((r.id.clone(), r.error.clone().unwrap_or_default())),
+            (_, None) => unfinished += 1,
+        }
+    }
+    if let Some(sig) = crate::util::interrupt::requested() {
+        return Err(anyhow::Error::new(crate::util::interrupt::Interrupted {
+            signal: sig,
+            resume_at: format!("{unfinished} run(s) to go ({})", out.display()),
+        }));
+    }
+    if unfinished > 0 {
+        tracing::warn!(
+            "{unfinished} run(s) not finished ({} worker(s) stopped early): run the grid again \
+             to resume them",
+            ended.died.len()
+        );
+    }
+    Ok(summary)
 }
 
 /// Refuses, before any work, a grid that would run somewhere or on something the user did not
@@ -276,15 +351,9 @@ fn check_weights(backbone: &str, weights: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the experiment as an sbatch job array of `tasks` tasks (one shard each) instead of
-/// running it; returns the script's path and the number of runs.
-pub fn emit_job_array(
-    o: &ExperimentOptions,
-    tasks: usize,
-    slurm_opts: &SlurmOptions,
-) -> anyhow::Result<(PathBuf, usize)> {
-    let Loaded { specs, out, .. } = load(o)?;
-    // What every array task passes on besides the shard and the device, one word each.
+/// What another `dka grid` process of this grid (a Slurm array task, a worker) is passed
+/// besides the experiment, the shard and the device, one word each.
+fn forward_args(o: &ExperimentOptions, out: &Path) -> Vec<String> {
     let mut fwd: Vec<String> = Vec::new();
     if let Some(p) = &o.profile {
         fwd.extend(["--profile".into(), p.clone()]);
@@ -300,6 +369,46 @@ pub fn emit_job_array(
     if o.keep_state {
         fwd.push("--keep-state".into());
     }
+    fwd
+}
+
+/// The worker slots of `o` on `device` (`None`: this process runs the grid itself).
+fn worker_slots(
+    o: &ExperimentOptions,
+    device: Device,
+) -> anyhow::Result<Option<Vec<super::workers::Slot>>> {
+    if o.worker || o.dry_run || (o.workers <= 1 && o.devices.len() <= 1) {
+        return Ok(None);
+    }
+    let devices: Vec<DeviceArg> = if !o.devices.is_empty() {
+        o.devices.clone()
+    } else if device.is_cuda() {
+        let n = tch::Cuda::device_count() as usize;
+        anyhow::ensure!(
+            o.workers <= n,
+            "--workers {}: {n} CUDA device(s) visible, one worker per device",
+            o.workers
+        );
+        (0..o.workers).map(DeviceArg::Cuda).collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Some(super::workers::slots(
+        o.workers,
+        &devices,
+        crate::util::device::cores(),
+    )?))
+}
+
+/// Writes the experiment as an sbatch job array of `tasks` tasks (one shard each) instead of
+/// running it; returns the script's path and the number of runs.
+pub fn emit_job_array(
+    o: &ExperimentOptions,
+    tasks: usize,
+    slurm_opts: &SlurmOptions,
+) -> anyhow::Result<(PathBuf, usize)> {
+    let Loaded { specs, out, .. } = load(o)?;
+    let fwd = forward_args(o, &out);
     let job = slurm::Job {
         experiment: &o.experiment,
         out: &out,

@@ -1,7 +1,7 @@
 //! Running an experiment: its grid of runs resolved to ids ([`resolve`], [`identity`]), run
 //! resumably by one or many processes on one folder ([`runner`], [`runs_csv`]), written up
 //! ([`outputs`]), estimated before it runs ([`plan`], [`estimate`]) or handed to Slurm
-//! ([`slurm`]); a grid whose epochs grew continues its finished runs ([`continuation`]).
+//! ([`slurm`]) or to worker processes on this machine ([`workers`]); a grid whose epochs grew continues its finished runs ([`continuation`]).
 //! [`experiment::run_experiment`] is the whole of `dka grid` as one call.
 pub mod continuation;
 pub mod estimate;
@@ -13,3 +13,4 @@ pub mod resolve;
 pub mod runner;
 pub mod runs_csv;
 pub mod slurm;
+pub mod workers;

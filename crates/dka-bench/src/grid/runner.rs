@@ -76,6 +76,8 @@ pub struct GridOptions {
     pub dry_run: bool,
     /// Run again the runs whose last attempt failed.
     pub retry_failed: bool,
+    /// One of several workers on this grid: a run another worker holds is expected, not news.
+    pub shared: bool,
 }
 
 #[derive(Debug, Default)]
@@ -164,7 +166,11 @@ pub fn run_grid(
             continue;
         }
         let Some(_claim) = FileLock::try_acquire(&locks.join(format!("{}.lock", spec.id)))? else {
-            tracing::warn!("run {} is running in another process; skipped", spec.id);
+            if opts.shared {
+                tracing::debug!("run {} is another worker's", spec.id);
+            } else {
+                tracing::warn!("run {} is running in another process; skipped", spec.id);
+            }
             summary.running_elsewhere.push(spec.id.clone());
             continue;
         };

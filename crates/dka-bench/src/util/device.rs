@@ -11,6 +11,16 @@ extern "C" {
     fn dka_cuda_peak_allocated(device: i32) -> i64;
 }
 
+/// The cores this process may use: `DKA_CORES` when set (a `dka grid --workers` worker's
+/// share), else the machine's available parallelism.
+pub fn cores() -> usize {
+    std::env::var("DKA_CORES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DeviceArg {
     /// CUDA device 0 when usable, else the CPU (the choice is logged).

@@ -6,16 +6,17 @@ use std::io::IsTerminal;
 use std::sync::LazyLock;
 
 static BARS: LazyLock<MultiProgress> = LazyLock::new(|| {
-    if std::io::stderr().is_terminal() {
+    if shown() {
         MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
     } else {
         MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
     }
 });
 
-/// Whether bars are drawn (stderr is a terminal).
+/// Whether bars are drawn: stderr is a terminal, and this is not a `dka grid --workers`
+/// worker (`DKA_NO_BARS`; the parent draws the grid's bar).
 pub fn shown() -> bool {
-    std::io::stderr().is_terminal()
+    std::io::stderr().is_terminal() && std::env::var_os("DKA_NO_BARS").is_none()
 }
 
 /// A bar of `len` steps named `what`, with an ETA and a message slot.
