@@ -107,9 +107,13 @@ bench-data: build
 
 # One training step of this project side by side with a PyTorch-eager reference (timm + plain
 # modules, benches/reference/): time, GFLOP/s, peak memory, loss parity, interleaved in one run:
-# results/bench/steps.csv (+ .meta.json, .png). `just bench device=cuda` on a GPU: steps-cuda.csv.
+# results/bench/steps.csv (+ .meta.json, .png), and in bf16 autocast where the device has native bf16:
+# steps-bf16.csv. `just bench device=cuda` on a GPU: steps-cuda.csv and steps-cuda-bf16.csv.
 bench: build
     {{dka}} bench steps --device {{ if device == "" { "cpu" } else { device } }} --output results/bench/steps{{ if device == "" { "" } else if device == "cpu" { "" } else { "-cuda" } }}.csv
+    if [ "{{device}}" != "" ] && [ "{{device}}" != "cpu" ] || grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then \
+        {{dka}} bench steps --precision bf16 --device {{ if device == "" { "cpu" } else { device } }} --output results/bench/steps{{ if device == "" { "" } else if device == "cpu" { "" } else { "-cuda" } }}-bf16.csv; \
+    else echo "bench: no native bf16 on this CPU (AVX512-BF16 or AMX): bf16 rows skipped"; fi
 
 # Eager PyTorch on dka's own FFT path: the DKA d192 / Adapter ViT-B step ratio (PASSIVE and libgomp's default) and the 32x32 DKA stack: results/bench/fft_eager.csv.
 bench-fft-eager: setup

@@ -35,21 +35,30 @@ LABELS = [
 
 
 def rows():
-    with open(BENCH / "steps.csv", newline="") as f:
-        out = {}
-        for r in csv.DictReader(f):
-            out[(r["case"], r["impl"])] = r
-        return out
+    """steps.csv's rows (fp32) and steps-bf16.csv's (bf16 autocast, when measured)."""
+    out = {}
+    for name in ("steps.csv", "steps-bf16.csv"):
+        path = BENCH / name
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                out[(r["case"], r["impl"])] = r
+    return out
 
 
 def ratio(x):
     return f"{float(x):.2f}"
 
 
+def is_bf16(r):
+    return r.get("precision", "fp32") == "bf16"
+
+
 def table(steps):
     cases = []
-    for c, _ in steps:
-        if c not in cases:
+    for (c, _), r in steps.items():
+        if c not in cases and not is_bf16(r):
             cases.append(c)
     labels = dict(LABELS)
     order = [c for c, _ in LABELS if c in cases] + [c for c in cases if c not in labels]
@@ -71,6 +80,31 @@ def ms(r, key):
     return float(r[key])
 
 
+def bf16_table(steps):
+    """bf16 autocast rows (`dka bench steps --precision bf16`): ours / eager in bf16, and bf16 /
+    fp32 for both implementations; empty when steps.csv has none."""
+    labels = dict(LABELS)
+    cases = [c for (c, i), r in steps.items() if i == "dka" and is_bf16(r)]
+    if not cases:
+        return ""
+    lines = [
+        "| case, bf16 autocast | dka / eager (bf16) | bf16 / fp32, dka | bf16 / fp32, eager |",
+        "|---|---:|---:|---:|",
+    ]
+    for c in cases:
+        base = c[: -len(" bf16")] if c.endswith(" bf16") else c
+        per = lambda i: (
+            f"{ms(steps[(c, i)], 'median_ms') / ms(steps[(base, i)], 'median_ms'):.2f}"
+            if (base, i) in steps and (c, i) in steps
+            else "-"
+        )
+        lines.append(
+            f"| {labels.get(base, base)} | {ratio(steps[(c, 'dka')]['time_ratio'])} | "
+            f"{per('dka')} | {per('pytorch')} |"
+        )
+    return "\n".join(lines)
+
+
 def block():
     steps = rows()
     meta = json.loads((BENCH / "steps.meta.json").read_text())
@@ -80,7 +114,9 @@ def block():
     a64, a192 = med("vit-b16 224 b8 adapter d64"), med("vit-b16 224 b8 adapter d192")
     d16, d192 = med("vit-b16 224 b8 dka d16"), med("vit-b16 224 b8 dka d192")
     lin = ours("vit-b16 224 b8 linear")
-    worst_loss = max(float(r["loss_diff"]) for r in steps.values() if r["loss_diff"])
+    worst_loss = max(
+        float(r["loss_diff"]) for r in steps.values() if r["loss_diff"] and not is_bf16(r)
+    )
     targets = meta["targets"]
     met = [t for t in targets if t["met"]]
     missed = [t for t in targets if t["met"] is False]
@@ -129,7 +165,11 @@ def block():
         + "."
     )
     fill = lambda t: textwrap.fill(t, 100, break_long_words=False, break_on_hyphens=False)
-    return "\n\n".join([START + "\n" + fill(head), table(steps), fill(body), fill(goals) + "\n" + END])
+    parts = [START + "\n" + fill(head), table(steps), fill(body)]
+    b16 = bf16_table(steps)
+    if b16:
+        parts.append(b16)
+    return "\n\n".join(parts + [fill(goals) + "\n" + END])
 
 
 def main():

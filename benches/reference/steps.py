@@ -400,6 +400,8 @@ class Worker:
             groups.append({"params": adapter, "lr": case["adapter_lr"]})
         self.params = head + adapter
         self.clip = case.get("clip_grad_norm")
+        # bf16: the forward in autocast (weights, gradients and Adam's state stay fp32).
+        self.bf16 = case.get("precision", "fp32") == "bf16"
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
         self.sync()
         return {"trainable": sum(p.numel() for p in self.params)}
@@ -412,7 +414,8 @@ class Worker:
             count.__enter__()
         try:
             self.opt.zero_grad(set_to_none=True)
-            loss = self.model.loss(self.x, self.y)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = self.model.loss(self.x, self.y)
             loss.backward()
             if self.clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, self.clip)
@@ -434,8 +437,9 @@ class Worker:
     def gemm(self, req):
         n, reps = req.get("n", 2048), req.get("reps", 5)
         self.device = torch.device(req.get("device", "cpu"))
-        a = torch.randn(n, n, device=self.device)
-        b = torch.randn(n, n, device=self.device)
+        dtype = torch.bfloat16 if req.get("bf16") else torch.float32
+        a = torch.randn(n, n, device=self.device, dtype=dtype)
+        b = torch.randn(n, n, device=self.device, dtype=dtype)
         a @ b
         ts = []
         for _ in range(reps):

@@ -382,3 +382,104 @@ fn a_run_config_with_an_unknown_field_is_refused_before_any_work() {
     );
     assert!(!tmp.path().join("o").exists(), "nothing may be written");
 }
+
+/// `--workers 2`: the grid's runs shared by two processes, each run once, the same runs as one
+/// process; one worker SIGKILLed mid-grid is reported, the other goes on, and the next grid
+/// resumes the killed worker's run: every run once in runs.csv.
+#[test]
+fn two_workers_share_a_grid_and_a_killed_worker_is_resumed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vec![synth(&tmp.path().join("synth"))];
+    let one = tmp.path().join("one");
+    assert!(grid("fig8_kernel_sizes", &one, &data, &[]).status.success());
+    let two = tmp.path().join("two");
+    let o = grid("fig8_kernel_sizes", &two, &data, &["--workers", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (runs(&one), runs(&two));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "two workers ran the same runs, each once"
+    );
+    assert!(
+        two.join("table.md").is_file(),
+        "the table is written once they are done"
+    );
+
+    let killed = tmp.path().join("killed");
+    let mut args = vec![
+        "grid".to_string(),
+        "experiments/fig1_data_size.toml".into(),
+        "--profile".into(),
+        "quick".into(),
+        "--out".into(),
+        killed.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+        "--workers".into(),
+        "2".into(),
+    ];
+    for d in &data {
+        args.extend(["--data".to_string(), d.clone()]);
+    }
+    let mut parent = Command::new(env!("CARGO_BIN_EXE_dka"))
+        .args(&args)
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a run folder without a result (a run in progress), then SIGKILL one worker.
+    let started = std::time::Instant::now();
+    let mut victim = None;
+    while victim.is_none() && started.elapsed().as_secs() < 120 {
+        let workers: Vec<String> = String::from_utf8_lossy(
+            &Command::new("pgrep")
+                .args(["-P", &parent.id().to_string()])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+        let in_progress = std::fs::read_dir(killed.join("runs"))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.path().join("log.txt").is_file() && !e.path().join("result.json").is_file()
+                })
+            })
+            .unwrap_or(false);
+        if workers.len() == 2 && in_progress {
+            victim = Some(workers[0].clone());
+        }
+        if parent.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if let Some(pid) = &victim {
+        Command::new("kill").args(["-KILL", pid]).status().unwrap();
+    }
+    let out = parent.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if victim.is_some() && !out.status.success() {
+        // (If the worker had just finished its last run, nothing is lost or reported.)
+        assert!(
+            err.contains("stopped") || err.contains("not finished"),
+            "{err}"
+        );
+    }
+    let again = Command::new(env!("CARGO_BIN_EXE_dka"))
+        .args(&args)
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(runs(&killed).len(), 9, "every run exactly once"); // 3 methods x 3 fractions
+}

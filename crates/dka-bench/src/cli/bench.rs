@@ -141,6 +141,14 @@ pub struct StepsArgs {
     /// Only the cases whose name contains one of these (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub cases: Vec<String>,
+    /// fp32 and/or bf16 (comma-separated): bf16 runs both implementations' forward in bf16
+    /// autocast (CUDA, or a CPU with native bf16: AVX512-BF16 or AMX); its cases are named
+    /// `… bf16` and its losses must agree within --loss-tol-bf16.
+    #[arg(long, value_delimiter = ',', default_value = "fp32", value_parser = parse_precision)]
+    pub precision: Vec<crate::config::run::Precision>,
+    /// Largest accepted loss difference of a bf16 case, relative to max(1, |reference loss|).
+    #[arg(long, default_value_t = 3e-2)]
+    pub loss_tol_bf16: f64,
     /// Tiny models instead of the paper's (seconds; for checking the bench itself).
     #[arg(long)]
     pub quick: bool,
@@ -173,6 +181,8 @@ impl StepsArgs {
             reps: self.reps,
             parity_steps: self.parity_steps,
             loss_tol: self.loss_tol,
+            loss_tol_bf16: self.loss_tol_bf16,
+            precisions: self.precision.clone(),
             cases: self.cases.clone(),
             quick: self.quick,
             python: self.python.clone(),
@@ -182,4 +192,9 @@ impl StepsArgs {
             keep_subnormals: self.keep_subnormals,
         }
     }
+}
+
+fn parse_precision(s: &str) -> Result<crate::config::run::Precision, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
+        .map_err(|_| format!("'{s}' is not a precision: use fp32 or bf16"))
 }

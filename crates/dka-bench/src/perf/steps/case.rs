@@ -135,7 +135,12 @@ impl<'a> Workers<'a> {
                     .fold(0.0, f64::max)
             })
             .collect();
-        let ok = diffs.iter().all(|d| *d <= opts.loss_tol);
+        let tol = if spec.case.precision == crate::config::run::Precision::Bf16 {
+            opts.loss_tol_bf16
+        } else {
+            opts.loss_tol
+        };
+        let ok = diffs.iter().all(|d| *d <= tol);
         for i in 0..n {
             tracing::info!(
                 "{}: {} losses {:?} (max rel diff to the reference {:.1e})",
@@ -149,7 +154,7 @@ impl<'a> Workers<'a> {
             tracing::error!(
                 "{}: the losses differ by more than {:e}; timing anyway",
                 spec.case.name,
-                opts.loss_tol
+                tol
             );
         }
         Ok(Parity {
@@ -258,6 +263,7 @@ fn rows(
             let s = med[i] / 1e3;
             Row {
                 case: spec.case.name.clone(),
+                precision: format!("{:?}", spec.case.precision).to_lowercase(),
                 imp: spec.impls[i].label().to_string(),
                 device: device.to_string(),
                 batch: spec.case.batch,

@@ -117,6 +117,7 @@ impl Shape {
                 head_lr: o.head_lr,
                 adapter_lr: o.adapter_lr,
                 clip_grad_norm: o.clip_grad_norm,
+                precision: crate::config::run::Precision::Fp32,
             },
             impls: impls.to_vec(),
         }

@@ -24,6 +24,7 @@ pub fn measure_gemm(
     device: &str,
     n: i64,
     rounds: usize,
+    bf16: bool,
 ) -> anyhow::Result<[f64; 2]> {
     let mut eps = [
         launcher.start(Impl::Reference)?,
@@ -37,6 +38,7 @@ pub fn measure_gemm(
                 n,
                 reps: 3,
                 device: device.to_string(),
+                bf16,
             })?;
             out[i].push(f(&v, "gflops")?);
         }
@@ -75,10 +77,28 @@ pub fn run_with(args: &StepsOptions, launcher: &Launcher) -> anyhow::Result<Vec<
     if let Some(dir) = args.output.parent() {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     }
-    let specs: Vec<CaseSpec> = cases(args.quick)
-        .into_iter()
+    use crate::config::run::Precision;
+    let specs: Vec<CaseSpec> = args
+        .precisions
+        .iter()
+        .flat_map(|&p| {
+            cases(args.quick).into_iter().map(move |mut c| {
+                if p == Precision::Bf16 {
+                    c.case.name = format!("{} bf16", c.case.name);
+                }
+                c.case.precision = p;
+                c
+            })
+        })
         .filter(|c| args.cases.is_empty() || args.cases.iter().any(|s| c.case.name.contains(s)))
         .collect();
+    if let Some(p) = args
+        .precisions
+        .iter()
+        .find(|p| !matches!(p, Precision::Fp32 | Precision::Bf16))
+    {
+        bail!("--precision {p:?}: the bench compares fp32 and bf16");
+    }
     if specs.is_empty() {
         bail!("no case matches {:?}", args.cases);
     }
@@ -89,12 +109,24 @@ pub fn run_with(args: &StepsOptions, launcher: &Launcher) -> anyhow::Result<Vec<
         (false, "cpu") => 2048,
         (false, _) => 8192,
     };
-    let gemm = measure_gemm(launcher, &device, n, if args.quick { 1 } else { 5 })?;
+    let rounds = if args.quick { 1 } else { 5 };
+    let gemm = measure_gemm(launcher, &device, n, rounds, false)?;
     tracing::info!(
         "fp32 GEMM {n}x{n}: pytorch {:.0} GFLOP/s, dka {:.0} GFLOP/s",
         gemm[0],
         gemm[1]
     );
+    let gemm_bf16 = if args.precisions.contains(&Precision::Bf16) {
+        let g = measure_gemm(launcher, &device, n, rounds, true)?;
+        tracing::info!(
+            "bf16 GEMM {n}x{n}: pytorch {:.0} GFLOP/s, dka {:.0} GFLOP/s",
+            g[0],
+            g[1]
+        );
+        g
+    } else {
+        [f64::NAN; 2]
+    };
     let info = launcher
         .start(Impl::Reference)
         .and_then(|mut e| e.call(&Request::Info))
@@ -103,7 +135,12 @@ pub fn run_with(args: &StepsOptions, launcher: &Launcher) -> anyhow::Result<Vec<
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for spec in &specs {
-        let (r, parity) = run_case(spec, launcher, &device, &tmpdir, args, gemm)
+        let g = if spec.case.precision == Precision::Bf16 {
+            gemm_bf16
+        } else {
+            gemm
+        };
+        let (r, parity) = run_case(spec, launcher, &device, &tmpdir, args, g)
             .with_context(|| spec.case.name.clone())?;
         if !parity {
             failed.push(spec.case.name.clone());
@@ -137,8 +174,9 @@ pub fn run_with(args: &StepsOptions, launcher: &Launcher) -> anyhow::Result<Vec<
     }
     if !failed.is_empty() {
         bail!(
-            "the implementations' losses differ beyond {:e} in: {}",
+            "the implementations' losses differ beyond {:e} (bf16: {:e}) in: {}",
             args.loss_tol,
+            args.loss_tol_bf16,
             failed.join(", ")
         );
     }
@@ -172,6 +210,11 @@ mod tests {
             reps: 1,
             parity_steps: 2,
             loss_tol: 1e-4,
+            loss_tol_bf16: 3e-2,
+            precisions: vec![
+                crate::config::run::Precision::Fp32,
+                crate::config::run::Precision::Bf16,
+            ],
             cases: vec!["tiny dka d4".into(), "stack".into()],
             quick: true,
             python,
@@ -182,9 +225,10 @@ mod tests {
         };
         let launcher = Launcher::new(&args, None);
         let rows = run_with(&args, &launcher).unwrap();
-        assert_eq!(rows.len(), 2 + 3);
+        assert_eq!(rows.len(), 2 * (2 + 3), "fp32 and bf16 rows");
         for r in &rows {
-            assert!(r.loss_diff <= 1e-4, "{r:?}");
+            let tol = if r.precision == "bf16" { 3e-2 } else { 1e-4 };
+            assert!(r.loss_diff <= tol, "{r:?}");
             assert!(
                 r.median_ms > 0.0 && r.gflop_step > 0.0 && r.peak_mib > 0.0,
                 "{r:?}"

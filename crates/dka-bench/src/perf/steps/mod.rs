@@ -41,6 +41,11 @@ pub struct StepsOptions {
     pub parity_steps: usize,
     /// Largest accepted loss difference, relative to max(1, |reference loss|).
     pub loss_tol: f64,
+    /// The same for bf16 cases (two bf16 implementations round differently: bf16 keeps 8
+    /// significant bits, 3.9e-3 relative per rounding).
+    pub loss_tol_bf16: f64,
+    /// fp32 and/or bf16 (autocast in both implementations); bf16 cases are named `… bf16`.
+    pub precisions: Vec<crate::config::run::Precision>,
     /// Only the cases whose name contains one of these (comma-separated).
     pub cases: Vec<String>,
     /// Tiny models instead of the paper's (seconds; for checking the bench itself).
@@ -69,6 +74,8 @@ impl Default for StepsOptions {
             reps: 5,
             parity_steps: 2,
             loss_tol: 1e-4,
+            loss_tol_bf16: 3e-2,
+            precisions: vec![crate::config::run::Precision::Fp32],
             cases: Vec::new(),
             quick: false,
             python: PathBuf::from(".venv/bin/python"),
@@ -80,10 +87,17 @@ impl Default for StepsOptions {
     }
 }
 
+fn fp32_label() -> String {
+    "fp32".into()
+}
+
 /// What one implementation of one case measured.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     pub case: String,
+    /// fp32 or bf16 (autocast); absent in files of older versions: fp32.
+    #[serde(default = "fp32_label")]
+    pub precision: String,
     #[serde(rename = "impl")]
     pub imp: String,
     pub device: String,
@@ -101,7 +115,7 @@ pub struct Row {
     pub gflop_dense: f64,
     /// gflop_step / median time.
     pub gflops: f64,
-    /// This implementation's measured fp32 GEMM throughput.
+    /// This implementation's measured GEMM throughput in the case's precision.
     pub gemm_gflops: f64,
     /// (gflop_dense / gemm_gflops) / median time: the fraction of the GEMM-bound limit.
     pub gemm_bound_frac: f64,

@@ -38,6 +38,13 @@ fn target(what: &str, limit: &str, value: Option<(f64, bool)>, fmt: &str) -> Tar
 /// The targets, checked on `rows` (this project's plain implementation unless the
 /// target is about memory at 64x64, where the checkpointed one counts when present).
 pub fn targets(rows: &[Row]) -> Vec<Target> {
+    // The targets are fp32's; bf16 rows are summed up by [`bf16_lines`].
+    let fp32: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.precision == "fp32")
+        .cloned()
+        .collect();
+    let rows = &fp32[..];
     let ours = |case: &str| row(rows, case, "dka");
     let vs_adapter = |d: &str, adapter: &str, limit: f64| {
         let (a, b) = (
@@ -148,7 +155,7 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
 
 /// One line per target, for the log.
 pub fn summary(rows: &[Row]) -> Vec<String> {
-    targets(rows)
+    let mut out: Vec<String> = targets(rows)
         .into_iter()
         .map(|t| {
             let mark = match t.met {
@@ -157,6 +164,31 @@ pub fn summary(rows: &[Row]) -> Vec<String> {
                 None => "n/a",
             };
             format!("target {}: {} ({}) {}", t.what, t.value, t.limit, mark)
+        })
+        .collect();
+    out.extend(bf16_lines(rows));
+    out
+}
+
+/// One line per bf16 case: this project's step / eager PyTorch's (both bf16 autocast), and
+/// bf16 / fp32 for each implementation when the fp32 case was measured too.
+pub fn bf16_lines(rows: &[Row]) -> Vec<String> {
+    let find = |case: &str, imp: &str| rows.iter().find(|r| r.case == case && r.imp == imp);
+    rows.iter()
+        .filter(|r| r.precision == "bf16" && r.imp == "dka")
+        .map(|r| {
+            let fp32_case = r.case.trim_end_matches(" bf16");
+            let vs = |imp: &str| match (find(&r.case, imp), find(fp32_case, imp)) {
+                (Some(b), Some(f)) => format!("{:.2}x", b.median_ms / f.median_ms),
+                _ => "-".into(),
+            };
+            format!(
+                "bf16 {}: dka / pytorch {:.3}x; bf16 / fp32: dka {}, pytorch {}",
+                fp32_case,
+                r.time_ratio,
+                vs("dka"),
+                vs("pytorch")
+            )
         })
         .collect()
 }

@@ -63,6 +63,14 @@ pub struct Case {
     pub head_lr: f64,
     pub adapter_lr: f64,
     pub clip_grad_norm: Option<f64>,
+    /// fp32, or bf16 autocast (the forward; weights, gradients and optimiser state fp32), in
+    /// both implementations.
+    #[serde(default = "fp32")]
+    pub precision: Precision,
+}
+
+fn fp32() -> Precision {
+    Precision::Fp32
 }
 
 /// A request to a worker.
@@ -91,6 +99,9 @@ pub enum Request {
         n: i64,
         reps: usize,
         device: String,
+        /// bf16 operands (the GEMMs of a bf16 autocast step).
+        #[serde(default)]
+        bf16: bool,
     },
     Info,
     Quit,
@@ -317,7 +328,9 @@ impl Worker {
         sync(self.device);
         let t = Instant::now();
         self.opt.zero_grad()?;
-        let loss = self.forward_backward();
+        // As the trainer's checkpointed step does: the whole forward-backward in autocast.
+        let amp = crate::train::precision::Amp::new(self.case.precision, self.device);
+        let loss = amp.run(|| self.forward_backward());
         self.opt.step(None)?;
         sync(self.device);
         let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -403,9 +416,10 @@ fn import(net: &Net, file: &Path, device: Device) -> anyhow::Result<(Tensor, Ten
 }
 
 /// fp32 GEMM throughput in GFLOP/s: median of `reps` products of `n x n` matrices.
-pub fn gemm_gflops(device: Device, n: i64, reps: usize) -> f64 {
-    let a = Tensor::randn([n, n], (Kind::Float, device));
-    let b = Tensor::randn([n, n], (Kind::Float, device));
+pub fn gemm_gflops(device: Device, n: i64, reps: usize, bf16: bool) -> f64 {
+    let kind = if bf16 { Kind::BFloat16 } else { Kind::Float };
+    let a = Tensor::randn([n, n], (kind, device));
+    let b = Tensor::randn([n, n], (kind, device));
     let _ = a.matmul(&b);
     let mut ts: Vec<f64> = (0..reps.max(1))
         .map(|_| {
@@ -489,11 +503,16 @@ impl Server {
                     }),
                 }
             }
-            Request::Gemm { n, reps, device } => {
+            Request::Gemm {
+                n,
+                reps,
+                device,
+                bf16,
+            } => {
                 let d = crate::util::device::pick(
                     device.parse().map_err(|e: String| anyhow::anyhow!(e))?,
                 )?;
-                json!({ "gflops": gemm_gflops(d, n, reps) })
+                json!({ "gflops": gemm_gflops(d, n, reps, bf16) })
             }
             Request::Info => json!({
                 "libtorch": option_env!("DKA_LIBTORCH_VERSION"),
