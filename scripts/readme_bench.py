@@ -81,12 +81,18 @@ def ms(r, key):
 
 
 def bf16_table(steps):
-    """bf16 autocast rows (`dka bench steps --precision bf16`): ours / eager in bf16, and bf16 /
-    fp32 for both implementations; empty when steps.csv has none."""
+    """bf16 autocast rows (`dka bench steps --precision bf16`, steps-bf16.csv): ours / eager in
+    bf16, and bf16 / fp32 for both implementations when steps.csv was measured on the same
+    machine; empty when there are no bf16 rows."""
     labels = dict(LABELS)
     cases = [c for (c, i), r in steps.items() if i == "dka" and is_bf16(r)]
     if not cases:
         return ""
+    meta = lambda name: json.loads((BENCH / name).read_text())["machine"]
+    b, f = meta("steps-bf16.meta.json"), meta("steps.meta.json")
+    same = b.get("cpu") == f.get("cpu")
+    if not same:
+        steps = {k: r for k, r in steps.items() if is_bf16(r)}
     lines = [
         "| case, bf16 autocast | dka / eager (bf16) | bf16 / fp32, dka | bf16 / fp32, eager |",
         "|---|---:|---:|---:|",
@@ -102,7 +108,12 @@ def bf16_table(steps):
             f"| {labels.get(base, base)} | {ratio(steps[(c, 'dka')]['time_ratio'])} | "
             f"{per('dka')} | {per('pytorch')} |"
         )
-    return "\n".join(lines)
+    intro = (
+        f"bf16 autocast (`results/bench/steps-bf16.csv`) on {b['cpu']}, {b['date_utc'][:10]}"
+        + ("" if same else f"; bf16 / fp32 needs steps.csv from the same machine (it is from {f['cpu']})")
+        + ":"
+    )
+    return intro + "\n\n" + "\n".join(lines)
 
 
 def block():

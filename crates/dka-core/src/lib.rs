@@ -12,6 +12,7 @@ pub mod error;
 pub mod input;
 pub mod layers;
 pub mod method;
+pub mod probe;
 pub mod resnet;
 pub mod samvit;
 pub mod sites;

@@ -197,7 +197,13 @@ impl ResBlock {
             None => y,
         };
         match &self.sites.after_block {
-            Some(m) => m.forward_t(&y, train),
+            Some(m) => {
+                let out = m.forward_t(&y, train);
+                if crate::probe::on() {
+                    crate::probe::record("map", &y, &(&out - &y));
+                }
+                out
+            }
             None => y,
         }
     }

@@ -363,6 +363,11 @@ pub(crate) fn apply_token(
     train: bool,
 ) -> Tensor {
     match site {
+        Some(m) if crate::probe::on() => {
+            let y = m.forward_t(&x, l, train);
+            crate::probe::record("token", &x, &(&y - &x));
+            y
+        }
         Some(m) => m.forward_t(&x, l, train),
         None => x,
     }
@@ -377,7 +382,13 @@ pub(crate) fn add_parallel(
     train: bool,
 ) -> Tensor {
     match site {
-        Some(m) => sum + m.forward_t(x, normed, l, train),
+        Some(m) => {
+            let t = m.forward_t(x, normed, l, train);
+            if crate::probe::on() {
+                crate::probe::record("parallel", x, &t);
+            }
+            sum + t
+        }
         None => sum,
     }
 }
@@ -392,7 +403,13 @@ pub(crate) fn conv_with(
     use tch::nn::Module;
     let y = layer.forward(x);
     match site {
-        Some(d) => y + d.delta(x, train),
+        Some(d) => {
+            let t = d.delta(x, train);
+            if crate::probe::on() {
+                crate::probe::record("conv", &y, &t);
+            }
+            y + t
+        }
         None => y,
     }
 }
@@ -407,7 +424,13 @@ pub(crate) fn linear_with(
     use tch::nn::Module;
     let y = layer.forward(x);
     match site {
-        Some(d) => y + d.delta(x, train),
+        Some(d) => {
+            let t = d.delta(x, train);
+            if crate::probe::on() {
+                crate::probe::record("linear", &y, &t);
+            }
+            y + t
+        }
         None => y,
     }
 }

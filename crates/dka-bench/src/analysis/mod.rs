@@ -5,5 +5,6 @@
 pub mod erf;
 pub mod export;
 pub mod features;
+pub mod inspect;
 pub mod params;
 pub mod predict;

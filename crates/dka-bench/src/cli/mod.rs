@@ -12,6 +12,7 @@ pub mod features;
 pub mod gpu_check;
 pub mod grid;
 pub mod info;
+pub mod inspect;
 pub mod params;
 pub mod plan;
 pub mod plots;
@@ -71,6 +72,9 @@ enum Command {
     /// Predict new images and NIfTI volumes with a trained run: labels (predictions.csv) or
     /// masks at the inputs' own size.
     Predict(predict::Args),
+    /// What a trained run's modules do: how much they change their input, DKA's branch norms,
+    /// the large kernel's energy beyond radius 2 (initial vs trained).
+    Inspect(inspect::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -90,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plots(a) => plots::run(a),
         Command::Export(a) => export::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Inspect(a) => inspect::run(a),
     }
 }
 

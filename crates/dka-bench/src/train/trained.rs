@@ -17,6 +17,8 @@ pub struct TrainedRun {
     pub model: Model,
     /// The content hash of the run's manifest (the data it trained on).
     pub manifest_sha256: String,
+    /// The method's tensors at initialisation, by name.
+    pub init_adapter: std::collections::BTreeMap<String, tch::Tensor>,
 }
 
 impl TrainedRun {
@@ -67,6 +69,14 @@ impl TrainedRun {
             task.is_segmentation(),
             device,
         )?;
+        // The method's tensors as initialised (the run's seed rebuilds them), for comparisons
+        // with the trained ones (`dka inspect`).
+        let init_adapter = model
+            .adapter_vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().copy()))
+            .collect();
         model.load_trained(&dir.join("adapter"))?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -74,6 +84,7 @@ impl TrainedRun {
             task,
             model,
             manifest_sha256,
+            init_adapter,
         })
     }
 

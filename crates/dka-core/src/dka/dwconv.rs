@@ -340,6 +340,27 @@ impl Kernels {
         crate::sites::block_memo(key, compute).expect("a block scope is open")
     }
 
+    /// The large and the small branch's outputs on `z` separately (each kernel cropped to
+    /// what a map of this size can reach), for `dka inspect`; `None` unless both branches are
+    /// fixed-size and present.
+    pub fn branch_outputs(&self, z: &Tensor) -> Option<(Tensor, Tensor)> {
+        let Kernels::Fixed {
+            large: Some(large),
+            small: Some(small),
+        } = self
+        else {
+            return None;
+        };
+        let (_, _, h, w) = z.size4().ok()?;
+        let z = z.contiguous();
+        let one = |(k, b): &(Tensor, Option<Tensor>)| {
+            let s = k.size()[2];
+            let kernel = fit_kernel(k, s.min(2 * h - 1), s.min(2 * w - 1));
+            direct_depthwise(&z, &kernel.to_kind(z.kind()), b.as_ref())
+        };
+        Some((one(large), one(small)))
+    }
+
     /// Plain implementation: one conv per branch with its full kernel.
     pub fn forward_reference(&self, z: &Tensor) -> Tensor {
         let z = z.contiguous();

@@ -364,6 +364,11 @@ impl TokenModule for Dka {
         let patches = parts.last().expect("the patch tokens");
         // [b, h*w, d] -> [b, d, h, w] with channels-last strides: a view, no copy.
         let grid = patches.reshape([b, l.h, l.w, d]).permute([0, 3, 1, 2]);
+        if crate::probe::on() {
+            if let Some((large, small)) = self.kernels.branch_outputs(&grid) {
+                crate::probe::branches(&large, &small);
+            }
+        }
         let conv = self.kernels.forward(&grid, self.path).permute([0, 2, 3, 1]);
         // One copy puts the prefix tokens and the convolved grid back in token order (a cat
         // after a reshape would copy the grid twice); the gradients reach both through views.
@@ -401,6 +406,11 @@ impl MapModule for Dka {
             )
         };
         let z = self.act_in(conv1x1(&self.down, x));
+        if crate::probe::on() {
+            if let Some((large, small)) = self.kernels.branch_outputs(&z) {
+                crate::probe::branches(&large, &small);
+            }
+        }
         let y = self
             .kernels
             .forward(&z, self.path)
