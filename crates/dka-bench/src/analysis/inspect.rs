@@ -63,7 +63,11 @@ pub struct KernelRow {
 pub fn energy_beyond(kernel: &Tensor, r: i64) -> f64 {
     let k = kernel.size()[2];
     let c = k / 2;
-    let sq = kernel.detach().to_kind(Kind::Double).square().sum_dim_intlist([0, 1].as_slice(), false, Kind::Double);
+    let sq = kernel
+        .detach()
+        .to_kind(Kind::Double)
+        .square()
+        .sum_dim_intlist([0, 1].as_slice(), false, Kind::Double);
     let total = sq.sum(Kind::Double).double_value(&[]);
     if total <= 0.0 {
         return f64::NAN;
@@ -73,7 +77,10 @@ pub fn energy_beyond(kernel: &Tensor, r: i64) -> f64 {
     let rj = idx.abs().unsqueeze(0).expand([k, k], false);
     let cheb = ri.maximum(&rj);
     let far = cheb.gt(r).to_kind(Kind::Double);
-    (sq.to_device(Device::Cpu) * far).sum(Kind::Double).double_value(&[]) / total
+    (sq.to_device(Device::Cpu) * far)
+        .sum(Kind::Double)
+        .double_value(&[])
+        / total
 }
 
 /// The large kernels of a run's DKA modules, initial and trained, by tensor name.
@@ -222,8 +229,16 @@ pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, V
     head.extend(axes.iter().cloned());
     let mut mh = head.clone();
     mh.extend(
-        ["index", "site", "occurrence", "change_ratio", "large_norm", "small_norm", "large_over_small"]
-            .map(String::from),
+        [
+            "index",
+            "site",
+            "occurrence",
+            "change_ratio",
+            "large_norm",
+            "small_norm",
+            "large_over_small",
+        ]
+        .map(String::from),
     );
     modules.write_record(&mh)?;
     let mut kh = head.clone();
@@ -247,7 +262,10 @@ pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, V
         let (rows, grid) = module_rows(&run, &o.sources, o.images, device)
             .with_context(|| format!("inspecting {}", dir.display()))?;
         let krows = kernel_rows(&run.init_adapter, &run.model.adapter_vs, grid);
-        let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         let mut lead = vec![name.clone(), method.clone()];
         lead.extend(axes.iter().map(|a| ax.get(a).cloned().unwrap_or_default()));
         for r in &rows {

@@ -6,10 +6,12 @@ use crate::util::device::pick;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-#[command(after_help = "Writes modules.csv (one row per module application: ‖f(x) − x‖/‖x‖ on \
+#[command(
+    after_help = "Writes modules.csv (one row per module application: ‖f(x) − x‖/‖x‖ on \
 test images; DKA: the large and small branches' output norms), kernels.csv (one row per DKA \
 module: the share of the large kernel's energy beyond Chebyshev radius 2 and beyond the token \
-grid's reach, at initialisation and trained) and summary.txt.")]
+grid's reach, at initialisation and trained) and summary.txt."
+)]
 pub struct Args {
     /// Run folders (`dka train --out`, a grid's `runs/<id>`) or grid folders (their runs).
     #[arg(required = true)]
