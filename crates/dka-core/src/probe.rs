@@ -16,11 +16,13 @@ pub struct Record {
     pub change: Vec<f64>,
     /// DKA: per sample, the norms of the large and the small branch's outputs.
     pub branches: Option<(Vec<f64>, Vec<f64>)>,
+    /// DKA: the height and width of the map its kernels ran on.
+    pub grid: Option<(i64, i64)>,
 }
 
 thread_local! {
     static RECORDS: RefCell<Option<Vec<Record>>> = const { RefCell::new(None) };
-    static BRANCHES: RefCell<Option<(Vec<f64>, Vec<f64>)>> = const { RefCell::new(None) };
+    static BRANCHES: RefCell<Option<((Vec<f64>, Vec<f64>), (i64, i64))>> = const { RefCell::new(None) };
 }
 
 /// Starts recording (dropping what an earlier probe left).
@@ -54,7 +56,11 @@ pub fn norms(t: &Tensor) -> Vec<f64> {
 
 /// Records a DKA module's branch outputs (taken by the next [`record`] of that module).
 pub(crate) fn branches(large: &Tensor, small: &Tensor) {
-    let b = (norms(large), norms(small));
+    let s = large.size();
+    let b = (
+        (norms(large), norms(small)),
+        (s[s.len() - 2], s[s.len() - 1]),
+    );
     BRANCHES.with(|s| *s.borrow_mut() = Some(b));
 }
 
@@ -66,13 +72,18 @@ pub(crate) fn record(site: &'static str, base: &Tensor, delta: &Tensor) {
         .zip(&d)
         .map(|(b, d)| if *b > 0.0 { d / b } else { f64::NAN })
         .collect();
-    let branches = BRANCHES.with(|s| s.borrow_mut().take());
+    let taken = BRANCHES.with(|s| s.borrow_mut().take());
+    let (branches, grid) = match taken {
+        Some((b, g)) => (Some(b), Some(g)),
+        None => (None, None),
+    };
     RECORDS.with(|r| {
         if let Some(v) = r.borrow_mut().as_mut() {
             v.push(Record {
                 site,
                 change,
                 branches,
+                grid,
             });
         }
     });

@@ -55,6 +55,10 @@ pub struct KernelRow {
     pub size: i64,
     pub beyond_r2_init: f64,
     pub beyond_r2_trained: f64,
+    /// The same within the taps that can meet data on the grid (radius ≤ grid side − 1): the
+    /// taps beyond never get a gradient and keep their initial values.
+    pub reach_r2_init: Option<f64>,
+    pub reach_r2_trained: Option<f64>,
     pub beyond_grid_init: Option<f64>,
     pub beyond_grid_trained: Option<f64>,
 }
@@ -83,6 +87,14 @@ pub fn energy_beyond(kernel: &Tensor, r: i64) -> f64 {
         / total
 }
 
+/// The central `(2g − 1) × (2g − 1)` taps of a `[c, 1, k, k]` kernel (all of it when smaller).
+fn reachable(kernel: &Tensor, g: i64) -> Tensor {
+    let k = kernel.size()[2];
+    let side = (2 * g - 1).min(k);
+    let off = (k - side) / 2;
+    kernel.narrow(2, off, side).narrow(3, off, side)
+}
+
 /// The large kernels of a run's DKA modules, initial and trained, by tensor name.
 fn kernel_rows(
     init: &BTreeMap<String, Tensor>,
@@ -100,6 +112,8 @@ fn kernel_rows(
                 size: t.size()[2],
                 beyond_r2_init: energy_beyond(i, 2),
                 beyond_r2_trained: energy_beyond(&t, 2),
+                reach_r2_init: grid.map(|g| energy_beyond(&reachable(i, g), 2)),
+                reach_r2_trained: grid.map(|g| energy_beyond(&reachable(&t, g), 2)),
                 beyond_grid_init: grid.map(|g| energy_beyond(i, g - 1)),
                 beyond_grid_trained: grid.map(|g| energy_beyond(&t, g - 1)),
             })
@@ -140,6 +154,15 @@ fn module_rows(
         let records = dka_core::probe::finish();
         if let Some(l) = f.layout {
             grid = Some(l.h.max(l.w));
+        }
+        // DKA's own maps (any backbone): the largest any module ran on bounds every reach.
+        if let Some(g) = records
+            .iter()
+            .filter_map(|r| r.grid)
+            .map(|(h, w)| h.max(w))
+            .max()
+        {
+            grid = Some(grid.map_or(g, |x: i64| x.max(g)));
         }
         if sums.is_empty() {
             sums = records
@@ -248,6 +271,8 @@ pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, V
             "kernel",
             "energy_beyond_r2_init",
             "energy_beyond_r2_trained",
+            "reachable_beyond_r2_init",
+            "reachable_beyond_r2_trained",
             "energy_beyond_grid_init",
             "energy_beyond_grid_trained",
         ]
@@ -288,6 +313,8 @@ pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, V
                 format!("{0}x{0}", k.size),
                 cell(Some(k.beyond_r2_init)),
                 cell(Some(k.beyond_r2_trained)),
+                cell(k.reach_r2_init),
+                cell(k.reach_r2_trained),
                 cell(k.beyond_grid_init),
                 cell(k.beyond_grid_trained),
             ]);
@@ -307,6 +334,10 @@ pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, V
             mean(krows.iter().map(|k| k.beyond_r2_init).collect()),
             mean(krows.iter().map(|k| k.beyond_r2_trained).collect()),
         );
+        let (r0, r1) = (
+            mean(krows.iter().filter_map(|k| k.reach_r2_init).collect()),
+            mean(krows.iter().filter_map(|k| k.reach_r2_trained).collect()),
+        );
         let about = if ax.is_empty() {
             String::new()
         } else {
@@ -323,6 +354,15 @@ pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, V
         if let (Some(a), Some(b)) = (e0, e1) {
             line += &format!(
                 ", large kernel energy beyond radius 2: {:.1} % at init, {:.1} % trained",
+                100.0 * a,
+                100.0 * b
+            );
+        }
+        if let (Some(a), Some(b), Some(g)) = (r0, r1, grid) {
+            line += &format!(
+                " (within the {0}×{0} taps a {1}×{1} map can reach: {2:.1} % → {3:.1} %)",
+                2 * g - 1,
+                g,
                 100.0 * a,
                 100.0 * b
             );
