@@ -164,14 +164,20 @@ pub fn data(rows: &[RatioRow], scores: &BTreeMap<String, Scores>) -> ErfGrid {
     }
 }
 
-/// The RGB pixels of `map` resampled (nearest) to `side × side`, through viridis.
-fn pixels(map: &ErfMap, side: u32) -> Vec<u8> {
+/// The RGB pixels of `map` resampled (nearest) to `side × side`, through viridis (or the
+/// diverging map).
+fn pixels(map: &ErfMap, side: u32, diverging: bool) -> Vec<u8> {
+    let cmap = if diverging {
+        style::diverging
+    } else {
+        style::viridis
+    };
     let mut buf = Vec::with_capacity((side * side * 3) as usize);
     for y in 0..side as usize {
         let sy = (y * map.h / side as usize).min(map.h - 1);
         for x in 0..side as usize {
             let sx = (x * map.w / side as usize).min(map.w - 1);
-            let c = style::viridis(map.values[sy * map.w + sx]);
+            let c = cmap(map.values[sy * map.w + sx]);
             buf.extend([c.0, c.1, c.2]);
         }
     }
@@ -182,13 +188,14 @@ fn draw_map<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     map: &ErfMap,
     side: u32,
+    diverging: bool,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
     let (w, _) = area.dim_in_pixel();
     let x = (w.saturating_sub(side) / 2) as i32;
-    let img = BitMapElement::with_owned_buffer((x, 0), (side, side), pixels(map, side))
+    let img = BitMapElement::with_owned_buffer((x, 0), (side, side), pixels(map, side, diverging))
         .context("an ERF bitmap of the wrong size")?;
     area.draw(&img)?;
     area.draw(&Rectangle::new(
@@ -221,10 +228,131 @@ fn col_label(f: &str) -> String {
 }
 
 const COLOUR_LABEL: &str = "log10(x + 1), scaled to [0, 1]";
+const CHANGE_LABEL: &str = "trained − initial (× a flat map's pixel)";
+
+/// `values` as shares of their total.
+fn shares(values: &[f64]) -> Vec<f64> {
+    let total: f64 = values.iter().sum();
+    values
+        .iter()
+        .map(|v| if total > 0.0 { v / total } else { 0.0 })
+        .collect()
+}
+
+/// The change maps: for every method with a map at initialisation, each trained map minus it
+/// (both as shares of their totals), scaled to [0, 1] by one symmetric scale `s` (returned:
+/// the largest |change|); columns are the trained fractions. `None` without an initial map.
+pub fn change_data(rows: &[RatioRow], scores: &BTreeMap<String, Scores>) -> Option<(ErfGrid, f64)> {
+    let grid = data(rows, scores);
+    let init = grid.cols.iter().position(|c| c == "init")?;
+    let cols: Vec<usize> = (0..grid.cols.len()).filter(|&c| c != init).collect();
+    let raw = |r: usize, c: usize| -> Option<(usize, usize, Vec<f64>)> {
+        let m = &grid.rows[r];
+        let find = |f: &str| {
+            let row = rows.iter().find(|x| &x.method == m && x.fraction == f)?;
+            scores.get(&row.map)
+        };
+        let (a, b) = (find(&grid.cols[c])?, find("init")?);
+        if (a.h, a.w) != (b.h, b.w) {
+            return None;
+        }
+        let (sa, sb) = (shares(&a.values), shares(&b.values));
+        // In units of a uniform map's pixel (1 / (h w)): +1 is a pixel gaining as much weight
+        // as every pixel would hold if the field were flat.
+        let n = (a.h * a.w) as f64;
+        Some((
+            a.h,
+            a.w,
+            sa.iter().zip(&sb).map(|(x, y)| (x - y) * n).collect(),
+        ))
+    };
+    let changes: Vec<Vec<Option<(usize, usize, Vec<f64>)>>> = (0..grid.rows.len())
+        .map(|r| cols.iter().map(|&c| raw(r, c)).collect())
+        .collect();
+    let scale = changes
+        .iter()
+        .flatten()
+        .flatten()
+        .flat_map(|(_, _, v)| v.iter().map(|x| x.abs()))
+        .fold(0.0f64, f64::max);
+    if scale <= 0.0 {
+        return None;
+    }
+    let maps = changes
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|m| {
+                    m.map(|(h, w, v)| ErfMap {
+                        h,
+                        w,
+                        values: v.iter().map(|x| (x / scale + 1.0) / 2.0).collect(),
+                        ratios: Vec::new(),
+                        images: 0,
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    Some((
+        ErfGrid {
+            cols: cols.iter().map(|&c| grid.cols[c].clone()).collect(),
+            maps,
+            ..grid
+        },
+        scale,
+    ))
+}
+
+/// One row of `erf_mass.csv`: the share of a map's total beyond Chebyshev radius `radius`
+/// (outside the centred square of side `2 radius + 1`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MassRow {
+    pub map: String,
+    pub method: String,
+    pub fraction: String,
+    pub radius: usize,
+    pub mass_beyond: f64,
+}
+
+/// The mass beyond every radius of every map (radius in pixels from the map's centre).
+pub fn mass_rows(rows: &[RatioRow], scores: &BTreeMap<String, Scores>) -> Vec<MassRow> {
+    let mut out = Vec::new();
+    for m in order(rows.iter().map(|r| r.map.clone())) {
+        let (Some(row), Some(s)) = (rows.iter().find(|r| r.map == m), scores.get(&m)) else {
+            continue;
+        };
+        let total: f64 = s.values.iter().sum();
+        let (cy, cx) = (s.h / 2, s.w / 2);
+        for radius in 0..=(s.h.min(s.w) / 2) {
+            let mut inside = 0.0;
+            for y in cy.saturating_sub(radius)..=(cy + radius).min(s.h - 1) {
+                for x in cx.saturating_sub(radius)..=(cx + radius).min(s.w - 1) {
+                    inside += s.values[y * s.w + x];
+                }
+            }
+            out.push(MassRow {
+                map: m.clone(),
+                method: row.method.clone(),
+                fraction: row.fraction.clone(),
+                radius,
+                mass_beyond: if total > 0.0 {
+                    1.0 - inside / total
+                } else {
+                    f64::NAN
+                },
+            });
+        }
+    }
+    out
+}
 
 pub struct Draw<'a> {
     pub data: &'a ErfGrid,
     pub title: &'a str,
+    /// Change maps (trained − initial): the symmetric scale `s` the values in [0, 1] stand
+    /// for (`0` ↔ −s, `0.5` ↔ 0, `1` ↔ +s), drawn with a diverging map; `None`: ERF maps.
+    pub change_scale: Option<f64>,
 }
 
 impl Draw<'_> {
@@ -238,6 +366,14 @@ impl Draw<'_> {
     }
 
     fn caption(&self) -> String {
+        if self.change_scale.is_some() {
+            return "Change of the effective receptive field with training: each method's trained \
+                    map minus its map at initialisation, both as shares of their total, in units \
+                    of the share a pixel of a flat map holds (1/(h·w)); red: more weight after \
+                    training, blue: less; one symmetric scale for the whole figure. The mass \
+                    beyond each radius is in erf_mass.csv."
+                .into();
+        }
         let images = self
             .data
             .maps
@@ -332,7 +468,7 @@ impl Figure for Draw<'_> {
                     ))?;
                     continue;
                 };
-                draw_map(area, m, side)?;
+                draw_map(area, m, side, self.change_scale.is_some())?;
                 let (w, _) = area.dim_in_pixel();
                 // "0.2: .103  0.3: .154" is about 10.5 font sizes wide: shrink the font where
                 // the cells are narrow, so neighbouring captions never run into each other.
@@ -352,7 +488,10 @@ impl Figure for Draw<'_> {
                 }
             }
         }
-        colour_bar(&bar, 0.0, 1.0, COLOUR_LABEL, style::viridis)
+        match self.change_scale {
+            Some(s) => colour_bar(&bar, -s, s, CHANGE_LABEL, style::diverging),
+            None => colour_bar(&bar, 0.0, 1.0, COLOUR_LABEL, style::viridis),
+        }
     }
 }
 
@@ -379,7 +518,7 @@ impl Figure for MapFigure<'_> {
         let (w, _) = body.dim_in_pixel();
         let (left, bar) = body.split_horizontally(w - 220);
         let (_, left) = left.split_vertically(20);
-        draw_map(&left, self.map, 720)?;
+        draw_map(&left, self.map, 720, false)?;
         colour_bar(&bar, 0.0, 1.0, COLOUR_LABEL, style::viridis)
     }
 }
@@ -406,6 +545,52 @@ impl MapFigure<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn change_maps_subtract_the_initial_shares_and_mass_counts_rings() {
+        // 3x3 maps: init flat, trained all at the centre.
+        let rows = vec![
+            row("DKA", "init", "dka_init", 0.2, None),
+            row("DKA", "8%", "dka_8pct", 0.2, None),
+        ];
+        let flat = Scores {
+            h: 3,
+            w: 3,
+            values: vec![1.0; 9],
+        };
+        let mut centre = vec![0.0; 9];
+        centre[4] = 5.0;
+        let peaked = Scores {
+            h: 3,
+            w: 3,
+            values: centre,
+        };
+        let scores = BTreeMap::from([
+            ("dka_init".to_string(), flat),
+            ("dka_8pct".to_string(), peaked),
+        ]);
+        let (g, scale) = change_data(&rows, &scores).unwrap();
+        assert_eq!(g.cols, ["8%"]);
+        // Centre: (1 - 1/9) * 9 = 8 flat pixels' worth gained; elsewhere -1 each.
+        assert!((scale - 8.0).abs() < 1e-12);
+        let m = g.maps[0][0].as_ref().unwrap();
+        assert!((m.values[4] - 1.0).abs() < 1e-12);
+        assert!((m.values[0] - (1.0 - 1.0 / 8.0) / 2.0).abs() < 1e-12);
+        let mass = mass_rows(&rows, &scores);
+        let init: Vec<f64> = mass
+            .iter()
+            .filter(|r| r.fraction == "init")
+            .map(|r| r.mass_beyond)
+            .collect();
+        assert_eq!(init.len(), 2, "radius 0 and 1");
+        assert!((init[0] - 8.0 / 9.0).abs() < 1e-12);
+        assert!(init[1].abs() < 1e-12);
+        assert!(mass
+            .iter()
+            .filter(|r| r.fraction == "8%")
+            .all(|r| r.mass_beyond.abs() < 1e-12));
+    }
+
     use super::*;
 
     fn row(method: &str, fraction: &str, map: &str, t: f64, r: Option<f64>) -> RatioRow {

@@ -114,13 +114,37 @@ pub fn draw_erf_grid(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
         short_name(&d.backbone),
         style::dataset_label(&d.dataset)
     );
-    Ok(Some(style::save(
+    let png = style::save(
         &fig2_erf::Draw {
             data: &d,
             title: &title,
+            change_scale: None,
         },
         &dir.join("erf_grid"),
-    )?))
+    )?;
+    // With maps at initialisation: what training changed, and the mass beyond each radius.
+    let mass = fig2_erf::mass_rows(&rows, &scores);
+    let mut w = csv::Writer::from_path(dir.join("erf_mass.csv"))?;
+    for r in &mass {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    if let Some((c, scale)) = fig2_erf::change_data(&rows, &scores) {
+        let title = format!(
+            "ERF change with training (trained − initial), {} on {} test images",
+            short_name(&c.backbone),
+            style::dataset_label(&c.dataset)
+        );
+        style::save(
+            &fig2_erf::Draw {
+                data: &c,
+                title: &title,
+                change_scale: Some(scale),
+            },
+            &dir.join("erf_change"),
+        )?;
+    }
+    Ok(Some(png))
 }
 
 /// A backbone spec as a short name: a JSON config's folder (`.assets/dinov2/config.json` ->

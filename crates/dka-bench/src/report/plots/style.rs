@@ -329,6 +329,29 @@ pub fn frame_height(w: u32, title: &str, caption: &str) -> u32 {
 }
 
 /// Viridis (matplotlib's), by linear interpolation between 9 stops; `t` in [0, 1].
+/// A diverging map for signed values scaled to [0, 1]: blue (0) through white (0.5) to red
+/// (1), for changes around zero.
+pub fn diverging(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let (blue, white, red) = (
+        (33.0, 102.0, 172.0),
+        (247.0, 247.0, 247.0),
+        (178.0, 24.0, 43.0),
+    );
+    let mix = |a: (f64, f64, f64), b: (f64, f64, f64), u: f64| {
+        RGBColor(
+            (a.0 + (b.0 - a.0) * u).round() as u8,
+            (a.1 + (b.1 - a.1) * u).round() as u8,
+            (a.2 + (b.2 - a.2) * u).round() as u8,
+        )
+    };
+    if t < 0.5 {
+        mix(blue, white, t * 2.0)
+    } else {
+        mix(white, red, (t - 0.5) * 2.0)
+    }
+}
+
 pub fn viridis(t: f64) -> RGBColor {
     const STOPS: [(u8, u8, u8); 9] = [
         (68, 1, 84),
