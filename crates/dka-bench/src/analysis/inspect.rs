@@ -59,6 +59,10 @@ pub struct KernelRow {
     /// taps beyond never get a gradient and keep their initial values.
     pub reach_r2_init: Option<f64>,
     pub reach_r2_trained: Option<f64>,
+    /// Where training changed the kernel: the share of `Σ (K_trained − K_init)²` beyond
+    /// radius 2 (within reach), and the radius whose ring changed most per tap.
+    pub change_beyond_r2: f64,
+    pub peak_change_radius: Option<i64>,
     pub beyond_grid_init: Option<f64>,
     pub beyond_grid_trained: Option<f64>,
 }
@@ -87,6 +91,33 @@ pub fn energy_beyond(kernel: &Tensor, r: i64) -> f64 {
         / total
 }
 
+/// The Chebyshev radius whose ring of taps holds the most energy per tap (`None`: all zero).
+pub fn peak_radius(kernel: &Tensor) -> Option<i64> {
+    let k = kernel.size()[2];
+    let c = k / 2;
+    let sq = kernel
+        .detach()
+        .to_kind(Kind::Double)
+        .square()
+        .sum_dim_intlist([0, 1].as_slice(), false, Kind::Double)
+        .to_device(Device::Cpu);
+    let v = Vec::<f64>::try_from(sq.view([-1])).ok()?;
+    let mut ring = vec![(0.0, 0usize); (c + 1) as usize];
+    for i in 0..k {
+        for j in 0..k {
+            let r = (i - c).abs().max((j - c).abs()) as usize;
+            ring[r].0 += v[(i * k + j) as usize];
+            ring[r].1 += 1;
+        }
+    }
+    ring.iter()
+        .enumerate()
+        .map(|(r, (e, n))| (r as i64, e / *n as f64))
+        .filter(|(_, e)| *e > 0.0)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(r, _)| r)
+}
+
 /// The central `(2g − 1) × (2g − 1)` taps of a `[c, 1, k, k]` kernel (all of it when smaller).
 fn reachable(kernel: &Tensor, g: i64) -> Tensor {
     let k = kernel.size()[2];
@@ -107,7 +138,16 @@ fn kernel_rows(
         .filter(|(n, _)| n.ends_with("conv_large.weight"))
         .filter_map(|(name, t)| {
             let i = init.get(&name)?;
+            let delta = |g: Option<i64>| {
+                let d = &t.detach().to_device(Device::Cpu) - &i.to_device(Device::Cpu);
+                match g {
+                    Some(g) => reachable(&d, g),
+                    None => d,
+                }
+            };
             Some(KernelRow {
+                change_beyond_r2: energy_beyond(&delta(grid), 2),
+                peak_change_radius: peak_radius(&delta(grid)),
                 module: name.trim_end_matches(".conv_large.weight").to_string(),
                 size: t.size()[2],
                 beyond_r2_init: energy_beyond(i, 2),
@@ -273,6 +313,8 @@ pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, V
             "energy_beyond_r2_trained",
             "reachable_beyond_r2_init",
             "reachable_beyond_r2_trained",
+            "change_beyond_r2",
+            "peak_change_radius",
             "energy_beyond_grid_init",
             "energy_beyond_grid_trained",
         ]
@@ -315,6 +357,10 @@ pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, V
                 cell(Some(k.beyond_r2_trained)),
                 cell(k.reach_r2_init),
                 cell(k.reach_r2_trained),
+                cell(Some(k.change_beyond_r2)),
+                k.peak_change_radius
+                    .map(|r| r.to_string())
+                    .unwrap_or_default(),
                 cell(k.beyond_grid_init),
                 cell(k.beyond_grid_trained),
             ]);
@@ -358,6 +404,18 @@ pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, V
                 100.0 * b
             );
         }
+        let moved = mean(krows.iter().map(|k| k.change_beyond_r2).collect());
+        let peaks: Vec<String> = krows
+            .iter()
+            .filter_map(|k| k.peak_change_radius.map(|r| r.to_string()))
+            .collect();
+        if let Some(m) = moved {
+            line += &format!(
+                "; training changed the large kernels {:.1} % beyond radius 2, most at radius {}",
+                100.0 * m,
+                peaks.join("/")
+            );
+        }
         if let (Some(a), Some(b), Some(g)) = (r0, r1, grid) {
             line += &format!(
                 " (within the {0}×{0} taps a {1}×{1} map can reach: {2:.1} % → {3:.1} %)",
@@ -380,6 +438,19 @@ pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peak_radius_is_the_ring_with_most_energy_per_tap() {
+        let mut k = vec![0f32; 49];
+        k[3 * 7 + 3] = 1.0; // centre, radius 0: 1 per tap
+        k[3 * 7 + 6] = 2.0; // radius 3: 4 over 24 taps
+        let t = Tensor::from_slice(&k).view([1, 1, 7, 7]);
+        assert_eq!(peak_radius(&t), Some(0));
+        let mut k = vec![0f32; 49];
+        k[3 * 7 + 6] = 2.0;
+        let t = Tensor::from_slice(&k).view([1, 1, 7, 7]);
+        assert_eq!(peak_radius(&t), Some(3));
+    }
 
     #[test]
     fn kernel_energy_by_chebyshev_radius() {

@@ -27,6 +27,20 @@ pub struct SynthArgs {
     pub size: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// `blobs`: a disc per class in its own region (the quick profiles); `long-range`: the
+    /// class is the colour `--distance` patches right of a white marker, every colour equally
+    /// frequent (3 classes; `--size` is ignored: grid × patch pixels).
+    #[arg(long, default_value = "blobs", value_parser = ["blobs", "long-range"])]
+    pub task: String,
+    /// long-range: patches per side (the ViT's token grid).
+    #[arg(long, default_value_t = 16)]
+    pub grid: u32,
+    /// long-range: pixels per patch (the ViT's patch size).
+    #[arg(long, default_value_t = 8)]
+    pub patch: u32,
+    /// long-range: marker-to-target offset, in patches.
+    #[arg(long, default_value_t = 10)]
+    pub distance: u32,
 }
 
 #[derive(clap::Args)]
@@ -63,6 +77,27 @@ pub struct InspectArgs {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     let a = match cmd {
         Command::Inspect(a) => a,
+        Command::Synth(a) if a.task == "long-range" => {
+            let spec = dka_data::synth::LongRangeSpec {
+                grid: a.grid,
+                patch: a.patch,
+                distance: a.distance,
+                per_class: a.per_class,
+                per_colour: 2,
+                seed: a.seed,
+            };
+            dka_data::synth::write_long_range(&a.out, &spec)?;
+            tracing::info!(
+                "wrote {} long-range images (3 classes, {}x{} patches of {} px, distance {}) to {}",
+                3 * a.per_class,
+                a.grid,
+                a.grid,
+                a.patch,
+                a.distance,
+                a.out.display()
+            );
+            return Ok(());
+        }
         Command::Synth(a) => {
             let spec = dka_data::synth::SynthSpec {
                 classes: a.classes,
