@@ -394,8 +394,19 @@ fn tiny_grid(tmp: &Path, device: Device) -> anyhow::Result<usize> {
             cache_dir: Some(tmp.join("cache")),
             ..Default::default()
         },
+        // Several visible GPUs: the grid runs one worker on each (`dka grid --workers`).
+        workers: match device {
+            Device::Cuda(_) => (tch::Cuda::device_count() as usize).max(1),
+            _ => 1,
+        },
         ..Default::default()
     };
+    if options.workers > 1 {
+        tracing::info!(
+            "gpu-check: the short grid on {} GPUs, one worker each",
+            options.workers
+        );
+    }
     Ok(run_experiment(&options)?.failed.len())
 }
 
