@@ -4,7 +4,7 @@
 use std::path::Path;
 
 mod common;
-use common::{dka, ok, repo};
+use common::{dka, ok};
 
 fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
     let mut r = csv::Reader::from_path(path).unwrap();
@@ -23,7 +23,7 @@ fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
 fn inspect_measures_modules_branches_and_kernels() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let data = format!("folder={}", repo().join(".assets/synthetic").display());
+    let data = common::shared_synthetic();
     for m in ["dka", "adapter"] {
         let cfg = t.join(format!("{m}.toml"));
         std::fs::write(

@@ -24,7 +24,7 @@ fn dka_info(args: &[&str]) -> Output {
 }
 
 fn synthetic() -> String {
-    format!("folder={}", repo().join(".assets/synthetic").display())
+    common::shared_synthetic()
 }
 
 /// A quick run config with `extra` lines.

@@ -112,6 +112,20 @@ pub fn synth(dir: &Path, per_class: usize, seed: u64) -> String {
     format!("folder={}", dir.display())
 }
 
+/// The synthetic folder the quick grid uses (3 classes, 40 images each, 32x32, seed 0), made
+/// once per test binary in a temporary folder that lives as long as the binary; as the `--data`
+/// value that names it. Tests never rely on a folder an earlier recipe left in `.assets/`.
+pub fn shared_synthetic() -> String {
+    static DIR: std::sync::OnceLock<(tempfile::TempDir, String)> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = synth(&tmp.path().join("synthetic"), 40, 0);
+        (tmp, data)
+    })
+    .1
+    .clone()
+}
+
 /// runs.csv rows as column -> value maps.
 pub fn rows(out: &Path) -> Vec<BTreeMap<String, String>> {
     let mut r = csv::Reader::from_path(out.join("runs.csv")).unwrap();
