@@ -9,6 +9,15 @@ use common::{dka, ok};
 fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
     let mut r = csv::Reader::from_path(path).unwrap();
     let h = r.headers().unwrap().clone();
+    let mut names: Vec<&str> = h.iter().collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        h.len(),
+        "a column name repeats in {}: {h:?}",
+        path.display()
+    );
     r.records()
         .map(|rec| {
             h.iter()
@@ -103,4 +112,79 @@ fn inspect_measures_modules_branches_and_kernels() {
     }
     assert!(moved, "training changed some large kernel: {kernels:?}");
     assert!(out.join("summary.txt").is_file());
+}
+
+/// A grid whose `method` axis carries labels: `method` is the method's name, `method_label` the
+/// grid's label, and no column name repeats (pandas would rename the second).
+#[test]
+fn a_grids_method_labels_have_their_own_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let exp = t.join("labels.toml");
+    std::fs::write(
+        &exp,
+        "name = \"labels\"\ntitle = \"t\"\nmetric = \"accuracy\"\nrows = \"method\"\n\
+         columns = [\"draw\"]\n\n[base]\nbackbone = \"experiments/backbones/vit_quick.json\"\n\
+         dataset = \"folder\"\nimg_size = 32\nbatch_size = 16\naugment = false\nepochs = 1\n\n\
+         [grid]\nmethod = [{ name = \"dka\", label = \"DKA, large only\", branches = \"large\" }, \
+         { name = \"adapter\" }]\ndraw = [0]\n",
+    )
+    .unwrap();
+    let data = common::shared_synthetic();
+    let grid = t.join("grid");
+    ok(dka(&[
+        "grid",
+        exp.to_str().unwrap(),
+        "--out",
+        grid.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--weights",
+        "none",
+        "--data",
+        &data,
+    ]));
+    ok(dka(&[
+        "inspect",
+        grid.to_str().unwrap(),
+        "--data",
+        &data,
+        "--device",
+        "cpu",
+        "--images",
+        "4",
+    ]));
+    let modules = csv_rows(&grid.join("inspect/modules.csv"));
+    let labels: std::collections::BTreeSet<(String, String)> = modules
+        .iter()
+        .map(|r| (r["method"].clone(), r["method_label"].clone()))
+        .collect();
+    assert!(
+        labels.contains(&("dka".to_string(), "DKA, large only".to_string())),
+        "{labels:?}"
+    );
+    let kernels = csv_rows(&grid.join("inspect/kernels.csv"));
+    assert!(kernels
+        .iter()
+        .all(|k| k["method_label"] == "DKA, large only"));
+    // --where keeps a grid's matching runs only.
+    let only = t.join("only");
+    ok(dka(&[
+        "inspect",
+        grid.to_str().unwrap(),
+        "--where",
+        "method=adapter",
+        "--where",
+        "draw=0",
+        "--out",
+        only.to_str().unwrap(),
+        "--data",
+        &data,
+        "--device",
+        "cpu",
+        "--images",
+        "4",
+    ]));
+    let modules = csv_rows(&only.join("modules.csv"));
+    assert!(!modules.is_empty() && modules.iter().all(|r| r["method"] == "adapter"));
 }

@@ -304,7 +304,7 @@ pub fn slug(s: &str) -> String {
 pub fn grid_targets(
     grid: &Path,
     methods: &[String],
-    filter: &[(String, String)],
+    filter: &super::AxisFilter,
     draw: Option<u32>,
     init: bool,
 ) -> anyhow::Result<Vec<Target>> {
@@ -315,7 +315,7 @@ pub fn grid_targets(
         let Some(rec) = read_record(&dir) else {
             continue;
         };
-        if rec.status != Status::Ok || filter.iter().any(|(k, v)| rec.axes.get(k) != Some(v)) {
+        if rec.status != Status::Ok || !filter.matches(&rec.axes) {
             continue;
         }
         let cfg = read_config(&dir.join("config.json"))?;
@@ -467,14 +467,7 @@ fn targets(o: &ErfOptions) -> anyhow::Result<Vec<(Target, PathBuf)>> {
             draw,
             init,
         } => {
-            let filter: Vec<(String, String)> = filter
-                .iter()
-                .map(|w| {
-                    w.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .with_context(|| format!("--where {w}: expected AXIS=VALUE"))
-                })
-                .collect::<anyhow::Result<_>>()?;
+            let filter = super::AxisFilter::parse(filter)?;
             grid_targets(grid, methods, &filter, *draw, *init)?
                 .into_iter()
                 .map(|mut t| {

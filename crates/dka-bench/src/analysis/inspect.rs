@@ -33,6 +33,8 @@ pub struct InspectOptions {
     pub images: usize,
     /// Output folder (default: `<run>/inspect`, or `<grid>/inspect`).
     pub out: Option<PathBuf>,
+    /// A grid's runs are inspected when their axes match (runs named directly always are).
+    pub filter: super::AxisFilter,
     pub sources: Sources,
 }
 
@@ -248,7 +250,10 @@ fn module_rows(
 
 /// The runs under `path`: itself when it is a run folder, else a grid's finished runs with
 /// their axes.
-fn runs_of(path: &Path) -> anyhow::Result<Vec<(PathBuf, BTreeMap<String, String>)>> {
+fn runs_of(
+    path: &Path,
+    filter: &super::AxisFilter,
+) -> anyhow::Result<Vec<(PathBuf, BTreeMap<String, String>)>> {
     if path.join("config.json").is_file() {
         return Ok(vec![(path.to_path_buf(), BTreeMap::new())]);
     }
@@ -257,7 +262,9 @@ fn runs_of(path: &Path) -> anyhow::Result<Vec<(PathBuf, BTreeMap<String, String>
     let entries = std::fs::read_dir(&runs)
         .with_context(|| format!("{}: neither a run folder nor a grid folder", path.display()))?;
     for e in entries.flatten() {
-        if let Some(r) = read_record(&e.path()).filter(|r| r.status == Status::Ok) {
+        if let Some(r) =
+            read_record(&e.path()).filter(|r| r.status == Status::Ok && filter.matches(&r.axes))
+        {
             out.push((e.path(), r.axes));
         }
     }
@@ -275,9 +282,12 @@ fn cell(v: Option<f64>) -> String {
 pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, Vec<String>)> {
     let mut runs = Vec::new();
     for p in &o.paths {
-        runs.extend(runs_of(p)?);
+        runs.extend(runs_of(p, &o.filter)?);
     }
-    anyhow::ensure!(!runs.is_empty(), "no finished run to inspect");
+    anyhow::ensure!(
+        !runs.is_empty(),
+        "no finished run to inspect (a grid's runs count when their axes match every --where)"
+    );
     let out = o.out.clone().unwrap_or_else(|| o.paths[0].join("inspect"));
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
     let axes: Vec<String> = {
@@ -289,7 +299,12 @@ pub fn inspect(o: &InspectOptions, device: Device) -> anyhow::Result<(PathBuf, V
     let mut modules = csv::Writer::from_path(out.join("modules.csv"))?;
     let mut kernels = csv::Writer::from_path(out.join("kernels.csv"))?;
     let mut head = vec!["run".to_string(), "method".to_string()];
-    head.extend(axes.iter().cloned());
+    // `method` is the method's name (also for a run outside a grid); a grid's `method` axis
+    // (its label, e.g. "DKA, small only (5x5)") goes into `method_label`.
+    head.extend(axes.iter().map(|a| match a.as_str() {
+        "method" => "method_label".to_string(),
+        _ => a.clone(),
+    }));
     let mut mh = head.clone();
     mh.extend(
         [

@@ -28,7 +28,8 @@ pub struct Args {
     /// With --grid: also each method at initialisation (its run's config, nothing loaded).
     #[arg(long)]
     pub init: bool,
-    /// With --grid: only runs whose grid axis has this value, `AXIS=VALUE` (repeatable), e.g.
+    /// With --grid: only runs whose grid axis has this value, `AXIS=VALUE` (repeatable; an axis
+    /// given twice matches either value), e.g.
     /// `--where "backbone=DINOv2-S (natural)"`.
     #[arg(long = "where", value_name = "AXIS=VALUE")]
     pub filter: Vec<String>,

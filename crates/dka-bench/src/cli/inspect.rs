@@ -22,6 +22,10 @@ pub struct Args {
     /// Output folder [default: <first path>/inspect].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Of a grid's runs, only those whose axis has this value, `AXIS=VALUE` (repeatable; an
+    /// axis given twice matches either value), e.g. `--where draw=0 --where "backbone=DINOv2-S (natural)"`.
+    #[arg(long = "where", value_name = "AXIS=VALUE")]
+    pub filter: Vec<String>,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -32,6 +36,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         paths: a.paths,
         images: a.images,
         out: a.out,
+        filter: crate::analysis::AxisFilter::parse(&a.filter)?,
         sources: a.data.sources(),
     };
     let (out, summary) = inspect(&o, device)?;
