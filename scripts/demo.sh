@@ -69,6 +69,22 @@ rm -rf results/demo/erf
 $dka erf --grid results/demo --where "backbone=DINOv2-S (natural)" --init \
     --data colin27-gm-slab=$colin --images 29 --out results/demo/erf
 echo
+echo "== What the trained adapters do with their input, and DKA with its large kernel (dka inspect;"
+echo "   the pretrained backbones, first draw)"
+rm -rf results/demo/inspect
+$dka inspect results/demo --where draw=0 \
+    --where "backbone=DINOv2-S (natural)" --where "backbone=LiteMedSAM (medical)" \
+    --where method=lora --where method=adapter --where method=convpass --where method=dka \
+    --data colin27-gm-slab=$colin --images 29 --out results/demo/inspect | tail -n 1
+{
+    echo "# How results/demo/inspect was made"
+    echo
+    echo "- command: \`dka inspect results/demo --where draw=0 ...\` in scripts/demo.sh (\`just demo\`), on the demo's own runs"
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "- machine: $(nproc) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))"
+    echo "- test images: the 29 slices of the held-out slab"
+} > results/demo/inspect/MADE.md
+echo
 elapsed=$(( $(date +%s) - started ))
 # What made these results: date, commit, machine, wall time (committed with them).
 {
@@ -88,6 +104,7 @@ elapsed=$(( $(date +%s) - started ))
 } > results/demo/MADE.md
 cat results/demo/table.md
 echo
-echo "(figure: results/demo/figure.png; ERF maps: results/demo/erf/erf_grid.png; training curves: results/demo/curves.csv;"
+echo "(figure: results/demo/figure.png; ERF maps: results/demo/erf/erf_grid.png, their change: erf_change.png;"
+echo " what the adapters do: results/demo/inspect/summary.txt; training curves: results/demo/curves.csv;"
 echo " every run: results/demo/runs/<id>/; how it was made: results/demo/MADE.md; ${elapsed} s in all;"
 echo " the README's demo block is rewritten from these files by python3 scripts/readme_demo.py)"
