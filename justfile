@@ -122,6 +122,26 @@ bench-fft-eager: setup
     env -u OMP_WAIT_POLICY .venv/bin/python benches/reference/fft_eager.py --out results/bench/fft_eager.csv
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benches/reference/fft_eager.py --stack 32 --out results/bench/fft_eager.csv
 
+# Where a step's time goes, operator by operator, in this project and in the PyTorch reference
+# (each under its own profiler, after the parity steps): results/bench/profile/<case>.csv (self
+# time per step side by side, the largest excess of this project first) and the Chrome traces
+# (<case>-pytorch.json, <case>-dka.json; not committed: open them in https://ui.perfetto.dev).
+# `just bench-profile cases="adapter d192,dka d192" precision=bf16` (defaults: the Adapter d192
+# case, fp32, the CPU; device=cuda on a GPU).
+bench-profile *args: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cases="adapter d192"; precision=fp32; dev="{{device}}"
+    for a in "$@"; do
+        case "$a" in
+            cases=*) cases=${a#cases=} ;;
+            precision=*) precision=${a#precision=} ;;
+            device=*) dev=${a#device=} ;;
+            *) echo "bench-profile: unknown argument '$a' (cases=..., precision=fp32|bf16, device=cpu|cuda)" >&2; exit 2 ;;
+        esac
+    done
+    {{dka}} bench steps --device "${dev:-cpu}" --cases "$cases" --precision "$precision" --profile results/bench/profile
+
 # Every benchmark: steps against PyTorch, DKA's convolutions, the data path.
 bench-all: bench bench-dka bench-data bench-fft-eager
 

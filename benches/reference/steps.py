@@ -434,6 +434,19 @@ class Worker:
             out["flops_depthwise"] = count.depthwise
         return out
 
+    def profile(self, req):
+        """`steps` training steps under torch.profiler (CPU activities, input shapes), its
+        Chrome trace written to `out`."""
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        ms = []
+        with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
+            for _ in range(max(1, req.get("steps", 3))):
+                ms.append(self.step({})["ms"])
+        prof.export_chrome_trace(req["out"])
+        return {"ms": ms, "trace": req["out"]}
+
     def gemm(self, req):
         n, reps = req.get("n", 2048), req.get("reps", 5)
         self.device = torch.device(req.get("device", "cpu"))
@@ -463,6 +476,8 @@ class Worker:
             return memory(self.device)
         if cmd == "gemm":
             return self.gemm(req)
+        if cmd == "profile":
+            return self.profile(req)
         if cmd == "info":
             return {
                 "torch": torch.__version__,

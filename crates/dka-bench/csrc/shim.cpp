@@ -6,6 +6,9 @@
 #include <ATen/ops/_amp_foreach_non_finite_check_and_unscale.h>
 #include <ATen/ops/_fused_adam.h>
 #include <ATen/ops/_fused_adamw.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
+#include <set>
+#include <string>
 #include <vector>
 #ifndef DKA_NO_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -30,6 +33,34 @@ static std::vector<at::Tensor> tensors(const at::Tensor* const* ts, int n) {
 }
 
 extern "C" {
+
+// libtorch's profiler (what `torch.profiler.profile(activities=[CPU])` runs), on the calling
+// thread: every operator and autograd node from here to dka_profiler_stop, with input shapes.
+// 0 on success, -1 on error.
+int dka_profiler_start() {
+  try {
+    using namespace torch::profiler::impl;
+    ProfilerConfig cfg(ProfilerState::KINETO, /*report_input_shapes=*/true);
+    std::set<ActivityType> acts{ActivityType::CPU};
+    torch::autograd::profiler::prepareProfiler(cfg, acts);
+    torch::autograd::profiler::enableProfiler(cfg, acts);
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// Stops the profiler and writes its Chrome trace (JSON) to `path`. 0 on success, -1 on error.
+int dka_profiler_stop(const char* path) {
+  try {
+    auto result = torch::autograd::profiler::disableProfiler();
+    if (path != nullptr) result->save(std::string(path));
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
 
 // Enables or disables autocast for the CUDA (cuda = 1) or CPU (cuda = 0) device with the
 // given reduced precision (bf16 = 1: bfloat16, else float16). Returns the previous enabled

@@ -171,6 +171,16 @@ pub struct StepsArgs {
     /// depthwise convolutions met them in the first steps from random weights, 8x slower).
     #[arg(long)]
     pub keep_subnormals: bool,
+    /// Instead of timing: profile each selected case (after its parity steps), each
+    /// implementation under its own profiler for --profile-steps steps; writes the Chrome
+    /// traces (`DIR/<case>-<impl>.json`, for Perfetto or chrome://tracing) and the operators'
+    /// self times per step side by side (`DIR/<case>.csv`, the largest excess of this project
+    /// first).
+    #[arg(long, value_name = "DIR")]
+    pub profile: Option<PathBuf>,
+    /// Steps each implementation runs under the profiler (--profile).
+    #[arg(long, default_value_t = 3)]
+    pub profile_steps: usize,
 }
 
 impl StepsArgs {
@@ -190,6 +200,8 @@ impl StepsArgs {
             no_plot: self.no_plot,
             threads: self.threads,
             keep_subnormals: self.keep_subnormals,
+            profile: self.profile.clone(),
+            profile_steps: self.profile_steps,
         }
     }
 }

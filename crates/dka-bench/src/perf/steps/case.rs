@@ -319,3 +319,69 @@ pub fn run_case(
     drop(w);
     Ok((rows, parity.ok))
 }
+
+/// Profiles one case (`dka bench steps --profile DIR`): setup and parity steps as when timing,
+/// then `opts.profile_steps` steps of each implementation under its profiler; writes the
+/// traces and `DIR/<case>.csv` (per-step self time per operator, reference against this
+/// project's first implementation) and logs the operators this project spends most more in.
+pub fn profile_case(
+    spec: &CaseSpec,
+    launcher: &Launcher,
+    device: &str,
+    tmp: &Path,
+    opts: &StepsOptions,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    use super::profile::{compare, read_trace, slug};
+    let mut w = Workers::start(spec, launcher, device, tmp)?;
+    let parity = w.parity(opts)?;
+    anyhow::ensure!(
+        parity.ok,
+        "the implementations' losses differ: not profiled"
+    );
+    let name = slug(&spec.case.name);
+    let mut traces = Vec::new();
+    for (i, imp) in spec.impls.iter().enumerate() {
+        let out = std::fs::canonicalize(dir)?.join(format!("{name}-{}.json", imp.label()));
+        let v = w.eps[i].call(&Request::Profile {
+            steps: opts.profile_steps,
+            out: out.clone(),
+        })?;
+        tracing::info!("{}: {} profiled steps, {v}", spec.case.name, imp.label());
+        traces.push(read_trace(&out)?);
+    }
+    drop(w);
+    let ours = spec
+        .impls
+        .iter()
+        .position(|i| matches!(i, Impl::Ours { checkpoint: false }))
+        .context("no plain implementation of this project")?;
+    let rows = compare(&traces[0], &traces[ours], opts.profile_steps);
+    let csv_path = dir.join(format!("{name}.csv"));
+    let mut wtr =
+        csv::Writer::from_path(&csv_path).with_context(|| csv_path.display().to_string())?;
+    for r in &rows {
+        wtr.serialize(r)?;
+    }
+    wtr.flush()?;
+    let sum = |f: fn(&super::profile::CompareRow) -> f64| rows.iter().map(f).sum::<f64>();
+    tracing::info!(
+        "{}: operator self time per step: pytorch {:.1} ms, dka {:.1} ms; most more in dka:",
+        spec.case.name,
+        sum(|r| r.self_ms_ref),
+        sum(|r| r.self_ms_ours)
+    );
+    for r in rows.iter().take(8) {
+        tracing::info!(
+            "  {:<60} {:+8.1} ms ({:.1} vs {:.1} ms; calls {} vs {})",
+            r.op,
+            r.self_ms_diff,
+            r.self_ms_ours,
+            r.self_ms_ref,
+            r.calls_ours,
+            r.calls_ref
+        );
+    }
+    tracing::info!("wrote {}", csv_path.display());
+    Ok(())
+}

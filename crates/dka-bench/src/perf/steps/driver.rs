@@ -102,6 +102,14 @@ pub fn run_with(args: &StepsOptions, launcher: &Launcher) -> anyhow::Result<Vec<
     if specs.is_empty() {
         bail!("no case matches {:?}", args.cases);
     }
+    if let Some(dir) = &args.profile {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        for spec in &specs {
+            super::case::profile_case(spec, launcher, &device, &std::env::temp_dir(), args, dir)
+                .with_context(|| spec.case.name.clone())?;
+        }
+        return Ok(Vec::new());
+    }
     let load_start = loadavg();
     let started = std::time::Instant::now();
     let n = match (args.quick, device.as_str()) {
@@ -193,6 +201,50 @@ pub fn run(args: StepsOptions) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// `--profile`: both implementations' Chrome traces and the per-operator comparison,
+    /// which finds the matrix products on both sides.
+    #[test]
+    fn bench_profile_writes_traces_and_the_comparison() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let python = root.join(".venv/bin/python");
+        if !python.exists() {
+            eprintln!("skipped: no {} (run `just setup`)", python.display());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let args = StepsOptions {
+            output: dir.path().join("steps.csv"),
+            cases: vec!["tiny adapter".into()],
+            quick: true,
+            python,
+            reference: root.join("benches/reference/steps.py"),
+            profile: Some(dir.path().join("profile")),
+            profile_steps: 2,
+            ..StepsOptions::default()
+        };
+        let launcher = Launcher::new(&args, None);
+        run_with(&args, &launcher).unwrap();
+        let p = dir.path().join("profile");
+        for f in ["tiny-adapter-pytorch.json", "tiny-adapter-dka.json"] {
+            let t = crate::perf::steps::profile::read_trace(&p.join(f)).unwrap();
+            let mm: u64 = ["aten::addmm", "aten::mm", "aten::matmul"]
+                .iter()
+                .filter_map(|k| t.get(*k).map(|o| o.calls))
+                .sum();
+            assert!(mm > 0, "{f}: no matrix product in {:?}", t.keys());
+        }
+        let rows: Vec<std::collections::BTreeMap<String, String>> =
+            csv::Reader::from_path(p.join("tiny-adapter.csv"))
+                .unwrap()
+                .deserialize()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        assert!(rows.iter().any(|r| r["op"] == "aten::addmm"
+            && r["calls_ref"].parse::<f64>().unwrap() > 0.0
+            && r["calls_ours"].parse::<f64>().unwrap() > 0.0));
+        assert!(!args.output.exists(), "profiling writes no timing CSV");
+    }
+
     /// The bench on tiny models end to end (this project in-process, the reference in the
     /// repository's .venv): the losses agree and every column is filled.
     #[test]
@@ -222,6 +274,8 @@ mod tests {
             no_plot: false,
             threads: None,
             keep_subnormals: false,
+            profile: None,
+            profile_steps: 3,
         };
         let launcher = Launcher::new(&args, None);
         let rows = run_with(&args, &launcher).unwrap();

@@ -20,6 +20,7 @@ pub mod cases;
 pub mod driver;
 pub mod endpoint;
 pub mod meter;
+pub mod profile;
 pub mod report;
 pub mod worker;
 
@@ -64,6 +65,10 @@ pub struct StepsOptions {
     /// x86 and whether a step meets them depends on the weights and data (the reference's
     /// depthwise convolutions met them in the first steps from random weights, 8x slower).
     pub keep_subnormals: bool,
+    /// Profile instead of timing: traces and the per-operator comparison go into this folder.
+    pub profile: Option<PathBuf>,
+    /// Steps under the profiler per implementation.
+    pub profile_steps: usize,
 }
 
 impl Default for StepsOptions {
@@ -83,6 +88,8 @@ impl Default for StepsOptions {
             no_plot: false,
             threads: None,
             keep_subnormals: false,
+            profile: None,
+            profile_steps: 3,
         }
     }
 }

@@ -103,8 +103,37 @@ pub enum Request {
         #[serde(default)]
         bf16: bool,
     },
+    /// `steps` training steps under the profiler (libtorch's on this side, `torch.profiler` on
+    /// the reference's), its Chrome trace written to `out`.
+    Profile {
+        steps: usize,
+        out: PathBuf,
+    },
     Info,
     Quit,
+}
+
+extern "C" {
+    fn dka_profiler_start() -> i32;
+    fn dka_profiler_stop(path: *const std::os::raw::c_char) -> i32;
+}
+
+/// Runs `f` under libtorch's profiler and writes its Chrome trace to `out`.
+pub fn profiled<T>(out: &Path, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let path = std::ffi::CString::new(out.to_string_lossy().as_bytes())?;
+    anyhow::ensure!(
+        unsafe { dka_profiler_start() } == 0,
+        "libtorch's profiler did not start"
+    );
+    let r = f();
+    let stopped = unsafe { dka_profiler_stop(path.as_ptr()) };
+    let v = r?;
+    anyhow::ensure!(
+        stopped == 0,
+        "{}: libtorch's profiler could not write its trace",
+        out.display()
+    );
+    Ok(v)
 }
 
 /// Resets the CPU high-water mark of the resident set to its current value (Linux >= 4.0).
@@ -513,6 +542,19 @@ impl Server {
                     device.parse().map_err(|e: String| anyhow::anyhow!(e))?,
                 )?;
                 json!({ "gflops": gemm_gflops(d, n, reps, bf16) })
+            }
+            Request::Profile { steps, out } => {
+                let w = self.worker.as_mut().context("profile before setup")?;
+                let device = self.device;
+                let ms = profiled(&out, || {
+                    let mut ms = Vec::new();
+                    for _ in 0..steps.max(1) {
+                        ms.push(w.step()?.1);
+                    }
+                    sync(device);
+                    Ok(ms)
+                })?;
+                json!({ "ms": ms, "trace": out })
             }
             Request::Info => json!({
                 "libtorch": option_env!("DKA_LIBTORCH_VERSION"),
