@@ -149,14 +149,18 @@ bench-all: bench bench-dka bench-data bench-fft-eager
 # Adapter on images whose class is the colour 10 patches right of a marker, 3 seeds each, then
 # `dka inspect` of the trained kernels: results/long_range/ (table, figure, inspect/). ~20 min on 2 cores.
 long-range: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    started=$(date +%s)
+    commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates experiments 2>/dev/null || echo ' (with uncommitted changes)')"
     rm -rf results/long_range
     {{dka}} data synth --task long-range --out results/long_range/data --per-class 300
     {{dka}} grid experiments/long_range.toml --data folder=results/long_range/data --weights none --device cpu --out results/long_range
     {{dka}} inspect results/long_range --data folder=results/long_range/data --device cpu --images 60
     { echo "# How results/long_range was made"; echo; \
       echo "- command: \`just long-range\` (experiments/long_range.toml; data: \`dka data synth --task long-range --per-class 300\`, seed 0)"; \
-      echo "- finished: $(date -u +%Y-%m-%dT%H:%M:%SZ)"; \
-      echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"; \
+      echo "- finished: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(( $(date +%s) - started )) s in all"; \
+      echo "- commit: $commit (when the recipe started)"; \
       echo "- machine: $(nproc) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(uname -sr)"; \
       echo "- weights: none (a random-initialised 2-block ViT, experiments/backbones/vit_long_range.json)"; } > results/long_range/MADE.md
 
