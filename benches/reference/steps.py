@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import resource
 import sys
 import time
 
@@ -407,6 +408,7 @@ class Worker:
         return {"trainable": sum(p.numel() for p in self.params)}
 
     def step(self, req):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         count = FlopCount() if req.get("count_flops") else None
         self.sync()
         t0 = time.perf_counter()
@@ -428,7 +430,8 @@ class Worker:
         self.steps = getattr(self, "steps", 0) + 1
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"the loss of step {self.steps} is {loss.item()}")
-        out = {"loss": loss.item(), "ms": ms}
+        out = {"loss": loss.item(), "ms": ms,
+               "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults}
         if count:
             out["flops_dense"] = count.dense
             out["flops_depthwise"] = count.depthwise

@@ -152,7 +152,13 @@ impl Attention {
         let qkv = linear_with(&self.qkv, &sites.qkv, x, train)
             .reshape([b, n, 3, self.num_heads, d / self.num_heads])
             .permute([2, 0, 3, 1, 4]);
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        // unbind, not three selects: unbind's backward stacks the three gradients, while each
+        // select's backward fills a zero tensor of qkv's full size and the three are summed
+        // (timm unbinds too).
+        let (q, k, v) = match &qkv.unbind(0)[..] {
+            [q, k, v] => (q.shallow_clone(), k.shallow_clone(), v.shallow_clone()),
+            _ => unreachable!("qkv holds q, k and v"),
+        };
         let o = Tensor::scaled_dot_product_attention(
             &q,
             &k,

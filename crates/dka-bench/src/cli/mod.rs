@@ -123,6 +123,7 @@ fn passive_openmp() {
 /// it ended (128 + the signal after a SIGINT/SIGTERM that saved a checkpoint).
 pub fn main() -> ExitCode {
     passive_openmp();
+    crate::util::malloc::tune();
     // A bug must still reach the user as one line, not a backtrace.
     crate::util::panics::install_hook();
     let cli = Cli::parse();

@@ -231,6 +231,15 @@ pub fn peak_memory(device: Device) -> Option<u64> {
 }
 
 /// Resident set (`VmRSS`) or its high-water mark (`VmHWM`) of this process, bytes.
+/// Minor page faults of this process so far (`/proc/self/stat`, field 10): each one is a page
+/// the kernel had to map (and zero) on first touch.
+pub fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count from the closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(7)?.parse().ok()
+}
+
 pub fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: u64 = status

@@ -8,6 +8,7 @@ pub mod device;
 pub mod fonts;
 pub mod fs;
 pub mod interrupt;
+pub mod malloc;
 pub mod panics;
 pub mod progress;
 pub mod provenance;

@@ -185,16 +185,27 @@ impl<'a> Workers<'a> {
             let before = meter.snapshot();
             let started = std::time::Instant::now();
             let mut got = vec![0.0; n];
+            let mut faults = vec![None; n];
             for k in 0..n {
                 let i = (k + round) % n;
                 let v = self.eps[i].call(&Request::Step { count_flops: false })?;
                 got[i] = f(&v, "ms")?;
+                faults[i] = v.get("page_faults").and_then(Value::as_u64);
             }
             let others = meter
                 .others_since(before, started.elapsed().as_secs_f64())
                 .unwrap_or(0.0);
             let summary = (0..n)
-                .map(|i| format!("{} {:.0} ms", spec.impls[i].label(), got[i]))
+                .map(|i| match faults[i] {
+                    // Minor page faults during the step: memory the allocator returned to the
+                    // kernel and took back.
+                    Some(pf) => format!(
+                        "{} {:.0} ms ({pf} page faults)",
+                        spec.impls[i].label(),
+                        got[i]
+                    ),
+                    None => format!("{} {:.0} ms", spec.impls[i].label(), got[i]),
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             // Keep a busy round only when the retries are spent (the CSV says how many were not).

@@ -502,8 +502,12 @@ impl Server {
             }
             Request::Step { .. } => {
                 let w = self.worker.as_mut().context("step before setup")?;
+                let faults = crate::util::device::minor_faults();
                 let (loss, ms) = w.step()?;
-                json!({ "loss": loss, "ms": ms })
+                let faults = crate::util::device::minor_faults()
+                    .zip(faults)
+                    .map(|(b, a)| b.saturating_sub(a));
+                json!({ "loss": loss, "ms": ms, "page_faults": faults })
             }
             Request::ResetPeak => {
                 let reset = match self.device {
