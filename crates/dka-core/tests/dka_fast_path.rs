@@ -68,7 +68,12 @@ fn backward_and_grads(out: &Tensor, z: &Tensor, kernels: &Kernels) -> Vec<Tensor
 
 fn check(large: Option<i64>, small: Option<i64>, bias: bool, grid: (i64, i64)) {
     let reference = run(ConvPath::Reference, large, small, bias, grid);
-    for path in [ConvPath::Direct, ConvPath::Fft, ConvPath::Auto] {
+    for path in [
+        ConvPath::Direct,
+        ConvPath::Fft,
+        ConvPath::FftToeplitz,
+        ConvPath::Auto,
+    ] {
         let fast = run(path, large, small, bias, grid);
         for (i, (f, r)) in fast.iter().zip(&reference).enumerate() {
             let what = [
@@ -130,7 +135,7 @@ fn the_fft_and_direct_paths_agree_on_learnable_kernels() {
         tau: 1.0,
     };
     let reference = learnable(7).forward(&z, ConvPath::Reference);
-    for path in [ConvPath::Direct, ConvPath::Fft] {
+    for path in [ConvPath::Direct, ConvPath::Fft, ConvPath::FftToeplitz] {
         let e = rel_err(&learnable(7).forward(&z, path), &reference);
         assert!(e <= TOL, "{path:?}: {e:e}");
     }
@@ -171,18 +176,21 @@ fn a_module_applied_twice_in_a_spectrum_scope_matches_the_reference() {
     ];
     for grid in [(14, 14), (32, 32), (14, 10)] {
         let reference = run_twice(ConvPath::Reference, false, false, grid);
-        for (scoped, no_grad_first) in [(false, false), (true, false), (true, true)] {
-            let fast = run_twice(ConvPath::Fft, scoped, no_grad_first, grid);
+        for (path, scoped, no_grad_first) in [ConvPath::Fft, ConvPath::FftToeplitz]
+            .into_iter()
+            .flat_map(|p| [(p, false, false), (p, true, false), (p, true, true)])
+        {
+            let fast = run_twice(path, scoped, no_grad_first, grid);
             for (i, (f, r)) in fast.iter().zip(&reference).enumerate() {
                 assert!(
                     f.defined(),
-                    "{}: undefined on {grid:?} (scoped {scoped}, no-grad first {no_grad_first})",
+                    "{}: undefined on {grid:?} ({path:?}, scoped {scoped}, no-grad first {no_grad_first})",
                     what[i]
                 );
                 let e = rel_err(f, r);
                 assert!(
                     e <= TOL,
-                    "{}: rel err {e:e} on {grid:?} (scoped {scoped}, no-grad first {no_grad_first})",
+                    "{}: rel err {e:e} on {grid:?} ({path:?}, scoped {scoped}, no-grad first {no_grad_first})",
                     what[i]
                 );
             }

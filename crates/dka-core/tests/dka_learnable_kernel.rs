@@ -32,7 +32,12 @@ fn learnable_kernel_gradients_match_central_differences() {
     let (c, k) = (2, 7);
     // A 5x6 map: the 7x7 kernel is cropped to 7x7 (2h−1 = 9 ≥ 7), so every tap matters.
     let z = pseudo(&[2, c, 5, 6], 1.0);
-    for path in [ConvPath::Reference, ConvPath::Direct, ConvPath::Fft] {
+    for path in [
+        ConvPath::Reference,
+        ConvPath::Direct,
+        ConvPath::Fft,
+        ConvPath::FftToeplitz,
+    ] {
         let kernels = Kernels::Learnable {
             kernel: (pseudo(&[c, 1, k, k], 2.0) * 0.5).set_requires_grad(true),
             bias: Some((pseudo(&[c], 3.0) * 0.1).set_requires_grad(true)),

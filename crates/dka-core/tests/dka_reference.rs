@@ -168,10 +168,11 @@ fn configs() -> Vec<(&'static str, DkaConfig)> {
     ]
 }
 
-const PATHS: [ConvPath; 4] = [
+const PATHS: [ConvPath; 5] = [
     ConvPath::Reference,
     ConvPath::Direct,
     ConvPath::Fft,
+    ConvPath::FftToeplitz,
     ConvPath::Auto,
 ];
 

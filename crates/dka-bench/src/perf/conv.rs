@@ -159,7 +159,7 @@ pub fn run(a: &ConvOptions) -> anyhow::Result<()> {
         rows.push((shape.clone(), "reference".to_string(), t_ref, 1.0, 0.0));
         let (kh, kw) = (a.large.min(2 * h - 1), a.large.min(2 * w - 1));
         let auto = ConvPath::Auto.choose(kh, kw, h, w);
-        for path in [ConvPath::Direct, ConvPath::Fft] {
+        for path in [ConvPath::Direct, ConvPath::Fft, ConvPath::FftToeplitz] {
             let (t, o) = time(&k, &z, path, a.reps);
             let rel =
                 (&o - &o_ref).abs().max().double_value(&[]) / o_ref.abs().max().double_value(&[]);

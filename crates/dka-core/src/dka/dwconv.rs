@@ -32,6 +32,10 @@ pub enum ConvPath {
     Direct,
     /// Merged, cropped kernel; FFT convolution.
     Fft,
+    /// Merged, cropped kernel; FFT along the width only, and along the height the kernel's
+    /// `h x h` Toeplitz matrix per channel and width frequency, as one batched matrix product
+    /// (see [`RowToeplitz`]): no transform of the zero-padded height, for small maps.
+    FftToeplitz,
 }
 
 impl ConvPath {
@@ -39,13 +43,21 @@ impl ConvPath {
     /// the padded area per output, with a larger constant. Measured on 2 CPU cores
     /// (`results/bench/dka_conv.csv`): FFT already wins for the 27x27 cropped kernel on
     /// ViT-B's 14x14 grid and by far on larger maps; direct stays for small kernels.
-    pub fn choose(self, kh: i64, kw: i64, _h: i64, _w: i64) -> ConvPath {
+    ///
+    /// On small maps (height up to 16 rows: ViT-B/16's 14x14 grid at 224) the FFT along the
+    /// height costs more than it saves: its transforms run on the zero-padded height (32 rows
+    /// for 14) and back, in the forward and the backward. There the height is done as a
+    /// matrix product instead ([`ConvPath::FftToeplitz`]); its matrices grow as `h^2`, so
+    /// larger maps keep the full FFT.
+    pub fn choose(self, kh: i64, kw: i64, h: i64, _w: i64) -> ConvPath {
         match self {
             ConvPath::Auto => {
-                if kh * kw >= 225 {
-                    ConvPath::Fft
-                } else {
+                if kh * kw < 225 {
                     ConvPath::Direct
+                } else if h <= 16 {
+                    ConvPath::FftToeplitz
+                } else {
+                    ConvPath::Fft
                 }
             }
             p => p,
@@ -190,8 +202,74 @@ fn fft_depthwise_with(z: &Tensor, k: &KernelSpectrum, bias: Option<&Tensor>) -> 
     }
 }
 
-/// A module's merged kernel as the FFT path uses it: spectrum and summed bias.
-type Spectrum = std::rc::Rc<(KernelSpectrum, Option<Tensor>)>;
+/// A depthwise kernel for an `h x w` map in the form [`ConvPath::FftToeplitz`] multiplies
+/// with. Correlation with `K` splits into rows: `y[i] = Σ_a K[a] ⋆ z[i + a]` along the width.
+/// Along the width it is a circular FFT convolution as in [`fft_depthwise`] (length
+/// `nw >= w + rw`, so the wrap-around only reads zero padding); per width frequency `f` the sum
+/// over the rows is the `h x h` Toeplitz matrix `G[c, f][i, i'] = K̂[c, i' - i + h - 1, f]` of
+/// the kernel's rows transformed along the width (the kernel fitted to `2h - 1` rows: every
+/// offset a map of `h` rows has). Exact up to float round-off.
+pub struct RowToeplitz {
+    /// `G` transposed: `[c * (nw/2 + 1), h, h]`, complex.
+    g: Tensor,
+    nw: i64,
+}
+
+impl RowToeplitz {
+    /// `k`: `[c, 1, kh, kw]`; `kind`: the map's type (f64 maps get f64 matrices).
+    pub fn new(k: &Tensor, h: i64, w: i64, kind: Kind) -> Self {
+        let s = k.size();
+        let c = s[0];
+        let k = fit_kernel(k, 2 * h - 1, s[3].min(2 * w - 1));
+        let kw = k.size()[3];
+        let rw = kw / 2;
+        let nw = fft_size(w + rw);
+        let nf = nw / 2 + 1;
+        // The rows flipped along the width (correlation), tap offset dx at (-dx mod nw).
+        let kf = k
+            .to_kind(work_kind(kind))
+            .reshape([c, 2 * h - 1, kw])
+            .flip([-1i64])
+            .constant_pad_nd([0, nw - kw])
+            .roll([-rw], [-1i64])
+            .fft_rfft(None::<i64>, -1, "backward");
+        // Windows of h rows: u[c, f, s, t] = kf[c, s + t, f]; G[i, i'] = u[h - 1 - i, i'] (the
+        // windows flipped). Kept transposed, as the right factor of the product in `apply`.
+        // A strided view, not a gather: its backward is unfold's, not an index_add.
+        let g = kf
+            .permute([0, 2, 1])
+            .unfold(2, h, 1)
+            .flip([2i64])
+            .transpose(2, 3)
+            .reshape([c * nf, h, h]);
+        Self { g, nw }
+    }
+
+    /// The convolution of `z` (`[b, c, h, w]`, the map this was made for), plus `bias`.
+    pub fn apply(&self, z: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        let (b, c, h, w) = z.size4().expect("map is 4-D");
+        let nw = self.nw;
+        let nf = nw / 2 + 1;
+        // Per channel and width frequency, the rows of every image times G^T: `[b, h] x [h, h]`.
+        let zf = z
+            .to_kind(work_kind(z.kind()))
+            .contiguous()
+            .fft_rfft(nw, -1, "backward") // [b, c, h, nf]
+            .permute([1, 3, 0, 2])
+            .reshape([c * nf, b, h]);
+        let y = zf
+            .bmm(&self.g)
+            .view([c, nf, b, h])
+            .fft_irfft(nw, 1, "backward") // [c, nw, b, h]
+            .narrow(1, 0, w)
+            .permute([2, 0, 3, 1])
+            .to_kind(z.kind());
+        match bias {
+            Some(bs) => y + bs.view([1, c, 1, 1]),
+            None => y,
+        }
+    }
+}
 
 /// What a spectrum is kept under in a block's memo: the module's address, the map's height
 /// and width, grad mode, f64.
@@ -303,16 +381,22 @@ impl Kernels {
         }
     }
 
-    /// The merged kernel's spectrum and bias for an `h x w` map: inside a backbone block
+    /// The merged kernel prepared for an `h x w` map by `make` (its spectrum, or its row
+    /// Toeplitz matrices) with the summed bias: inside a backbone block
     /// ([`crate::sites::BlockScope`]) computed once per module, map size and grad mode and
     /// kept for the block's other applications of the module (DKA's "mona" placement: after
     /// the attention and after the MLP), so autograd sums both uses' gradients before the one
     /// backward through the kernel's FFT; outside any block, computed and not kept. The
     /// kernels cannot change inside a block (no optimiser step runs in a forward).
-    fn spectrum(&self, kh: i64, kw: i64, h: i64, w: i64, kind: Kind) -> Spectrum {
+    fn prepared<V: 'static>(
+        &self,
+        (kh, kw, h, w): (i64, i64, i64, i64),
+        kind: Kind,
+        make: impl FnOnce(&Tensor) -> V,
+    ) -> std::rc::Rc<(V, Option<Tensor>)> {
         let compute = || {
             let (m, b) = self.merged(kh, kw);
-            (KernelSpectrum::new(&m, h, w, kind), b)
+            (make(&m), b)
         };
         if !crate::sites::BlockScope::is_open() {
             return std::rc::Rc::new(compute());
@@ -389,8 +473,16 @@ impl Kernels {
         let (kh, kw) = (k.min(2 * h - 1), k.min(2 * w - 1));
         match path.choose(kh, kw, h, w) {
             ConvPath::Fft => {
-                let spectrum = self.spectrum(kh, kw, h, w, z.kind());
-                fft_depthwise_with(z, &spectrum.0, spectrum.1.as_ref())
+                let k = self.prepared((kh, kw, h, w), z.kind(), |m| {
+                    KernelSpectrum::new(m, h, w, z.kind())
+                });
+                fft_depthwise_with(z, &k.0, k.1.as_ref())
+            }
+            ConvPath::FftToeplitz => {
+                let k = self.prepared((kh, kw, h, w), z.kind(), |m| {
+                    RowToeplitz::new(m, h, w, z.kind())
+                });
+                k.0.apply(z, k.1.as_ref())
             }
             _ => {
                 let (m, b) = self.merged(kh, kw);
