@@ -140,7 +140,14 @@ def block():
     ck_t = ms(seg_ck, "median_ms") / ms(seg, "median_ms")
     ck_m = ms(seg_ck, "peak_mib") / ms(seg, "peak_mib")
     eager_sentence = ""
-    if vit_eager and stack_eager:
+    eager_machine = eager[0].get("machine", "") if eager else ""
+    if vit_eager and stack_eager and m["cpu"] not in eager_machine:
+        eager_sentence = (
+            f" Eager PyTorch with the same FFT convolution (`just bench-fft-eager`, "
+            f"`results/bench/fft_eager.csv`) was measured on another machine ({eager_machine}): "
+            f"{min(vit_eager):.2f}–{max(vit_eager):.2f}× for the DKA d̂ 192 / Adapter d 64 step there."
+        )
+    elif vit_eager and stack_eager:
         s = stack_eager[0]
         eager_sentence = (
             f" Eager PyTorch with the same FFT convolution (`just bench-fft-eager`, "
@@ -165,7 +172,7 @@ def block():
         f"d 64 (goal 1.02×) and DKA d̂ 192 {d192 / a64:.2f}× (goal 1.1×), but {d192 / a192:.2f}× "
         f"the Adapter at its own width, d 192. \"Mona\" placement applies the one DKA module twice "
         f"per block, so DKA d̂ 192 carries three times the Adapter d 64's projection work; the "
-        f"last ratio is what its 24 FFT convolutions per step cost.{eager_sentence} Activation "
+        f"last ratio is what its 24 depthwise convolutions per step cost (FFT, or on maps of up to 16 rows FFT along the width and a matrix product along the height: `dwconv.rs`).{eager_sentence} Activation "
         f"checkpointing of the backbone blocks (the checkpointed figures) makes the 512 "
         f"segmentation step {ck_t:.2f}× as long for {ck_m:.2f}× the peak memory. Both "
         f"implementations' losses agree to {worst_loss:.0e} (relative) on the parity steps."

@@ -375,6 +375,21 @@ pub fn profile_case(
         wtr.serialize(r)?;
     }
     wtr.flush()?;
+    // How the comparison was made, next to it.
+    let meta = serde_json::json!({
+        "case": spec.case.name,
+        "profiled_steps": opts.profile_steps,
+        "after_parity_steps": opts.parity_steps,
+        "implementations": spec.impls.iter().map(|i| i.label()).collect::<Vec<_>>(),
+        "machine": crate::util::provenance::machine(),
+        "note": "self time per step of every operator (cpu_op events of each Chrome trace; \
+                 nesting per thread from start and duration); reference: torch.profiler, \
+                 this project: libtorch's Kineto profiler; profiler overhead included in both",
+    });
+    std::fs::write(
+        dir.join(format!("{name}.meta.json")),
+        serde_json::to_string_pretty(&meta)?,
+    )?;
     let sum = |f: fn(&super::profile::CompareRow) -> f64| rows.iter().map(f).sum::<f64>();
     tracing::info!(
         "{}: operator self time per step: pytorch {:.1} ms, dka {:.1} ms; most more in dka:",
