@@ -126,8 +126,8 @@ bench-fft-eager: setup
 # (each under its own profiler, after the parity steps): results/bench/profile/<case>.csv (self
 # time per step side by side, the largest excess of this project first) and the Chrome traces
 # (<case>-pytorch.json, <case>-dka.json; not committed: open them in https://ui.perfetto.dev).
-# `just bench-profile cases="adapter d192,dka d192" precision=bf16` (defaults: the Adapter d192
-# case, fp32, the CPU; device=cuda on a GPU).
+# Defaults: the Adapter d192 case, fp32, the CPU (device=cuda on a GPU).
+# Profile a training step operator by operator against PyTorch: `just bench-profile "cases=adapter d192,dka d192" precision=bf16`.
 bench-profile *args: build
     #!/usr/bin/env bash
     set -euo pipefail
@@ -145,9 +145,9 @@ bench-profile *args: build
 # Every benchmark: steps against PyTorch, DKA's convolutions, the data path.
 bench-all: bench bench-dka bench-data bench-fft-eager
 
-# The long-range task (issue 25): DKA, DKA with only its large or only its small kernel, and
-# Adapter on images whose class is the colour 10 patches right of a marker, 3 seeds each, then
-# `dka inspect` of the trained kernels: results/long_range/ (table, figure, inspect/). ~20 min on 2 cores.
+# Issue 25: images whose class is the colour 10 patches right of a marker; only a kernel that
+# reaches 10 patches can learn it.
+# The long-range task: DKA, its large or small kernel alone, Adapter, 3 seeds, then dka inspect: results/long_range/ (~20 min on 2 cores).
 long-range: build
     #!/usr/bin/env bash
     set -euo pipefail
