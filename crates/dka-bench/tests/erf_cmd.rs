@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{dka, ok};
+use common::{csv_rows, dka, ok};
 
 fn synth(dir: &Path, seed: u64) -> String {
     common::synth(dir, 20, seed)
@@ -49,19 +49,6 @@ fn tensors(path: &Path) -> Vec<(String, tch::Tensor)> {
 
 fn get(t: &[(String, tch::Tensor)], name: &str) -> tch::Tensor {
     t.iter().find(|x| x.0 == name).unwrap().1.shallow_clone()
-}
-
-fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
-    let mut r = csv::Reader::from_path(path).unwrap();
-    let h = r.headers().unwrap().clone();
-    r.records()
-        .map(|x| {
-            h.iter()
-                .zip(x.unwrap().iter())
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect()
-        })
-        .collect()
 }
 
 #[test]

@@ -4,29 +4,7 @@
 use std::path::Path;
 
 mod common;
-use common::{dka, ok};
-
-fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
-    let mut r = csv::Reader::from_path(path).unwrap();
-    let h = r.headers().unwrap().clone();
-    let mut names: Vec<&str> = h.iter().collect();
-    names.sort();
-    names.dedup();
-    assert_eq!(
-        names.len(),
-        h.len(),
-        "a column name repeats in {}: {h:?}",
-        path.display()
-    );
-    r.records()
-        .map(|rec| {
-            h.iter()
-                .zip(rec.unwrap().iter())
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect()
-        })
-        .collect()
-}
+use common::{csv_rows, dka, ok};
 
 #[test]
 fn inspect_measures_modules_branches_and_kernels() {
@@ -144,16 +122,17 @@ fn a_grids_method_labels_have_their_own_column() {
         "--data",
         &data,
     ]));
-    ok(dka(&[
-        "inspect",
-        grid.to_str().unwrap(),
-        "--data",
-        &data,
-        "--device",
-        "cpu",
-        "--images",
-        "4",
-    ]));
+    // `dka inspect GRID ARGS --out OUT` on 4 test images.
+    let inspect = |extra: &[&str], out: &Path| {
+        let mut args = vec!["inspect", grid.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = out.to_str().unwrap();
+        args.extend([
+            "--out", out, "--data", &data, "--device", "cpu", "--images", "4",
+        ]);
+        ok(dka(&args));
+    };
+    inspect(&[], &grid.join("inspect"));
     let modules = csv_rows(&grid.join("inspect/modules.csv"));
     let labels: std::collections::BTreeSet<(String, String)> = modules
         .iter()
@@ -169,22 +148,7 @@ fn a_grids_method_labels_have_their_own_column() {
         .all(|k| k["method_label"] == "DKA, large only"));
     // --where keeps a grid's matching runs only.
     let only = t.join("only");
-    ok(dka(&[
-        "inspect",
-        grid.to_str().unwrap(),
-        "--where",
-        "method=adapter",
-        "--where",
-        "draw=0",
-        "--out",
-        only.to_str().unwrap(),
-        "--data",
-        &data,
-        "--device",
-        "cpu",
-        "--images",
-        "4",
-    ]));
+    inspect(&["--where", "method=adapter", "--where", "draw=0"], &only);
     let modules = csv_rows(&only.join("modules.csv"));
     assert!(!modules.is_empty() && modules.iter().all(|r| r["method"] == "adapter"));
 }

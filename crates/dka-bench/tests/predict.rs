@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{dka, metrics_of, ok, repo, stderr, synth};
+use common::{csv_rows, dka, metrics_of, ok, repo, stderr, synth};
 
 /// A BUSI-layout segmentation release (`Dataset_BUSI_with_GT/<class>/<class> (n).png` and
 /// `..._mask.png`) of `per_class` images per class, `size` pixels square: a bright disc on
@@ -87,19 +87,6 @@ fn test_files(run: &Path, root: &Path) -> Vec<PathBuf> {
         .unwrap()
         .iter()
         .map(|e| root.join(e["files"][0].as_str().unwrap()))
-        .collect()
-}
-
-fn csv_rows(path: &Path) -> Vec<BTreeMap<String, String>> {
-    let mut r = csv::Reader::from_path(path).unwrap();
-    let h = r.headers().unwrap().clone();
-    r.records()
-        .map(|rec| {
-            h.iter()
-                .zip(rec.unwrap().iter())
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect()
-        })
         .collect()
 }
 

@@ -126,10 +126,20 @@ pub fn shared_synthetic() -> String {
     .clone()
 }
 
-/// runs.csv rows as column -> value maps.
-pub fn rows(out: &Path) -> Vec<BTreeMap<String, String>> {
-    let mut r = csv::Reader::from_path(out.join("runs.csv")).unwrap();
+/// A CSV file's rows as column -> value maps; fails when a column name repeats (pandas would
+/// rename the second one silently).
+pub fn csv_rows(path: &Path) -> Vec<BTreeMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
     let h = r.headers().unwrap().clone();
+    let mut names: Vec<&str> = h.iter().collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        h.len(),
+        "a column name repeats in {}: {h:?}",
+        path.display()
+    );
     r.records()
         .map(|rec| {
             h.iter()
@@ -138,6 +148,11 @@ pub fn rows(out: &Path) -> Vec<BTreeMap<String, String>> {
                 .collect()
         })
         .collect()
+}
+
+/// runs.csv rows as column -> value maps.
+pub fn rows(out: &Path) -> Vec<BTreeMap<String, String>> {
+    csv_rows(&out.join("runs.csv"))
 }
 
 /// `name: value` lines of a command's output.
