@@ -166,6 +166,40 @@ impl Backbone {
         }
     }
 
+    /// Whether the backbone has a frozen stem: leading layers with no insertion site and no
+    /// trained weight, whose output depends only on the image, so that a trainer without
+    /// augmentation may compute it once per training image ([`Self::stem`],
+    /// [`Self::forward_from_stem`]). TinyViT's stem is its patch embedding, MbConv stage and
+    /// first downsampling (LiteMedSAM: the 64-channel stage at the input's full resolution,
+    /// a sixth of a step's work at 48 x 48); the other backbones report none (their stems are
+    /// one patch-embedding or stem convolution).
+    pub fn has_frozen_stem(&self) -> bool {
+        match self {
+            Self::TinyVit(m) => m.stem_is_frozen(),
+            _ => false,
+        }
+    }
+
+    /// The frozen stem's output (see [`Self::has_frozen_stem`]); `None` without one.
+    pub fn stem(&self, x: &Tensor) -> Option<Tensor> {
+        match self {
+            Self::TinyVit(m) if m.stem_is_frozen() => Some(m.stem(x, false)),
+            _ => None,
+        }
+    }
+
+    /// The features from the frozen stem's output: `forward_features(x)` equals
+    /// `forward_from_stem(stem(x))`.
+    pub fn forward_from_stem(&self, s: &Tensor, train: bool) -> Features {
+        match self {
+            Self::TinyVit(m) => Features {
+                x: m.forward_from_stem(s, train),
+                layout: None,
+            },
+            _ => panic!("forward_from_stem: this backbone has no frozen stem"),
+        }
+    }
+
     /// One training step's forward and backward: `loss(features)` is back-propagated into
     /// every tensor that requires grad; returns the loss, detached. With `checkpoint_blocks`,
     /// ViT and SAM ViT keep only each block's input during the forward and recompute the

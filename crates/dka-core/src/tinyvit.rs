@@ -168,6 +168,12 @@ impl ConvBn {
     fn forward_t(&self, x: &Tensor, bn_train: bool) -> Tensor {
         self.bn.forward_t(&self.c.forward(x), bn_train)
     }
+
+    /// Whether any weight (conv, BatchNorm scale or shift) is trained.
+    fn trains(&self) -> bool {
+        let bn = [self.bn.ws.as_ref(), self.bn.bs.as_ref()];
+        self.c.ws.requires_grad() || bn.into_iter().flatten().any(Tensor::requires_grad)
+    }
 }
 
 /// MBConv (stage 0): `GELU(x + conv3(GELU(dw3x3(GELU(conv1 x)))))` on `[batch, c, h, w]`.
@@ -193,6 +199,12 @@ impl MbConv {
         let h = self.conv2.forward_t(&h, bn_train).gelu("none");
         (self.conv3.forward_t(&h, bn_train) + x).gelu("none")
     }
+
+    fn trains(&self) -> bool {
+        [&self.conv1, &self.conv2, &self.conv3]
+            .iter()
+            .any(|c| c.trains())
+    }
 }
 
 /// Patch merging between stages: 1x1, depthwise 3x3 (stride 1 or 2), 1x1, GELU between.
@@ -216,6 +228,12 @@ impl PatchMerging {
         let h = self.conv1.forward_t(x, bn_train).gelu("none");
         let h = self.conv2.forward_t(&h, bn_train).gelu("none");
         self.conv3.forward_t(&h, bn_train)
+    }
+
+    fn trains(&self) -> bool {
+        [&self.conv1, &self.conv2, &self.conv3]
+            .iter()
+            .any(|c| c.trains())
     }
 }
 
@@ -473,14 +491,49 @@ impl TinyVit {
     /// The encoder's output `[batch, neck_chans, H/s, W/s]` (s = [`TinyVitConfig::total_stride`];
     /// `[batch, 256, 64, 64]` for LiteMedSAM at 256 x 256).
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Tensor {
-        let bn_train = train && !self.freeze_bn;
         let x = match &self.input_prompt {
             Some(m) => m.forward_t(x, train),
             None => x.shallow_clone(),
         };
-        let h = self.patch_embed[0].forward_t(&x, bn_train).gelu("none");
-        let mut map = self.patch_embed[1].forward_t(&h, bn_train);
-        for stage in &self.stages {
+        self.forward_from_stem(&self.stem(&x, train), train)
+    }
+
+    /// Whether the stem (the patch embedding, the MbConv stage and its downsampling: no
+    /// insertion site there) is fixed: no input prompt before it, none of its weights trained,
+    /// BatchNorm on its running statistics. Then its output depends only on the image, and a
+    /// trainer may compute it once per image ([`Self::stem`], [`Self::forward_from_stem`]).
+    pub fn stem_is_frozen(&self) -> bool {
+        let mbconv = match &self.stages[0].blocks {
+            StageBlocks::MbConv(b) => b.iter().any(MbConv::trains),
+            StageBlocks::Transformer(_) => true,
+        };
+        self.input_prompt.is_none()
+            && self.freeze_bn
+            && !mbconv
+            && !self.patch_embed.iter().any(ConvBn::trains)
+            && !self.stages[0]
+                .downsample
+                .as_ref()
+                .is_some_and(PatchMerging::trains)
+    }
+
+    /// The stem's output: the map that enters stage 1 (`[batch, embed_dims[1], ...]`).
+    pub fn stem(&self, x: &Tensor, train: bool) -> Tensor {
+        let bn_train = train && !self.freeze_bn;
+        let h = self.patch_embed[0].forward_t(x, bn_train).gelu("none");
+        let map = self.patch_embed[1].forward_t(&h, bn_train);
+        self.run_stages(map, 0..1, train)
+    }
+
+    /// The encoder's output from the stem's output (stages 1.. and the neck).
+    pub fn forward_from_stem(&self, map: &Tensor, train: bool) -> Tensor {
+        let map = self.run_stages(map.shallow_clone(), 1..self.stages.len(), train);
+        self.neck.forward(&map)
+    }
+
+    fn run_stages(&self, mut map: Tensor, stages: std::ops::Range<usize>, train: bool) -> Tensor {
+        let bn_train = train && !self.freeze_bn;
+        for stage in &self.stages[stages] {
             let (b, c, hh, ww) = map.size4().expect("4-D map");
             map = match &stage.blocks {
                 StageBlocks::MbConv(blocks) => blocks
@@ -498,7 +551,7 @@ impl TinyVit {
                 map = ds.forward_t(&map, bn_train);
             }
         }
-        self.neck.forward(&map)
+        map
     }
 
     /// Global average pool, `[batch, neck_chans]`.

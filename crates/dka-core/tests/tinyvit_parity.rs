@@ -101,3 +101,33 @@ fn real_litemedsam_encoder_matches_the_reference_module() {
     check_close(&f.x, &io["features"], "LiteMedSAM encoder features");
     assert_eq!(model.num_features(), 256);
 }
+
+/// The frozen stem (patch embedding, MbConv stage, first downsampling) exists only when none
+/// of its weights trains, and the rest of the encoder from its output gives the whole
+/// forward's features exactly (the trainer caches the stem once per image).
+#[test]
+fn the_frozen_stem_and_the_rest_give_the_whole_forward() {
+    let dir = root().join("fixtures/tinyvit");
+    assert!(
+        dir.join("io.safetensors").is_file(),
+        "fixture {} is missing: run `just fixtures` (or `just test`)",
+        dir.display()
+    );
+    let (mut vs, model, io) = load(&dir);
+    let x = &io["input"];
+    assert!(
+        !model.has_frozen_stem() && model.stem(x).is_none(),
+        "trainable weights: no frozen stem"
+    );
+    vs.freeze();
+    assert!(model.has_frozen_stem());
+    let whole = tch::no_grad(|| model.forward_features(x, true)).x;
+    let stem = tch::no_grad(|| model.stem(x)).expect("a frozen stem");
+    let rest = tch::no_grad(|| model.forward_from_stem(&stem, true)).x;
+    assert_eq!(
+        (&whole - &rest).abs().max().double_value(&[]),
+        0.0,
+        "stem + rest differs from the whole forward"
+    );
+    check_close(&rest, &io["features"], "tinyvit features from the stem");
+}

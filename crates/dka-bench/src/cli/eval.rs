@@ -90,7 +90,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut setup = EvalSetup::new(cfg, run.classes().len() as i64, device)?;
     setup.remap = data.remap.clone();
     let order = (0..split.len()).collect();
-    let loader = crate::train::data::loader(&split, order, None, cfg, 0)?;
+    let loader = crate::train::data::eval_loader(&split, order, cfg)?;
     let mut each = Vec::new();
     let want_cases = a.per_case.is_some();
     let (metrics, _) = evaluate_each(

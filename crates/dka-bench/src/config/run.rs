@@ -156,6 +156,12 @@ pub struct RunConfig {
     pub precision: Precision,
     pub epochs: usize,
     pub batch_size: usize,
+    /// Batch size of evaluation and of the forward passes a run caches (linear probing's
+    /// features, a frozen stem); 0: `batch_size`. Not part of a run's identity: without
+    /// gradients, dropout or batch statistics the batch only changes float round-off, and a
+    /// larger one costs fewer per-operation overheads (the demo's batches of 2).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub eval_batch_size: usize,
     pub optimizer: OptimConfig,
     pub selection: Selection,
     /// With `last` or `best-val` selection, also evaluate the test set every k epochs for the
@@ -203,6 +209,7 @@ impl Default for RunConfig {
             precision: Precision::Auto,
             epochs: 100,
             batch_size: 64,
+            eval_batch_size: 0,
             optimizer: OptimConfig::default(),
             selection: Selection::Last,
             test_every: 0,
@@ -218,7 +225,20 @@ impl Default for RunConfig {
     }
 }
 
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
 impl RunConfig {
+    /// The batch size of evaluation and of cached forward passes (see `eval_batch_size`).
+    pub fn eval_batch(&self) -> usize {
+        if self.eval_batch_size > 0 {
+            self.eval_batch_size
+        } else {
+            self.batch_size
+        }
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         // Every number must be finite (JSON, hence config.json, cannot hold NaN or infinity).
         let value = toml::Value::try_from(self)?;

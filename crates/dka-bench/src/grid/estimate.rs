@@ -12,7 +12,7 @@
 use crate::config::run::{RunConfig, Selection};
 use crate::train::evaluate::EvalSetup;
 use crate::train::model::Model;
-use crate::train::step::Stepper;
+use crate::train::step::{StepInput, Stepper};
 use crate::util::stats::median;
 use anyhow::Context;
 use dka_core::BackboneConfig;
@@ -189,17 +189,22 @@ fn time_at(
             tch::Cuda::synchronize(i as i64);
         }
     };
-    // Linear probing trains the head on cached features: only the head's step counts.
-    let frozen = cfg.method.method().frozen_features();
-    let input = if frozen {
-        tch::no_grad(|| setup.amp.run(|| model.embed(&x, false)))
-    } else {
-        x.shallow_clone()
+    // Linear probing trains the head on cached features: only the head's step counts; a
+    // frozen stem is cached too, and only what follows it counts.
+    let what = crate::train::feature_cache::step_input(cfg, &model);
+    let input = match what {
+        StepInput::Features => tch::no_grad(|| setup.amp.run(|| model.embed(&x, false))),
+        StepInput::Stem => tch::no_grad(|| {
+            setup
+                .amp
+                .run(|| model.backbone.stem(&x).expect("a frozen stem"))
+        }),
+        StepInput::Images => x.shallow_clone(),
     };
     let mut train = || -> anyhow::Result<f64> {
         sync();
         let t = std::time::Instant::now();
-        let _loss = stepper.forward_backward(&opt, None, &input, &y, frozen)?;
+        let _loss = stepper.forward_backward(&opt, None, &input, &y, what)?;
         opt.step(None)?;
         sync();
         Ok(t.elapsed().as_secs_f64())

@@ -64,10 +64,12 @@ pub fn run_identity(
 ) -> anyhow::Result<serde_json::Value> {
     let mut cfg = serde_json::to_value(resolved)?;
     if let Some(o) = cfg.as_object_mut() {
-        // The path of the weights is not their content; loader threads and the note on where
+        // The path of the weights is not their content; loader threads, the evaluation batch
+        // (round-off only: see `RunConfig::eval_batch_size`) and the note on where
         // the input convention came from change nothing.
         o.remove("weights");
         o.remove("loader_threads");
+        o.remove("eval_batch_size");
         // Off (the default) leaves the ids of runs made before the option existed unchanged;
         // on, dropout draws its masks in another order, so it is part of the identity.
         if o.get("checkpoint_blocks") == Some(&serde_json::Value::Bool(false)) {
@@ -118,6 +120,7 @@ mod tests {
         let b = RunConfig {
             weights: Some("/b/w.safetensors".into()),
             loader_threads: 7,
+            eval_batch_size: 32,
             ..Default::default()
         };
         let id = |c: &RunConfig, w: &str, s: &str| run_identity(c, Some(w), s).unwrap();

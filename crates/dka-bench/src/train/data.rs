@@ -149,6 +149,20 @@ pub fn loader(
     loader_from(split, order, augment, cfg, epoch, 0)
 }
 
+/// Batches of `order` in `cfg`'s evaluation batch size ([`RunConfig::eval_batch`]), never
+/// augmented: evaluation and cached forward passes.
+pub fn eval_loader(
+    split: &Arc<DecodedSplit>,
+    order: Vec<usize>,
+    cfg: &RunConfig,
+) -> anyhow::Result<CachedLoader> {
+    let cfg = RunConfig {
+        batch_size: cfg.eval_batch(),
+        ..cfg.clone()
+    };
+    loader_from(split, order, None, &cfg, 0, 0)
+}
+
 /// As [`loader`], without the first `first_batch` batches (a resumed epoch).
 pub fn loader_from(
     split: &Arc<DecodedSplit>,

@@ -209,7 +209,7 @@ pub fn evaluate_split(
     let order = (0..split.len()).collect();
     Ok(evaluate(
         model,
-        crate::train::data::loader(&split, order, None, cfg, 0)?,
+        crate::train::data::eval_loader(&split, order, cfg)?,
         &split,
         &setup,
     )?

@@ -4,15 +4,15 @@
 //! evaluate, select, checkpoint, finish. Everything a checkpoint saves is a field here, so a
 //! resumed run computes what the uninterrupted one would have.
 use super::checkpoint;
-use super::data::{loader, loader_from, to_device};
+use super::data::{eval_loader, loader_from, to_device};
 use super::evaluate::{evaluate, EvalSetup, Evaluation};
-use super::feature_cache::FeatureCache;
+use super::feature_cache::{step_input, FeatureCache, STEM_CACHE_BYTES};
 use super::fit::{Fitted, Splits};
 use super::log::{MetricsLog, RunLog};
 use super::model::{Model, Snapshot};
 use super::optim::Optimizer;
 use super::precision::LossScaler;
-use super::step::Stepper;
+use super::step::{StepInput, Stepper};
 use crate::config::metrics::primary_metric;
 use crate::config::run::{Precision, RunConfig, Selection};
 use crate::util::interrupt::{self, Interrupted};
@@ -63,7 +63,8 @@ pub struct Fixed<'a> {
     setup: EvalSetup,
     augment: Option<dka_data::Augment>,
     splits: Splits,
-    /// Linear probing: the frozen backbone's features of the training split.
+    /// Linear probing: the frozen backbone's features of the training split; other methods
+    /// without augmentation: the frozen stem's output, where the backbone has one.
     cache: Option<FeatureCache>,
     dir: &'a Path,
     /// Take a saved state made for fewer epochs on to `cfg.epochs` (`--continue`).
@@ -83,26 +84,41 @@ impl<'a> Fixed<'a> {
     ) -> anyhow::Result<Self> {
         let setup = EvalSetup::new(cfg, classes, device)?;
         let method = cfg.method.method();
-        let cache = if method.frozen_features() {
-            let c = FeatureCache::build(
+        let what = step_input(cfg, model);
+        let cache = match what {
+            StepInput::Images => None,
+            _ => FeatureCache::build(
                 model,
+                what,
                 &splits.train,
                 setup.pad,
                 cfg,
                 &setup.normalizer,
                 setup.amp,
                 device,
-            )?;
-            log.note(&format!(
+                (what == StepInput::Stem).then_some(STEM_CACHE_BYTES),
+            )?,
+        };
+        match (&cache, what) {
+            (Some(c), StepInput::Features) => log.note(&format!(
                 "{}: frozen features of {} training samples cached once ({:?}, host memory)",
                 method.name(),
                 c.len(),
                 c.kind()
-            ));
-            Some(c)
-        } else {
-            None
-        };
+            )),
+            (Some(c), StepInput::Stem) => log.note(&format!(
+                "the backbone's frozen stem (no trained weight, no augmentation) computed once for \
+                 {} training samples ({:?}, host memory); the steps start after it",
+                c.len(),
+                c.kind()
+            )),
+            (None, StepInput::Stem) => log.note(&format!(
+                "the backbone's frozen stem is not cached: its output for the training split \
+                 would take more than {} GiB; it runs at every step",
+                STEM_CACHE_BYTES >> 30
+            )),
+            _ => {}
+        }
         Ok(Self {
             cfg,
             model,
@@ -129,7 +145,7 @@ impl<'a> Fixed<'a> {
         let all = (0..split.len()).collect();
         evaluate(
             self.model,
-            loader(split, all, None, self.cfg, 0)?,
+            eval_loader(split, all, self.cfg)?,
             split,
             &self.setup,
         )
@@ -160,6 +176,10 @@ pub struct TrainState<'a> {
     started: Instant,
     last_saved: Instant,
     config_sha: String,
+    /// `DKA_TRACE`: which of this process's steps go under libtorch's profiler, and where.
+    trace: Option<crate::util::profiler::TraceRequest>,
+    /// Training steps this process has run (what `DKA_TRACE` counts).
+    steps_here: usize,
 }
 
 impl<'a> TrainState<'a> {
@@ -193,6 +213,8 @@ impl<'a> TrainState<'a> {
             started: Instant::now(),
             last_saved: Instant::now(),
             config_sha: checkpoint::config_sha256(cfg)?,
+            trace: crate::util::profiler::TraceRequest::from_env()?,
+            steps_here: 0,
             fx,
         })
     }
@@ -292,7 +314,8 @@ impl<'a> TrainState<'a> {
                     .as_ref()
                     .expect("cached")
                     .batch(&chunk, device);
-                self.step(&e, &y, true)?;
+                let what = self.fx.cache.as_ref().expect("cached").what();
+                self.step(&e, &y, what)?;
                 self.after_batch()?;
             }
         } else {
@@ -317,7 +340,7 @@ impl<'a> TrainState<'a> {
                 tch::manual_seed(step_seed(cfg.seed, epoch, self.next_batch));
                 let (x, y, valid) = to_device(&b, &train, pad_now, device);
                 let x = self.fx.setup.normalizer.apply(&x, valid.as_ref());
-                self.step(&x, &y, false)?;
+                self.step(&x, &y, StepInput::Images)?;
                 self.after_batch()?;
             }
         }
@@ -330,13 +353,57 @@ impl<'a> TrainState<'a> {
     /// One training step: forward, backward, the optimiser's update (skipped by the fp16
     /// scaler when the gradients are not finite). The loss is added up on the device; fp32 and
     /// bf16 runs stop at the next check when it is not finite.
-    fn step(&mut self, input: &Tensor, y: &Tensor, cached: bool) -> anyhow::Result<()> {
+    fn step(&mut self, input: &Tensor, y: &Tensor, what: StepInput) -> anyhow::Result<()> {
+        self.trace_edge(true)?;
+        self.step_inner(input, y, what)?;
+        self.steps_here += 1;
+        self.trace_edge(false)
+    }
+
+    /// Starts libtorch's profiler before the first traced step (`DKA_TRACE`) and writes the
+    /// trace after the last one.
+    fn trace_edge(&mut self, before: bool) -> anyhow::Result<()> {
+        let Some(t) = &self.trace else {
+            return Ok(());
+        };
+        if before && self.steps_here == t.first {
+            crate::util::profiler::start()?;
+        } else if !before && self.steps_here == t.first + t.count {
+            let id = self
+                .fx
+                .dir
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            let out = t.file_for(&id);
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("DKA_TRACE: creating {}", parent.display()))?;
+            }
+            if self.fx.setup.device.is_cuda() {
+                tch::Cuda::synchronize(match self.fx.setup.device {
+                    Device::Cuda(i) => i as i64,
+                    _ => 0,
+                });
+            }
+            crate::util::profiler::stop(&out)?;
+            tracing::info!(
+                "DKA_TRACE: steps {}..{} of this run traced into {}",
+                t.first,
+                t.first + t.count,
+                out.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn step_inner(&mut self, input: &Tensor, y: &Tensor, what: StepInput) -> anyhow::Result<()> {
         let stepper = Stepper {
             model: self.fx.model,
             cfg: self.fx.cfg,
             setup: &self.fx.setup,
         };
-        let l = stepper.forward_backward(&self.opt, self.scaler.as_ref(), input, y, cached)?;
+        let l = stepper.forward_backward(&self.opt, self.scaler.as_ref(), input, y, what)?;
         self.images += y.size()[0] as usize;
         let outcome = self.opt.step(self.scaler.as_mut())?;
         if let Some(s) = self.scaler.as_ref() {

@@ -10,6 +10,17 @@ use super::precision::LossScaler;
 use crate::config::run::RunConfig;
 use tch::{Kind, Tensor};
 
+/// What a step's `input` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepInput {
+    /// Normalised images.
+    Images,
+    /// Linear probing's cached backbone features.
+    Features,
+    /// The cached output of the backbone's frozen stem ([`dka_core::Backbone::stem`]).
+    Stem,
+}
+
 /// The model, config and evaluation setup a step runs with.
 #[derive(Clone, Copy)]
 pub struct Stepper<'a> {
@@ -20,21 +31,21 @@ pub struct Stepper<'a> {
 
 impl Stepper<'_> {
     /// The loss of one batch (detached, on the device), back-propagated after the gradients
-    /// are cleared; fp16 (`scaler`) back-propagates the scaled loss. `cached`: `input` is
-    /// linear probing's cached features. With `checkpoint_blocks` the backbone runs its own
-    /// backward (activation checkpointing).
+    /// are cleared; fp16 (`scaler`) back-propagates the scaled loss. `what`: images, linear
+    /// probing's cached features or the frozen stem's cached output. With `checkpoint_blocks`
+    /// the backbone runs its own backward on images (activation checkpointing).
     pub fn forward_backward(
         &self,
         opt: &Optimizer,
         scaler: Option<&LossScaler>,
         input: &Tensor,
         y: &Tensor,
-        cached: bool,
+        what: StepInput,
     ) -> anyhow::Result<Tensor> {
         let (model, setup) = (self.model, self.setup);
         let seg_loss = self.cfg.seg_loss;
         opt.zero_grad()?;
-        if self.cfg.checkpoint_blocks && !cached {
+        if self.cfg.checkpoint_blocks && what == StepInput::Images {
             let mut value = None;
             let _detached_loss = setup.amp.run(|| {
                 model.backbone.forward_backward(input, true, true, |f| {
@@ -54,11 +65,14 @@ impl Stepper<'_> {
         let logits = setup
             .amp
             .run(|| {
-                if cached {
-                    model.head_logits(input, setup.size, true)
-                } else {
-                    model.head_logits(&model.embed(input, true), setup.size, true)
-                }
+                let e = match what {
+                    StepInput::Features => input.shallow_clone(),
+                    StepInput::Images => model.embed(input, true),
+                    StepInput::Stem => {
+                        model.embed_features(&model.backbone.forward_from_stem(input, true))
+                    }
+                };
+                model.head_logits(&e, setup.size, true)
             })
             .to_kind(Kind::Float);
         let l = loss(&logits, y, seg_loss);
@@ -75,6 +89,9 @@ mod tests {
     use super::*;
     use crate::train::precision::Amp;
     use tch::{Device, Kind};
+
+    /// libtorch's seed is global: the tests here that compare two seeded runs hold this.
+    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// The gradients of every trainable tensor after one step, by name.
     fn grads(model: &Model) -> Vec<(String, Tensor)> {
@@ -97,6 +114,7 @@ mod tests {
     /// and reused in the recompute would carry no gradient back to the weight.
     #[test]
     fn checkpointed_and_plain_bf16_steps_give_equal_gradients_for_every_method() {
+        let _seeded = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
         let d = tempfile::tempdir().unwrap();
         let vit = crate::config::run::tiny_vit_for_tests(d.path(), 32);
         for name in dka_baselines::NAMES {
@@ -131,7 +149,7 @@ mod tests {
                     setup: &setup,
                 };
                 let loss = stepper
-                    .forward_backward(&opt, None, &x, &y, false)
+                    .forward_backward(&opt, None, &x, &y, StepInput::Images)
                     .unwrap()
                     .double_value(&[]);
                 (loss, grads(&model))
@@ -153,6 +171,67 @@ mod tests {
                 let err = (a - b).abs().max().double_value(&[]) / scale;
                 // bf16 round-off: the two passes sum in other orders.
                 assert!(err <= 2e-2, "{name}: {n}: relative difference {err:e}");
+            }
+        }
+    }
+
+    /// With the frozen stem cached (TinyViT: LiteMedSAM's encoder, random weights, no
+    /// augmentation) a step from the stem's output gives the loss and every gradient of the
+    /// step from the images, exactly; methods that train the stem (full fine-tuning, BitFit)
+    /// or sit before it (VPT's input prompt) step from images.
+    #[test]
+    fn a_step_from_the_cached_stem_equals_the_step_from_images() {
+        let _seeded = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+        use crate::train::feature_cache::step_input;
+        for name in ["lora", "adapter", "dka", "full", "bitfit", "vpt"] {
+            let cfg = RunConfig {
+                backbone: "litemedsam_tinyvit".into(),
+                weights: None,
+                method: dka_baselines::MethodConfig::by_name(name).unwrap(),
+                img_size: 32,
+                augment: false,
+                ..Default::default()
+            }
+            .resolve(Device::Cpu)
+            .unwrap();
+            let run = |from_stem: bool| {
+                tch::manual_seed(5);
+                let model = Model::build(&cfg, 3, false, Device::Cpu).unwrap();
+                let opt = Optimizer::new(&cfg.optimizer, model.groups()).unwrap();
+                let setup = EvalSetup::new(&cfg, 3, Device::Cpu).unwrap();
+                let what = step_input(&cfg, &model);
+                tch::manual_seed(7);
+                let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+                let y = Tensor::from_slice(&[0i64, 2]);
+                let (input, what) = if from_stem {
+                    let stem = tch::no_grad(|| setup.amp.run(|| model.backbone.stem(&x)));
+                    (stem.unwrap_or(x), what)
+                } else {
+                    (x, StepInput::Images)
+                };
+                let stepper = Stepper {
+                    model: &model,
+                    cfg: &cfg,
+                    setup: &setup,
+                };
+                let loss = stepper
+                    .forward_backward(&opt, None, &input, &y, what)
+                    .unwrap()
+                    .double_value(&[]);
+                (what, loss, grads(&model))
+            };
+            let (_, l0, g0) = run(false);
+            let (what, l1, g1) = run(true);
+            let expected = match name {
+                "full" | "bitfit" | "vpt" => StepInput::Images,
+                _ => StepInput::Stem,
+            };
+            assert_eq!(what, expected, "{name}");
+            assert_eq!(l0, l1, "{name}: loss");
+            assert_eq!(g0.len(), g1.len(), "{name}");
+            for ((n, a), (_, b)) in g0.iter().zip(&g1) {
+                let err = (a - b).abs().max().double_value(&[]);
+                assert_eq!(err, 0.0, "{name}: {n}: gradients differ");
             }
         }
     }

@@ -113,28 +113,7 @@ pub enum Request {
     Quit,
 }
 
-extern "C" {
-    fn dka_profiler_start() -> i32;
-    fn dka_profiler_stop(path: *const std::os::raw::c_char) -> i32;
-}
-
-/// Runs `f` under libtorch's profiler and writes its Chrome trace to `out`.
-pub fn profiled<T>(out: &Path, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let path = std::ffi::CString::new(out.to_string_lossy().as_bytes())?;
-    anyhow::ensure!(
-        unsafe { dka_profiler_start() } == 0,
-        "libtorch's profiler did not start"
-    );
-    let r = f();
-    let stopped = unsafe { dka_profiler_stop(path.as_ptr()) };
-    let v = r?;
-    anyhow::ensure!(
-        stopped == 0,
-        "{}: libtorch's profiler could not write its trace",
-        out.display()
-    );
-    Ok(v)
-}
+use crate::util::profiler::profiled;
 
 /// Resets the CPU high-water mark of the resident set to its current value (Linux >= 4.0).
 pub fn reset_cpu_peak() -> bool {
