@@ -49,14 +49,20 @@ fn load(dir: &Path) -> (nn::VarStore, Backbone, HashMap<String, Tensor>) {
     (vs, model, io)
 }
 
-#[test]
-fn small_tinyvit_matches_the_reference_module() {
+/// `fixtures/tinyvit`, which `just fixtures` writes.
+fn small_fixture() -> PathBuf {
     let dir = root().join("fixtures/tinyvit");
     assert!(
         dir.join("io.safetensors").is_file(),
         "fixture {} is missing: run `just fixtures` (or `just test`)",
         dir.display()
     );
+    dir
+}
+
+#[test]
+fn small_tinyvit_matches_the_reference_module() {
+    let dir = small_fixture();
     let (_vs, model, io) = load(&dir);
     let x = &io["input"];
     model.check_input(&x.size()).unwrap();
@@ -107,12 +113,7 @@ fn real_litemedsam_encoder_matches_the_reference_module() {
 /// forward's features exactly (the trainer caches the stem once per image).
 #[test]
 fn the_frozen_stem_and_the_rest_give_the_whole_forward() {
-    let dir = root().join("fixtures/tinyvit");
-    assert!(
-        dir.join("io.safetensors").is_file(),
-        "fixture {} is missing: run `just fixtures` (or `just test`)",
-        dir.display()
-    );
+    let dir = small_fixture();
     let (mut vs, model, io) = load(&dir);
     let x = &io["input"];
     assert!(

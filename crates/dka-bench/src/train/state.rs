@@ -177,9 +177,7 @@ pub struct TrainState<'a> {
     last_saved: Instant,
     config_sha: String,
     /// `DKA_TRACE`: which of this process's steps go under libtorch's profiler, and where.
-    trace: Option<crate::util::profiler::TraceRequest>,
-    /// Training steps this process has run (what `DKA_TRACE` counts).
-    steps_here: usize,
+    trace: Option<crate::util::profiler::StepTracer>,
 }
 
 impl<'a> TrainState<'a> {
@@ -213,8 +211,7 @@ impl<'a> TrainState<'a> {
             started: Instant::now(),
             last_saved: Instant::now(),
             config_sha: checkpoint::config_sha256(cfg)?,
-            trace: crate::util::profiler::TraceRequest::from_env()?,
-            steps_here: 0,
+            trace: crate::util::profiler::StepTracer::from_env()?,
             fx,
         })
     }
@@ -300,6 +297,7 @@ impl<'a> TrainState<'a> {
         self.bar.set_message("-");
         let device = self.fx.setup.device;
         if let Some(c) = &self.fx.cache {
+            let what = c.what();
             let order = epoch_order(&(0..c.len()).collect::<Vec<_>>(), cfg.seed, epoch as u64);
             let chunks: Vec<Vec<usize>> = order
                 .chunks(cfg.batch_size)
@@ -314,7 +312,6 @@ impl<'a> TrainState<'a> {
                     .as_ref()
                     .expect("cached")
                     .batch(&chunk, device);
-                let what = self.fx.cache.as_ref().expect("cached").what();
                 self.step(&e, &y, what)?;
                 self.after_batch()?;
             }
@@ -354,47 +351,24 @@ impl<'a> TrainState<'a> {
     /// scaler when the gradients are not finite). The loss is added up on the device; fp32 and
     /// bf16 runs stop at the next check when it is not finite.
     fn step(&mut self, input: &Tensor, y: &Tensor, what: StepInput) -> anyhow::Result<()> {
-        self.trace_edge(true)?;
-        self.step_inner(input, y, what)?;
-        self.steps_here += 1;
-        self.trace_edge(false)
-    }
-
-    /// Starts libtorch's profiler before the first traced step (`DKA_TRACE`) and writes the
-    /// trace after the last one.
-    fn trace_edge(&mut self, before: bool) -> anyhow::Result<()> {
-        let Some(t) = &self.trace else {
-            return Ok(());
-        };
-        if before && self.steps_here == t.first {
-            crate::util::profiler::start()?;
-        } else if !before && self.steps_here == t.first + t.count {
-            let id = self
-                .fx
-                .dir
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "run".into());
-            let out = t.file_for(&id);
-            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("DKA_TRACE: creating {}", parent.display()))?;
-            }
-            if self.fx.setup.device.is_cuda() {
-                tch::Cuda::synchronize(match self.fx.setup.device {
-                    Device::Cuda(i) => i as i64,
-                    _ => 0,
-                });
-            }
-            crate::util::profiler::stop(&out)?;
-            tracing::info!(
-                "DKA_TRACE: steps {}..{} of this run traced into {}",
-                t.first,
-                t.first + t.count,
-                out.display()
-            );
+        if let Some(t) = &self.trace {
+            t.before_step()?;
         }
-        Ok(())
+        self.step_inner(input, y, what)?;
+        let (dir, device) = (self.fx.dir, self.fx.setup.device);
+        match &mut self.trace {
+            Some(t) => {
+                let id = dir
+                    .file_name()
+                    .map_or("run".into(), |s| s.to_string_lossy());
+                t.after_step(&id, || {
+                    if let Device::Cuda(i) = device {
+                        tch::Cuda::synchronize(i as i64);
+                    }
+                })
+            }
+            None => Ok(()),
+        }
     }
 
     fn step_inner(&mut self, input: &Tensor, y: &Tensor, what: StepInput) -> anyhow::Result<()> {

@@ -94,6 +94,52 @@ impl TraceRequest {
     }
 }
 
+/// A run's `DKA_TRACE`: counts the steps this process runs and puts the requested ones under
+/// the profiler, writing the trace for run `id` after the last of them.
+#[derive(Debug)]
+pub struct StepTracer {
+    request: TraceRequest,
+    steps: usize,
+}
+
+impl StepTracer {
+    /// The tracer `DKA_TRACE` asks for, if any.
+    pub fn from_env() -> anyhow::Result<Option<Self>> {
+        Ok(TraceRequest::from_env()?.map(|request| Self { request, steps: 0 }))
+    }
+
+    /// Before a step: starts the profiler at the first traced one.
+    pub fn before_step(&self) -> anyhow::Result<()> {
+        if self.steps == self.request.first {
+            start()?;
+        }
+        Ok(())
+    }
+
+    /// After a step (the device synchronised by `sync`): writes the trace after the last
+    /// traced one.
+    pub fn after_step(&mut self, id: &str, sync: impl FnOnce()) -> anyhow::Result<()> {
+        self.steps += 1;
+        let (first, count) = (self.request.first, self.request.count);
+        if self.steps != first + count {
+            return Ok(());
+        }
+        let out = self.request.file_for(id);
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| anyhow::anyhow!("DKA_TRACE: creating {}: {e}", parent.display()))?;
+        }
+        sync();
+        stop(&out)?;
+        tracing::info!(
+            "DKA_TRACE: steps {first}..{} of this run traced into {}",
+            first + count,
+            out.display()
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +174,28 @@ mod tests {
         .unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.contains("aten::matmul"), "no matmul in the trace");
+    }
+
+    #[test]
+    fn a_step_tracer_writes_its_steps_only() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = StepTracer {
+            request: TraceRequest::parse(&format!("{}/t.json:1:2", d.path().display())).unwrap(),
+            steps: 0,
+        };
+        let out = d.path().join("t-run7.json");
+        for step in 0..4 {
+            t.before_step().unwrap();
+            let a = tch::Tensor::ones([2, 2], (tch::Kind::Float, tch::Device::Cpu));
+            let _ = a.mm(&a);
+            t.after_step("run7", || {}).unwrap();
+            assert_eq!(out.is_file(), step >= 2, "after step {step}");
+        }
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(
+            text.matches("\"aten::mm\"").count(),
+            2,
+            "steps 1 and 2 only"
+        );
     }
 }
