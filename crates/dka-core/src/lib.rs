@@ -4,6 +4,7 @@
 //! [`samvit`], [`tinyvit`];
 //! [`backbone`] puts them behind one handle. [`sites`] defines where adapters attach; [`erf`]
 //! measures effective receptive fields.
+pub mod attention;
 pub mod backbone;
 pub mod convert;
 pub mod dka;

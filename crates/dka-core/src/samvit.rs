@@ -183,8 +183,7 @@ impl Attention {
         if p > 0 {
             bias = bias.constant_pad_nd([p, 0, p, 0]);
         }
-        let o =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, false);
+        let o = crate::attention::attention(&q, &k, &v, Some(&bias));
         let o = o.transpose(1, 2).reshape([b, t, d]);
         linear_with(&self.proj, &sites.proj, &o, train)
     }

@@ -281,8 +281,7 @@ impl Attention {
             .attention_biases
             .index_select(1, &self.bias_idx.to_device(x.device()))
             .view([nh, n, n]);
-        let o =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, false);
+        let o = crate::attention::attention(&q, &k, &v, Some(&bias));
         linear_with(
             &self.proj,
             &sites.proj,

@@ -159,16 +159,7 @@ impl Attention {
             [q, k, v] => (q.shallow_clone(), k.shallow_clone(), v.shallow_clone()),
             _ => unreachable!("qkv holds q, k and v"),
         };
-        let o = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
+        let o = crate::attention::attention(&q, &k, &v, None);
         let o = o.transpose(1, 2).reshape([b, n, d]);
         linear_with(&self.proj, &sites.proj, &o, train)
     }
