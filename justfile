@@ -59,8 +59,9 @@ fuzz cases="5000": setup fixtures
     PROPTEST_CASES={{cases}} cargo test -p dka-data --test fuzz
     PROPTEST_CASES={{cases}} cargo test -p dka-bench --test fuzz --test fuzz_cli
 
-# The end-to-end demo: device report, timm-parity feature extraction, then DKA and baselines fine-tuned on real registry MRI.
-demo: build fixtures assets
+# The end-to-end demo: device report, timm-parity feature extraction, then DKA and baselines fine-tuned on real registry MRI. Its set-up (`just setup build fixtures assets`) runs side by side where it can (scripts/prepare.sh).
+demo:
+    scripts/prepare.sh cuda={{cuda}}
     scripts/demo.sh
 
 # Whether the demo trains long enough: its settings for 4x as many epochs, every method on the pretrained backbones (one draw, both fractions), into results/demo_convergence/ (7 to 14 min on 2 cores). One process: its OpenMP threads may spin (ACTIVE), as in the demo.

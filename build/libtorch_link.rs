@@ -15,6 +15,14 @@ pub fn main() {
     let Ok(root) = std::env::var("LIBTORCH") else {
         return;
     };
+    // What this script reads comes from the wheel behind LIBTORCH, whose path stays the same
+    // when `just setup` installs another variant (or installs the first one while cargo is
+    // already compiling, as `scripts/prepare.sh` does): rerun when the wheel changes. A file
+    // that does not exist yet makes cargo rerun the script every build until it does.
+    println!(
+        "cargo:rerun-if-changed={}",
+        Path::new(&root).join("version.py").display()
+    );
     let lib = Path::new(&root).join("lib");
     // The wheel's `version.py` says which PyTorch this is (e.g. `2.11.0+cu130`); `dka info`
     // prints it next to the library it actually loaded.
