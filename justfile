@@ -15,6 +15,9 @@ device := ""
 # `just cuda=cu126 setup`; later recipes keep what is installed.
 cuda := ""
 dka := "target/debug/dka"
+# Grid workers for the CPU recipes (demo, demo-convergence, demo-lr, long-range): one per 2 cores
+# (scripts/demo.sh says why); DKA_WORKERS=N overrides.
+cpu_workers := `n=${DKA_WORKERS:-$(( $(nproc) / 2 ))}; [ "$n" -ge 1 ] 2>/dev/null || n=1; echo $n`
 
 # List the recipes.
 default:
@@ -61,17 +64,20 @@ fuzz cases="5000": setup fixtures
 
 # The end-to-end demo: device report, timm-parity feature extraction, then DKA and baselines fine-tuned on real registry MRI. Its set-up (`just setup build fixtures assets`) runs side by side where it can (scripts/prepare.sh).
 demo:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export DKA_DEMO_STARTED=$(date +%s)
     scripts/prepare.sh cuda={{cuda}}
     scripts/demo.sh
 
 # Whether the demo trains long enough: its settings for 4x as many epochs, every method on the pretrained backbones (one draw, both fractions), into results/demo_convergence/ (7 to 14 min on 2 cores). One process: its OpenMP threads may spin (ACTIVE), as in the demo.
 demo-convergence: build assets
-    OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE} {{dka}} grid experiments/demo.toml --profile convergence --data colin27-gm-slab=.assets/colin27 --out results/demo_convergence
+    OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE} {{dka}} grid experiments/demo.toml --profile convergence --data colin27-gm-slab=.assets/colin27 --out results/demo_convergence --workers {{cpu_workers}}
     .venv/bin/python scripts/curves.py results/demo_convergence
 
 # Whether larger or annealed learning rates reach LiteMedSAM's plateau in the demo's steps: its adapter methods at the demo's length under four adapter learning-rate settings, into results/demo_lr/ (up to 9 min on 2 cores).
 demo-lr: build assets
-    OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE} {{dka}} grid experiments/demo.toml --profile lr --data colin27-gm-slab=.assets/colin27 --out results/demo_lr
+    OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE} {{dka}} grid experiments/demo.toml --profile lr --data colin27-gm-slab=.assets/colin27 --out results/demo_lr --workers {{cpu_workers}}
     .venv/bin/python scripts/curves.py results/demo_lr
 
 # Check this build on the GPU: dka info, fixtures' forward on CPU and CUDA (fp32, bf16), a bf16
@@ -156,7 +162,7 @@ long-range: build
     commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates experiments 2>/dev/null || echo ' (with uncommitted changes)')"
     rm -rf results/long_range
     {{dka}} data synth --task long-range --out results/long_range/data --per-class 300
-    {{dka}} grid experiments/long_range.toml --data folder=results/long_range/data --weights none --device cpu --out results/long_range
+    {{dka}} grid experiments/long_range.toml --data folder=results/long_range/data --weights none --device cpu --out results/long_range --workers {{cpu_workers}}
     {{dka}} inspect results/long_range --data folder=results/long_range/data --device cpu --images 60
     { echo "# How results/long_range was made"; echo; \
       echo "- command: \`just long-range\` (experiments/long_range.toml; data: \`dka data synth --task long-range --per-class 300\`, seed 0)"; \

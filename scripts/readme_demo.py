@@ -42,7 +42,13 @@ def made():
     machine = re.search(r"- machine: (.*)", text).group(1)
     commit = re.search(r"- commit: (.*)", text).group(1)
     date = re.search(r"- finished: (\S+)", text).group(1)
-    return secs, machine, commit, date
+    whole = re.search(r"with its set-up: (\d+) s \(set-up (\d+) s\)", text)
+    with_setup = ""
+    if whole:
+        t, p = int(whole.group(1)), int(whole.group(2))
+        with_setup = (f"; `just demo` with its set-up ({p} s in `scripts/prepare.sh`: on a fresh"
+                      f" clone, installing PyTorch and building), {t // 60} min {t % 60} s")
+    return secs, machine, commit, date, with_setup
 
 
 def compare(c, methods, fractions, a, b):
@@ -250,7 +256,7 @@ def block():
     methods = list(dict.fromkeys(k[0] for k in c))
     fractions = list(dict.fromkeys(k[2] for k in c))
     draws = max(len(v) for v in d.values())
-    secs, machine, commit, date = made()
+    secs, machine, commit, date, with_setup = made()
     n = len(methods) * len(fractions)
     pairs = {}
     for name, a, b in (("LiteMedSAM", "LiteMedSAM (medical)", "LiteMedSAM (random)"),
@@ -317,8 +323,8 @@ DINOv2 trains 30 epochs of one batch, LiteMedSAM 40 epochs in batches of 2 and t
 300 epochs, in bf16 autocast on the CPU (`experiments/demo.toml` says why). Each
 cell is the foreground IoU (%), mean ± std over {draws} draws; † marks cells not
 distinguishable from DKA (paired t, 95 %).
-It took {secs // 60} min {secs % 60} s on {machine.split(",")[0]} (`results/demo/`, made at
-commit {commit} on {date}; `results/demo/MADE.md` has the machine).
+It took {secs // 60} min {secs % 60} s on {machine.split(",")[0]}{with_setup} (`results/demo/`,
+made at commit {commit} on {date}; `results/demo/MADE.md` has the machine).
 
 {main_table()}
 

@@ -14,6 +14,7 @@ pub mod input;
 pub mod layers;
 pub mod method;
 pub mod probe;
+pub mod reduced;
 pub mod resnet;
 pub mod samvit;
 pub mod sites;

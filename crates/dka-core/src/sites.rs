@@ -421,8 +421,7 @@ pub(crate) fn linear_with(
     x: &Tensor,
     train: bool,
 ) -> Tensor {
-    use tch::nn::Module;
-    let y = layer.forward(x);
+    let y = crate::reduced::linear(layer, x);
     match site {
         Some(d) => {
             let t = d.delta(x, train);

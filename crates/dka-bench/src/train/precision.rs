@@ -86,6 +86,7 @@ impl Amp {
             }
         }
         let _restore = Restore { cuda, bf16, prev };
+        let _mark = dka_core::reduced::AutocastMark::enter(kind);
         f()
     }
 }
@@ -247,5 +248,38 @@ mod tests {
         assert_eq!(a.matmul(&b).kind(), Kind::Float, "autocast is off again");
         let off = Amp::new(Precision::Fp32, Device::Cpu);
         assert_eq!(off.run(|| a.matmul(&b)).kind(), Kind::Float);
+    }
+
+    /// Under bf16 autocast a frozen Linear through `dka_core::reduced`'s kept casts gives the
+    /// same output and input gradient, bit for bit, as the Linear with autocast casting its
+    /// weight at every call; a trainable bias (BitFit) stays autocast's to cast.
+    #[test]
+    fn kept_casts_of_frozen_weights_give_autocasts_linear_bit_for_bit() {
+        use dka_core::reduced::{linear, FrozenCasts};
+        use tch::nn;
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut layer = nn::linear(vs.root() / "l", 16, 8, Default::default());
+        let amp = Amp::cpu_bf16();
+        for frozen_bias in [true, false] {
+            layer.ws = layer.ws.detach();
+            let b = layer.bs.take().unwrap().detach();
+            layer.bs = Some(b.set_requires_grad(!frozen_bias));
+            let x = Tensor::randn([5, 16], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let run = |kept: bool| {
+                let scope = kept.then(|| FrozenCasts::keep(Kind::BFloat16));
+                let y = amp.run(|| linear(&layer, &x));
+                let loss = y.to_kind(Kind::Float).sum(Kind::Float);
+                let g = Tensor::run_backward(&[loss], &[&x], false, false);
+                let held = scope.map_or(0, |s| s.len());
+                (y.detach(), g[0].shallow_clone(), held)
+            };
+            let (y0, g0, _) = run(false);
+            let (y1, g1, held) = run(true);
+            assert_eq!(y0.kind(), Kind::BFloat16, "autocast ran the Linear in bf16");
+            assert_eq!(held, if frozen_bias { 2 } else { 1 }, "weight (and frozen bias) kept");
+            assert!(y0.equal(&y1), "outputs differ (frozen bias: {frozen_bias})");
+            assert!(g0.equal(&g1), "input gradients differ (frozen bias: {frozen_bias})");
+        }
     }
 }
