@@ -48,7 +48,7 @@ echo
 echo "== Fine-tuning on real MRI (Colin27 grey matter, a held-out test slab): DINOv2-S/14"
 echo "   (natural) and LiteMedSAM's TinyViT (medical), each also with random weights; linear"
 echo "   probing, full fine-tuning, LoRA, Adapter, Convpass, DKA; 3 % (2) and 8 % (7) of the slices,"
-echo "   3 draws (144 runs; 11 to 19 minutes on 2 CPU cores, depending on the machine)"
+echo "   3 draws (144 runs; 15 minutes on the slowest 2-core machine measured; MADE.md records this run)"
 # The demo runs in bf16 autocast (1.6x faster steps where the CPU does bf16 natively: AVX512-BF16
 # or AMX). Elsewhere libtorch has no native bf16 kernels and bf16 may well be slower than fp32:
 # run the same grid in fp32 (other run ids; table.md and MADE.md say which precision ran).

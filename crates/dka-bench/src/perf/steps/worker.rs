@@ -149,6 +149,9 @@ pub struct Worker {
     checkpoint: bool,
     frozen_features: bool,
     steps: usize,
+    /// As the trainer does under autocast: frozen weights cast once (opened at the first step,
+    /// after the weights are exchanged).
+    casts: Option<dka_core::reduced::FrozenCasts>,
 }
 
 /// Every tensor of the case under its exchange name.
@@ -263,6 +266,7 @@ impl Worker {
             checkpoint,
             frozen_features,
             steps: 0,
+            casts: None,
         })
     }
 
@@ -338,6 +342,9 @@ impl Worker {
         self.opt.zero_grad()?;
         // As the trainer's checkpointed step does: the whole forward-backward in autocast.
         let amp = crate::train::precision::Amp::new(self.case.precision, self.device);
+        if self.casts.is_none() && amp.kind() != tch::Kind::Float {
+            self.casts = Some(dka_core::reduced::FrozenCasts::keep(amp.kind()));
+        }
         let loss = amp.run(|| self.forward_backward());
         self.opt.step(None)?;
         sync(self.device);
