@@ -64,12 +64,18 @@ impl AttentionPath {
 fn forced() -> Option<AttentionPath> {
     static FORCED: OnceLock<Option<AttentionPath>> = OnceLock::new();
     *FORCED.get_or_init(|| {
-        match std::env::var("DKA_ATTENTION").ok().as_deref().map(str::trim) {
+        match std::env::var("DKA_ATTENTION")
+            .ok()
+            .as_deref()
+            .map(str::trim)
+        {
             Some("fused") => Some(AttentionPath::Fused),
             Some("explicit") => Some(AttentionPath::Explicit),
             Some("" | "auto") | None => None,
             Some(other) => {
-                tracing::warn!("DKA_ATTENTION={other} is not fused, explicit or auto: choosing per shape");
+                tracing::warn!(
+                    "DKA_ATTENTION={other} is not fused, explicit or auto: choosing per shape"
+                );
                 None
             }
         }
@@ -132,21 +138,42 @@ mod tests {
         use AttentionPath::*;
         let cpu = Device::Cpu;
         // Where libtorch would take its math fallback: a 3-D mask, a mask with a gradient.
-        assert_eq!(AttentionPath::choose(shape(cpu, Kind::Float, 196, Some((3, false)))), Explicit);
-        assert_eq!(AttentionPath::choose(shape(cpu, Kind::Float, 4096, Some((4, true)))), Explicit);
+        assert_eq!(
+            AttentionPath::choose(shape(cpu, Kind::Float, 196, Some((3, false)))),
+            Explicit
+        );
+        assert_eq!(
+            AttentionPath::choose(shape(cpu, Kind::Float, 4096, Some((4, true)))),
+            Explicit
+        );
         // fp32 without a mask or with a flash-ready one: fused.
-        assert_eq!(AttentionPath::choose(shape(cpu, Kind::Float, 37, None)), Fused);
-        assert_eq!(AttentionPath::choose(shape(cpu, Kind::Float, 197, Some((4, false)))), Fused);
+        assert_eq!(
+            AttentionPath::choose(shape(cpu, Kind::Float, 37, None)),
+            Fused
+        );
+        assert_eq!(
+            AttentionPath::choose(shape(cpu, Kind::Float, 197, Some((4, false)))),
+            Fused
+        );
         // Reduced precision: explicit up to the limit, fused beyond.
-        assert_eq!(AttentionPath::choose(shape(cpu, Kind::BFloat16, 197, None)), Explicit);
-        assert_eq!(AttentionPath::choose(shape(cpu, Kind::Half, EXPLICIT_MAX_TOKENS, None)), Explicit);
+        assert_eq!(
+            AttentionPath::choose(shape(cpu, Kind::BFloat16, 197, None)),
+            Explicit
+        );
+        assert_eq!(
+            AttentionPath::choose(shape(cpu, Kind::Half, EXPLICIT_MAX_TOKENS, None)),
+            Explicit
+        );
         assert_eq!(
             AttentionPath::choose(shape(cpu, Kind::BFloat16, EXPLICIT_MAX_TOKENS + 1, None)),
             Fused
         );
         // CUDA: always the fused kernels.
         for bias in [None, Some((3, false)), Some((4, true))] {
-            assert_eq!(AttentionPath::choose(shape(Device::Cuda(0), Kind::BFloat16, 37, bias)), Fused);
+            assert_eq!(
+                AttentionPath::choose(shape(Device::Cuda(0), Kind::BFloat16, 37, bias)),
+                Fused
+            );
         }
     }
 
@@ -156,11 +183,12 @@ mod tests {
     fn the_explicit_form_equals_libtorchs_attention_with_gradients() {
         tch::manual_seed(3);
         for bias_shape in [None, Some(vec![3, 7, 7]), Some(vec![2, 3, 7, 7])] {
-            let mk = || Tensor::randn([2, 3, 7, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let mk =
+                || Tensor::randn([2, 3, 7, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
             let (q, k, v) = (mk(), mk(), mk());
-            let bias = bias_shape
-                .as_ref()
-                .map(|s| Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)).set_requires_grad(true));
+            let bias = bias_shape.as_ref().map(|s| {
+                Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)).set_requires_grad(true)
+            });
             let w = Tensor::randn([2, 3, 7, 8], (Kind::Float, Device::Cpu));
             let run = |path| {
                 let o = attention_with(path, &q, &k, &v, bias.as_ref());
@@ -174,9 +202,17 @@ mod tests {
             let (of, gf) = run(AttentionPath::Fused);
             let (oe, ge) = run(AttentionPath::Explicit);
             let err = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
-            assert!(err(&of, &oe) < 1e-5, "outputs differ by {} ({bias_shape:?})", err(&of, &oe));
+            assert!(
+                err(&of, &oe) < 1e-5,
+                "outputs differ by {} ({bias_shape:?})",
+                err(&of, &oe)
+            );
             for (i, (a, b)) in gf.iter().zip(&ge).enumerate() {
-                assert!(err(a, b) < 1e-5, "gradient {i} differs by {} ({bias_shape:?})", err(a, b));
+                assert!(
+                    err(a, b) < 1e-5,
+                    "gradient {i} differs by {} ({bias_shape:?})",
+                    err(a, b)
+                );
             }
         }
     }

@@ -132,7 +132,10 @@ mod tests {
         let trained = Tensor::randn([4, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         assert!(frozen(&frozen_w).is_none(), "no scope");
         let scope = FrozenCasts::keep(Kind::BFloat16);
-        assert!(frozen(&frozen_w).is_none(), "a scope, but autocast is not marked on");
+        assert!(
+            frozen(&frozen_w).is_none(),
+            "a scope, but autocast is not marked on"
+        );
         {
             let _on = AutocastMark::enter(Kind::Half);
             assert!(frozen(&frozen_w).is_none(), "autocast to another type");
@@ -141,10 +144,16 @@ mod tests {
             let _on = AutocastMark::enter(Kind::BFloat16);
             let a = frozen(&frozen_w).expect("a frozen fp32 tensor under the scope's autocast");
             assert_eq!(a.kind(), Kind::BFloat16);
-            assert!(a.equal(&frozen_w.to_kind(Kind::BFloat16)), "the value autocast would make");
+            assert!(
+                a.equal(&frozen_w.to_kind(Kind::BFloat16)),
+                "the value autocast would make"
+            );
             let b = frozen(&frozen_w).unwrap();
             assert_eq!(a.data_ptr(), b.data_ptr(), "made once, then kept");
-            assert!(frozen(&trained).is_none(), "a tensor that trains is autocast's to cast");
+            assert!(
+                frozen(&trained).is_none(),
+                "a tensor that trains is autocast's to cast"
+            );
             assert_eq!(scope.len(), 1);
         }
         assert!(frozen(&frozen_w).is_none(), "autocast mark gone");

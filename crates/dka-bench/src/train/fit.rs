@@ -101,7 +101,8 @@ pub fn fit(
     // Under autocast, frozen Linear weights are cast once for the run, not at every step (the
     // same values: dka_core::reduced). Opened after the weights are loaded.
     let amp = crate::train::precision::Amp::new(cfg.precision, device);
-    let _casts = (amp.kind() != tch::Kind::Float).then(|| dka_core::reduced::FrozenCasts::keep(amp.kind()));
+    let _casts =
+        (amp.kind() != tch::Kind::Float).then(|| dka_core::reduced::FrozenCasts::keep(amp.kind()));
     while st.epoch() < cfg.epochs {
         let epoch = st.epoch();
         let started = std::time::Instant::now();

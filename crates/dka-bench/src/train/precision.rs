@@ -277,9 +277,16 @@ mod tests {
             let (y0, g0, _) = run(false);
             let (y1, g1, held) = run(true);
             assert_eq!(y0.kind(), Kind::BFloat16, "autocast ran the Linear in bf16");
-            assert_eq!(held, if frozen_bias { 2 } else { 1 }, "weight (and frozen bias) kept");
+            assert_eq!(
+                held,
+                if frozen_bias { 2 } else { 1 },
+                "weight (and frozen bias) kept"
+            );
             assert!(y0.equal(&y1), "outputs differ (frozen bias: {frozen_bias})");
-            assert!(g0.equal(&g1), "input gradients differ (frozen bias: {frozen_bias})");
+            assert!(
+                g0.equal(&g1),
+                "input gradients differ (frozen bias: {frozen_bias})"
+            );
         }
     }
 }
