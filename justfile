@@ -17,7 +17,7 @@ cuda := ""
 dka := "target/debug/dka"
 # Grid workers for the CPU recipes (demo, demo-convergence, demo-lr, long-range): one per 2 cores
 # (scripts/demo.sh says why); DKA_WORKERS=N overrides.
-cpu_workers := `n=${DKA_WORKERS:-$(( $(nproc) / 2 ))}; [ "$n" -ge 1 ] 2>/dev/null || n=1; echo $n`
+cpu_workers := `c=$(nproc 2>/dev/null || echo 2); n=${DKA_WORKERS:-$(( c / 2 ))}; [ "$n" -ge 1 ] 2>/dev/null || n=1; echo $n`
 
 # List the recipes.
 default:
