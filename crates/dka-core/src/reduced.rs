@@ -19,7 +19,8 @@ use tch::{Kind, Tensor};
 
 struct Cache {
     kind: Kind,
-    casts: HashMap<usize, (Tensor, Tensor)>,
+    /// By address, shape and strides (a view that starts where its base does is another key).
+    casts: HashMap<(usize, Vec<i64>, Vec<i64>), (Tensor, Tensor)>,
 }
 
 thread_local! {
@@ -99,7 +100,7 @@ pub fn frozen(t: &Tensor) -> Option<Tensor> {
         let kind = cache.kind;
         let (_, cast) = cache
             .casts
-            .entry(t.data_ptr() as usize)
+            .entry((t.data_ptr() as usize, t.size(), t.stride()))
             .or_insert_with(|| (t.shallow_clone(), t.to_kind(kind)));
         Some(cast.shallow_clone())
     })
@@ -154,7 +155,15 @@ mod tests {
                 frozen(&trained).is_none(),
                 "a tensor that trains is autocast's to cast"
             );
-            assert_eq!(scope.len(), 1);
+            let view = frozen_w.narrow(0, 0, 2);
+            assert_eq!(view.data_ptr(), frozen_w.data_ptr());
+            let cast = frozen(&view).expect("a frozen view");
+            assert_eq!(
+                cast.size(),
+                [2, 3],
+                "a view at its base's address: its own cast"
+            );
+            assert_eq!(scope.len(), 2);
         }
         assert!(frozen(&frozen_w).is_none(), "autocast mark gone");
         drop(scope);
