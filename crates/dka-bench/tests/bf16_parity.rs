@@ -10,14 +10,14 @@
 //! (a backbone that ran the residual stream, a layer scale or any other step in another
 //! precision than the reference lands at the size of bf16's effect itself).
 //!
-//! SAM ViT and TinyViT compute attention with one fused `scaled_dot_product_attention` in the
-//! 4-D layout (SAM: the layout the fused GPU kernels take; TinyViT: one call instead of the
-//! explicit product, softmax and product), which accumulates in fp32 where the references'
-//! paths (timm's 3-D SAM attention, LiteMedSAM's explicit one) round to bf16 in between; and
-//! TinyViT's neck normalises with `layer_norm` (fp32 under autocast) where LiteMedSAM's
-//! hand-written LayerNorm2d rounds its mean and variance to bf16. The same arithmetic in fp32,
-//! other round-off in bf16. For them the comparison is with the reference computed through
-//! those same kernels (`features_bf16_fused*`); the plain reference's distance and both
+//! On the CPU our attention is not the reference's call for these small bf16 inputs:
+//! `dka_core::attention` computes the explicit `softmax(q kᵀ·scale + bias) v` where timm's ViTs
+//! call libtorch's fused function (whose flash kernel is slow here), SAM's in the 4-D layout
+//! (timm's is 3-D), and TinyViT's neck normalises with `layer_norm` (fp32 under autocast) where
+//! LiteMedSAM's hand-written LayerNorm2d rounds its mean and variance to bf16. The same
+//! arithmetic in fp32, other round-off in bf16. So the comparison is with the reference
+//! computed through those same kernels (`features_bf16_fused*`, written with
+//! `python/make_fixtures.py`'s `attention_as_dka`); the plain reference's distance and both
 //! distances to the fp32 output are printed beside it. The table is printed (`cargo test
 //! --test bf16_parity -- --nocapture`).
 use dka_bench::analysis::features::{extract, FeaturesOptions};
