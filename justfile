@@ -16,8 +16,8 @@ device := ""
 cuda := ""
 dka := "target/debug/dka"
 # Grid workers for the CPU recipes (demo, demo-convergence, demo-lr, long-range): one per 2 cores
-# (scripts/demo.sh says why); DKA_WORKERS=N overrides.
-cpu_workers := `c=$(nproc 2>/dev/null || echo 2); n=${DKA_WORKERS:-$(( c / 2 ))}; [ "$n" -ge 1 ] 2>/dev/null || n=1; echo $n`
+# (scripts/cpu_workers.sh says why); DKA_WORKERS=N overrides.
+cpu_workers := `scripts/cpu_workers.sh`
 
 # List the recipes.
 default:

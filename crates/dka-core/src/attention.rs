@@ -124,56 +124,34 @@ pub fn attention_with(
 mod tests {
     use super::*;
 
-    fn shape(device: Device, kind: Kind, keys: i64, bias: Option<(usize, bool)>) -> AttentionShape {
-        AttentionShape {
-            device,
-            kind,
-            keys,
-            bias,
-        }
-    }
-
     #[test]
     fn the_rule_sends_the_cpu_fallback_and_short_reduced_attention_to_the_explicit_form() {
         use AttentionPath::*;
-        let cpu = Device::Cpu;
-        // Where libtorch would take its math fallback: a 3-D mask, a mask with a gradient.
-        assert_eq!(
-            AttentionPath::choose(shape(cpu, Kind::Float, 196, Some((3, false)))),
-            Explicit
-        );
-        assert_eq!(
-            AttentionPath::choose(shape(cpu, Kind::Float, 4096, Some((4, true)))),
-            Explicit
-        );
-        // fp32 without a mask or with a flash-ready one: fused.
-        assert_eq!(
-            AttentionPath::choose(shape(cpu, Kind::Float, 37, None)),
-            Fused
-        );
-        assert_eq!(
-            AttentionPath::choose(shape(cpu, Kind::Float, 197, Some((4, false)))),
-            Fused
-        );
-        // Reduced precision: explicit up to the limit, fused beyond.
-        assert_eq!(
-            AttentionPath::choose(shape(cpu, Kind::BFloat16, 197, None)),
-            Explicit
-        );
-        assert_eq!(
-            AttentionPath::choose(shape(cpu, Kind::Half, EXPLICIT_MAX_TOKENS, None)),
-            Explicit
-        );
-        assert_eq!(
-            AttentionPath::choose(shape(cpu, Kind::BFloat16, EXPLICIT_MAX_TOKENS + 1, None)),
-            Fused
-        );
-        // CUDA: always the fused kernels.
-        for bias in [None, Some((3, false)), Some((4, true))] {
-            assert_eq!(
-                AttentionPath::choose(shape(Device::Cuda(0), Kind::BFloat16, 37, bias)),
-                Fused
-            );
+        let (cpu, gpu, max) = (Device::Cpu, Device::Cuda(0), EXPLICIT_MAX_TOKENS);
+        let cases = [
+            // Where libtorch would take its math fallback: a 3-D mask, a mask with a gradient.
+            (cpu, Kind::Float, 196, Some((3, false)), Explicit),
+            (cpu, Kind::Float, 4096, Some((4, true)), Explicit),
+            // fp32 without a mask or with a flash-ready one: fused.
+            (cpu, Kind::Float, 37, None, Fused),
+            (cpu, Kind::Float, 197, Some((4, false)), Fused),
+            // Reduced precision: explicit up to the limit, fused beyond.
+            (cpu, Kind::BFloat16, 197, None, Explicit),
+            (cpu, Kind::Half, max, None, Explicit),
+            (cpu, Kind::BFloat16, max + 1, None, Fused),
+            // CUDA: always the fused kernels.
+            (gpu, Kind::BFloat16, 37, None, Fused),
+            (gpu, Kind::BFloat16, 37, Some((3, false)), Fused),
+            (gpu, Kind::BFloat16, 37, Some((4, true)), Fused),
+        ];
+        for (device, kind, keys, bias, want) in cases {
+            let s = AttentionShape {
+                device,
+                kind,
+                keys,
+                bias,
+            };
+            assert_eq!(AttentionPath::choose(s), want, "{s:?}");
         }
     }
 
