@@ -24,7 +24,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
         Command::Conv(a) => crate::perf::conv::run(&a.options()),
         Command::Data(a) => crate::perf::data::run(&a.options()),
         Command::Steps(a) => crate::perf::steps::run(a.options()),
-        Command::Worker => crate::perf::steps::worker::serve(),
+        Command::Worker => crate::perf::steps::server::serve(),
     }
 }
 

@@ -5,7 +5,7 @@
 use super::driver::f;
 use super::endpoint::{Endpoint, Launcher};
 use super::meter::{loadavg, CpuMeter};
-use super::worker::Request;
+use super::protocol::Request;
 use super::{CaseSpec, Impl, Row, StepsOptions};
 use crate::util::stats::median;
 use anyhow::Context;

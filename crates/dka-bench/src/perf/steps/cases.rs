@@ -1,7 +1,7 @@
 //! The cases of `dka bench steps`: which training steps are compared and with which
 //! implementations (the PyTorch-eager reference, this project, this project with activation
 //! checkpointing), with the trainer's default optimiser settings.
-use crate::perf::steps::worker::{Case, CaseKind, StackShape};
+use crate::perf::steps::protocol::{Case, CaseKind, StackShape};
 use dka_baselines::MethodConfig;
 use dka_core::dka::DkaConfig;
 use dka_core::BackboneConfig;

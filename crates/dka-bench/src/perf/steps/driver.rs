@@ -4,7 +4,7 @@
 use super::case::run_case;
 use super::endpoint::Launcher;
 use super::meter::loadavg;
-use super::worker::Request;
+use super::protocol::Request;
 use super::{cases, CaseSpec, Impl, Row, StepsOptions};
 use crate::util::device::DeviceArg;
 use crate::util::stats::median;

@@ -4,7 +4,8 @@
 
 use super::StepsOptions;
 use crate::perf::steps::cases::Impl;
-use crate::perf::steps::worker::{Request, Server};
+use crate::perf::steps::protocol::Request;
+use crate::perf::steps::server::Server;
 use anyhow::{bail, Context};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -127,7 +128,7 @@ impl Launcher {
         }
         if !args.keep_subnormals {
             env.push((
-                crate::perf::steps::worker::FLUSH_DENORMAL_ENV.into(),
+                crate::perf::steps::server::FLUSH_DENORMAL_ENV.into(),
                 "1".into(),
             ));
         }

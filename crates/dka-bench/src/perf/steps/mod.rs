@@ -21,7 +21,9 @@ pub mod driver;
 pub mod endpoint;
 pub mod meter;
 pub mod profile;
+pub mod protocol;
 pub mod report;
+pub mod server;
 pub mod worker;
 
 pub use cases::{cases, CaseSpec, Impl};

@@ -4,24 +4,26 @@
 //! evaluate, select, checkpoint, finish. Everything a checkpoint saves is a field here, so a
 //! resumed run computes what the uninterrupted one would have.
 use super::checkpoint;
-use super::data::{eval_loader, loader_from, to_device};
-use super::evaluate::{evaluate, EvalSetup, Evaluation};
-use super::feature_cache::{step_input, FeatureCache, STEM_CACHE_BYTES};
-use super::fit::{Fitted, Splits};
-use super::log::{MetricsLog, RunLog};
-use super::model::{Model, Snapshot};
+use super::data::{loader_from, to_device};
+use super::evaluate::Evaluation;
+use super::fit::Fitted;
+use super::log::RunLog;
+use super::model::Snapshot;
 use super::optim::Optimizer;
 use super::precision::LossScaler;
 use super::step::{StepInput, Stepper};
 use crate::config::metrics::primary_metric;
-use crate::config::run::{Precision, RunConfig, Selection};
+use crate::config::run::{Precision, Selection};
 use crate::util::interrupt::{self, Interrupted};
 use anyhow::{bail, Context};
-use dka_data::{epoch_order, DecodedSplit};
-use std::path::Path;
-use std::sync::Arc;
+use dka_data::epoch_order;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
+
+mod fixed;
+mod persist;
+
+pub use fixed::Fixed;
 
 /// fp16 runs stop after this many steps in a row with non-finite gradients.
 const MAX_CONSECUTIVE_SKIPS: usize = 50;
@@ -54,102 +56,6 @@ struct Best {
     epoch: usize,
     snapshot: Snapshot,
     test: Option<Evaluation>,
-}
-
-/// What stays fixed while a run trains.
-pub struct Fixed<'a> {
-    cfg: &'a RunConfig,
-    model: &'a Model,
-    setup: EvalSetup,
-    augment: Option<dka_data::Augment>,
-    splits: Splits,
-    /// Linear probing: the frozen backbone's features of the training split; other methods
-    /// without augmentation: the frozen stem's output, where the backbone has one.
-    cache: Option<FeatureCache>,
-    dir: &'a Path,
-    /// Take a saved state made for fewer epochs on to `cfg.epochs` (`--continue`).
-    continuing: bool,
-}
-
-impl<'a> Fixed<'a> {
-    pub fn new(
-        cfg: &'a RunConfig,
-        model: &'a Model,
-        classes: i64,
-        splits: Splits,
-        dir: &'a Path,
-        device: Device,
-        log: &mut RunLog,
-        continuing: bool,
-    ) -> anyhow::Result<Self> {
-        let setup = EvalSetup::new(cfg, classes, device)?;
-        let method = cfg.method.method();
-        let what = step_input(cfg, model);
-        let cache = match what {
-            StepInput::Images => None,
-            _ => FeatureCache::build(
-                model,
-                what,
-                &splits.train,
-                setup.pad,
-                cfg,
-                &setup.normalizer,
-                setup.amp,
-                device,
-                (what == StepInput::Stem).then_some(STEM_CACHE_BYTES),
-            )?,
-        };
-        match (&cache, what) {
-            (Some(c), StepInput::Features) => log.note(&format!(
-                "{}: frozen features of {} training samples cached once ({:?}, host memory)",
-                method.name(),
-                c.len(),
-                c.kind()
-            )),
-            (Some(c), StepInput::Stem) => log.note(&format!(
-                "the backbone's frozen stem (no trained weight, no augmentation) computed once for \
-                 {} training samples ({:?}, host memory); the steps start after it",
-                c.len(),
-                c.kind()
-            )),
-            (None, StepInput::Stem) => log.note(&format!(
-                "the backbone's frozen stem is not cached: its output for the training split \
-                 would take more than {} GiB; it runs at every step",
-                STEM_CACHE_BYTES >> 30
-            )),
-            _ => {}
-        }
-        Ok(Self {
-            cfg,
-            model,
-            setup,
-            augment: cfg.augment.then(dka_data::Augment::default),
-            splits,
-            cache,
-            dir,
-            continuing,
-        })
-    }
-
-    /// Batches in one training epoch.
-    fn batches(&self) -> usize {
-        let n = match &self.cache {
-            Some(c) => c.len(),
-            None => self.splits.train.len(),
-        };
-        n.div_ceil(self.cfg.batch_size.max(1))
-    }
-
-    /// Metrics of the model on all of `split`, and the images seen.
-    fn evaluate_all(&self, split: &Arc<DecodedSplit>) -> anyhow::Result<(Evaluation, usize)> {
-        let all = (0..split.len()).collect();
-        evaluate(
-            self.model,
-            eval_loader(split, all, self.cfg)?,
-            split,
-            &self.setup,
-        )
-    }
 }
 
 /// A run's state from step to step.
@@ -219,65 +125,6 @@ impl<'a> TrainState<'a> {
     /// The epoch in progress (or the next one).
     pub fn epoch(&self) -> usize {
         self.epoch
-    }
-
-    /// Continues from the run's checkpoint, if it has one of these settings, and opens
-    /// `metrics.csv` (its finished epochs kept on a resume).
-    pub fn resume(&mut self, log: &mut RunLog) -> anyhow::Result<MetricsLog> {
-        let path = self.fx.dir.join("metrics.csv");
-        let segmentation = self.fx.model.segmentation;
-        let wanted = checkpoint::Wanted {
-            config_sha256: &self.config_sha,
-            precision: self.fx.cfg.precision,
-            epochs: self.fx.cfg.epochs,
-            continuing: self.fx.continuing,
-        };
-        let Some(ck) = checkpoint::load(self.fx.dir, wanted)? else {
-            anyhow::ensure!(
-                !self.fx.continuing,
-                "{}: no saved state of these settings to continue (a run keeps its final state \
-                 unless it is large; then only with --keep-state)",
-                self.fx.dir.display()
-            );
-            return MetricsLog::create(&path, segmentation);
-        };
-        let st = &ck.state;
-        self.fx
-            .model
-            .restore(&Snapshot::from_tensors(ck.part("model")));
-        self.opt.load_state(&ck.part("optim"))?;
-        if let (Some(s), Some(saved)) = (self.scaler.as_mut(), st.scaler) {
-            s.restore(saved);
-        }
-        self.best = st.best.as_ref().map(|(score, epoch, test)| Best {
-            score: *score,
-            epoch: *epoch,
-            snapshot: Snapshot::from_tensors(ck.part("best")),
-            test: test.clone().map(Evaluation::from_values),
-        });
-        self.last_test = st.last_test.clone().map(Evaluation::from_values);
-        self.tests = TestCount {
-            evaluations: st.test_evaluations,
-            images: st.test_images,
-        };
-        (self.epoch, self.next_batch) = (st.epoch, st.next_batch);
-        self.loss_sum = Tensor::from(st.loss_sum).to_device(self.fx.setup.device);
-        self.loss_steps = st.loss_steps;
-        self.seconds_before = st.seconds;
-        let made_for = st.epochs.unwrap_or(self.fx.cfg.epochs);
-        if made_for != self.fx.cfg.epochs {
-            log.say(&format!(
-                "continuing a {made_for}-epoch run from the end of epoch {} to {} epochs",
-                self.epoch, self.fx.cfg.epochs
-            ));
-        } else {
-            log.say(&format!(
-                "resumed from the checkpoint at epoch {}, batch {}",
-                self.epoch + 1,
-                self.next_batch
-            ));
-        }
-        MetricsLog::resume(&path, segmentation, self.epoch)
     }
 
     /// Trains the epoch in progress from its next batch; returns its mean training loss. A
@@ -533,76 +380,6 @@ impl<'a> TrainState<'a> {
         self.loss_sum = self.loss_sum.zeros_like();
         self.loss_steps = 0;
         self.images = 0;
-    }
-
-    /// After an epoch: a checkpoint when the last one is old enough (10 s, or a minute for
-    /// large states, so a SIGKILL loses at most that much work, or the epoch in flight when
-    /// epochs are longer), after the last epoch and when a signal asks the run to stop; then
-    /// stops on that signal.
-    pub fn checkpoint_or_stop(&mut self) -> anyhow::Result<()> {
-        let cfg = self.fx.cfg;
-        let signal = interrupt::requested();
-        let copies = if self.best.is_some() || cfg.selection != Selection::Last {
-            4
-        } else {
-            3
-        };
-        let state_bytes: i64 = self.fx.model.groups().counts().iter().sum::<i64>() * 4 * copies;
-        let every = if state_bytes < (256 << 20) { 10 } else { 60 };
-        if signal.is_some()
-            || self.last_saved.elapsed().as_secs() >= every
-            || self.epoch == cfg.epochs
-        {
-            self.save()?;
-            self.last_saved = Instant::now();
-        }
-        match signal {
-            Some(sig) => Err(self.interrupted(sig)),
-            None => Ok(()),
-        }
-    }
-
-    /// Writes the run's checkpoint at its current position.
-    fn save(&self) -> anyhow::Result<()> {
-        let state = checkpoint::State {
-            config_sha256: self.config_sha.clone(),
-            epoch: self.epoch,
-            next_batch: self.next_batch,
-            loss_sum: self.loss_sum.double_value(&[]),
-            loss_steps: self.loss_steps,
-            scaler: self.scaler.as_ref().map(LossScaler::state),
-            best: self
-                .best
-                .as_ref()
-                .map(|b| (b.score, b.epoch, b.test.as_ref().map(Evaluation::values))),
-            last_test: self.last_test.as_ref().map(Evaluation::values),
-            test_evaluations: self.tests.evaluations,
-            test_images: self.tests.images,
-            seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
-            precision: Some(self.fx.cfg.precision),
-            epochs: Some(self.fx.cfg.epochs),
-        };
-        let mut tensors: Vec<(String, Tensor)> = self
-            .fx
-            .model
-            .snapshot()
-            .tensors()
-            .map(|(n, t)| (format!("model/{n}"), t.shallow_clone()))
-            .collect();
-        tensors.extend(
-            self.opt
-                .state()
-                .into_iter()
-                .map(|(n, t)| (format!("optim/{n}"), t)),
-        );
-        if let Some(b) = &self.best {
-            tensors.extend(
-                b.snapshot
-                    .tensors()
-                    .map(|(n, t)| (format!("best/{n}"), t.shallow_clone())),
-            );
-        }
-        checkpoint::save(self.fx.dir, &state, &tensors)
     }
 
     /// The selected epoch: its tensors restored into the model, its test metrics (the test
