@@ -7,6 +7,8 @@ those files.
 
     python3 scripts/readme_bench.py            # rewrite the block in README.md
     python3 scripts/readme_bench.py --check    # exit 1 if the block is out of date
+    python3 scripts/readme_bench.py --tables DIR   # print DIR's tables (another machine's
+                                                   # steps*.csv, e.g. results/bench/amd-epyc)
 """
 import csv
 import json
@@ -109,7 +111,8 @@ def bf16_table(steps):
             f"{per('dka')} | {per('pytorch')} |"
         )
     intro = (
-        f"bf16 autocast (`results/bench/steps-bf16.csv`) on {b['cpu']}, {b['date_utc'][:10]}"
+        f"bf16 autocast (`{BENCH.relative_to(ROOT) if BENCH.is_relative_to(ROOT) else BENCH}/steps-bf16.csv`) "
+        f"on {b['cpu']}, {b['date_utc'][:10]}"
         + ("" if same else f"; bf16 / fp32 needs steps.csv from the same machine (it is from {f['cpu']})")
         + ":"
     )
@@ -190,7 +193,33 @@ def block():
     return "\n\n".join(parts + [fill(goals) + "\n" + END])
 
 
+def tables(folder):
+    """The fp32 and bf16 tables of another folder of `dka bench steps` files, with the DKA /
+    Adapter ratios at equal width, as markdown (for that folder's MADE.md)."""
+    global BENCH
+    BENCH = Path(folder).resolve()
+    steps = rows()
+    med = lambda c: ms(steps[(c, "dka")], "median_ms")
+    out = [table(steps)]
+    if ("vit-b16 224 b8 dka d192", "dka") in steps and ("vit-b16 224 b8 adapter d192", "dka") in steps:
+        a64, a192 = med("vit-b16 224 b8 adapter d64"), med("vit-b16 224 b8 adapter d192")
+        out.append(
+            f"fp32, this project's own steps: DKA d̂ 192 / Adapter d 192 = "
+            f"{med('vit-b16 224 b8 dka d192') / a192:.2f}, DKA d̂ 16 / Adapter d 64 = "
+            f"{med('vit-b16 224 b8 dka d16') / a64:.2f}."
+        )
+    b16 = bf16_table(steps)
+    if b16:
+        out.append(b16)
+    return "\n\n".join(out)
+
+
 def main():
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--tables":
+        print(tables(sys.argv[2]))
+        return
     rewrite(START, END, block(), "bench block written from results/bench/")
 
 

@@ -49,12 +49,18 @@ if [ ! -f "$stamp" ]; then
         fi
         # uv (pinned, from PyPI) installs the same pinned wheels as pip, downloading and
         # unpacking them in parallel and skipping pip's byte-compilation: 20 s instead of 78 s on
-        # a fresh 2-core machine (no cache either way), and this step is on the critical path of
-        # a fresh `just demo`. pip does it where uv cannot be installed.
-        if "${pip[@]}" "uv==$uv_version" 2>/dev/null; then
-            .venv/bin/uv pip install --quiet --no-cache --python .venv/bin/python -r "$req"
+        # a fresh 2-core machine (no cache either way). pip does it where uv cannot be
+        # installed or fails. uv reads its own settings: pip's index, extra index and
+        # find-links given in the environment are passed on (a pip.conf is not).
+        for v in INDEX_URL EXTRA_INDEX_URL FIND_LINKS; do
+            pv=PIP_$v uvv=UV_$v
+            if [ -n "${!pv:-}" ] && [ -z "${!uvv:-}" ]; then export "$uvv=${!pv}"; fi
+        done
+        if "${pip[@]}" "uv==$uv_version" 2>/dev/null \
+            && .venv/bin/uv pip install --quiet --no-cache --python .venv/bin/python -r "$req"; then
+            :
         else
-            echo "setup: uv $uv_version could not be installed; installing with pip (slower)"
+            echo "setup: uv $uv_version could not install $req; installing with pip (slower)"
             "${pip[@]}" -r "$req"
         fi
     else
