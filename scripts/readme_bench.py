@@ -36,11 +36,11 @@ LABELS = [
 ]
 
 
-def rows():
+def rows(folder=BENCH):
     """steps.csv's rows (fp32) and steps-bf16.csv's (bf16 autocast, when measured)."""
     out = {}
     for name in ("steps.csv", "steps-bf16.csv"):
-        path = BENCH / name
+        path = folder / name
         if not path.is_file():
             continue
         with open(path, newline="") as f:
@@ -82,7 +82,7 @@ def ms(r, key):
     return float(r[key])
 
 
-def bf16_table(steps):
+def bf16_table(steps, folder=BENCH):
     """bf16 autocast rows (`dka bench steps --precision bf16`, steps-bf16.csv): ours / eager in
     bf16, and bf16 / fp32 for both implementations when steps.csv was measured on the same
     machine; empty when there are no bf16 rows."""
@@ -90,7 +90,7 @@ def bf16_table(steps):
     cases = [c for (c, i), r in steps.items() if i == "dka" and is_bf16(r)]
     if not cases:
         return ""
-    meta = lambda name: json.loads((BENCH / name).read_text())["machine"]
+    meta = lambda name: json.loads((folder / name).read_text())["machine"]
     b, f = meta("steps-bf16.meta.json"), meta("steps.meta.json")
     same = b.get("cpu") == f.get("cpu")
     if not same:
@@ -111,7 +111,7 @@ def bf16_table(steps):
             f"{per('dka')} | {per('pytorch')} |"
         )
     intro = (
-        f"bf16 autocast (`{BENCH.relative_to(ROOT) if BENCH.is_relative_to(ROOT) else BENCH}/steps-bf16.csv`) "
+        f"bf16 autocast (`{folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder}/steps-bf16.csv`) "
         f"on {b['cpu']}, {b['date_utc'][:10]}"
         + ("" if same else f"; bf16 / fp32 needs steps.csv from the same machine (it is from {f['cpu']})")
         + ":"
@@ -196,9 +196,8 @@ def block():
 def tables(folder):
     """The fp32 and bf16 tables of another folder of `dka bench steps` files, with the DKA /
     Adapter ratios at equal width, as markdown (for that folder's MADE.md)."""
-    global BENCH
-    BENCH = Path(folder).resolve()
-    steps = rows()
+    folder = Path(folder).resolve()
+    steps = rows(folder)
     med = lambda c: ms(steps[(c, "dka")], "median_ms")
     out = [table(steps)]
     if ("vit-b16 224 b8 dka d192", "dka") in steps and ("vit-b16 224 b8 adapter d192", "dka") in steps:
@@ -208,7 +207,7 @@ def tables(folder):
             f"{med('vit-b16 224 b8 dka d192') / a192:.2f}, DKA d̂ 16 / Adapter d 64 = "
             f"{med('vit-b16 224 b8 dka d16') / a64:.2f}."
         )
-    b16 = bf16_table(steps)
+    b16 = bf16_table(steps, folder)
     if b16:
         out.append(b16)
     return "\n\n".join(out)
