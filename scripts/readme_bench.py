@@ -175,7 +175,7 @@ def block():
         f"d 64 (goal 1.02×) and DKA d̂ 192 {d192 / a64:.2f}× (goal 1.1×), but {d192 / a192:.2f}× "
         f"the Adapter at its own width, d 192. \"Mona\" placement applies the one DKA module twice "
         f"per block, so DKA d̂ 192 carries three times the Adapter d 64's projection work; the "
-        f"last ratio is what its 24 depthwise convolutions per step cost (FFT, or on maps of up to 16 rows FFT along the width and a matrix product along the height: `dwconv.rs`).{eager_sentence} Activation "
+        f"last ratio is what its 24 depthwise convolutions per step cost (FFT, or on maps of up to 16 rows FFT along the width and a matrix product along the height: `dka/paths.rs`; `conv_path = \"tuned\"` measures the paths on the machine instead).{eager_sentence} Activation "
         f"checkpointing of the backbone blocks (the checkpointed figures) makes the 512 "
         f"segmentation step {ck_t:.2f}× as long for {ck_m:.2f}× the peak memory. Both "
         f"implementations' losses agree to {worst_loss:.0e} (relative) on the parity steps."

@@ -277,6 +277,17 @@ fn gpu_check_runs_its_cpu_part_and_writes_its_csv() {
         );
     }
     assert!(csv.contains("grid,"), "{csv}");
+    // Every exact DKA conv path timed on the smallest shape, and the fixed rule's choice.
+    for p in ["Direct", "Fft", "FftToeplitz", "Toeplitz"] {
+        assert!(
+            csv.contains(&format!("dka-conv,vit-b16 224 b8 d16 14x14 {p},cpu,fp32,")),
+            "{p}: {csv}"
+        );
+    }
+    assert!(
+        csv.contains("dka-conv,vit-b16 224 b8 d16 14x14 auto rule,cpu,fp32,FftToeplitz,"),
+        "{csv}"
+    );
     assert!(
         csv.lines()
             .filter(|l| !l.starts_with("device,"))

@@ -109,7 +109,10 @@ fn interleaved_steps(
 }
 
 /// (label, channels, h, w)
-const SHAPES: [(&str, i64, i64, i64); 7] = [
+const SHAPES: [(&str, i64, i64, i64); 10] = [
+    ("dinov2 demo d16 6x6", 16, 6, 6),
+    ("tinyvit demo d16 12x12", 16, 12, 12),
+    ("tinyvit demo d16 24x24", 16, 24, 24),
     ("vit d16 14x14", 16, 14, 14),
     ("vit d192 14x14", 192, 14, 14),
     ("vit d16 32x32", 16, 32, 32),
@@ -159,15 +162,32 @@ pub fn run(a: &ConvOptions) -> anyhow::Result<()> {
         rows.push((shape.clone(), "reference".to_string(), t_ref, 1.0, 0.0));
         let (kh, kw) = (a.large.min(2 * h - 1), a.large.min(2 * w - 1));
         let auto = ConvPath::Auto.choose(kh, kw, h, w);
-        for path in [ConvPath::Direct, ConvPath::Fft, ConvPath::FftToeplitz] {
+        for path in [
+            ConvPath::Direct,
+            ConvPath::Fft,
+            ConvPath::FftToeplitz,
+            ConvPath::Toeplitz,
+            ConvPath::Tuned,
+        ] {
+            if path == ConvPath::Toeplitz && !dka_core::dka::toeplitz_fits(c, h, w) {
+                continue;
+            }
             let (t, o) = time(&k, &z, path, a.reps);
             let rel =
                 (&o - &o_ref).abs().max().double_value(&[]) / o_ref.abs().max().double_value(&[]);
-            let name = format!(
-                "{}{}",
-                format!("{path:?}").to_lowercase(),
-                if path == auto { " (auto)" } else { "" }
-            );
+            let name = if path == ConvPath::Tuned {
+                let chosen = dka_core::dka::tuned_choices()
+                    .into_iter()
+                    .find(|(_, _, s, _)| *s == [a.batch, c, h, w, kh, kw])
+                    .map_or("?".to_string(), |(.., p)| format!("{p:?}").to_lowercase());
+                format!("tuned: {chosen}")
+            } else {
+                format!(
+                    "{}{}",
+                    format!("{path:?}").to_lowercase(),
+                    if path == auto { " (auto)" } else { "" }
+                )
+            };
             tracing::info!(
                 "{shape}: reference {t_ref:.1} ms, {name} {t:.1} ms, x{:.1}",
                 t_ref / t
@@ -189,23 +209,23 @@ pub fn run(a: &ConvOptions) -> anyhow::Result<()> {
                 d_hat: 192,
                 ..DkaConfig::authors()
             }),
+            MethodConfig::Dka(DkaConfig {
+                d_hat: 192,
+                conv_path: ConvPath::Tuned,
+                ..DkaConfig::authors()
+            }),
         ];
         let t = interleaved_steps(&methods, a.batch, 5)?;
         let adapter = t[0];
         tracing::info!("{shape}: adapter d64 {adapter:.0} ms");
         rows.push((shape.clone(), "adapter d64".into(), adapter, 1.0, f64::NAN));
-        for (d_hat, t) in [(16, t[1]), (192, t[2])] {
-            tracing::info!(
-                "{shape}: dka d{d_hat} mona {t:.0} ms = {:.2} x adapter",
-                t / adapter
-            );
-            rows.push((
-                shape.clone(),
-                format!("dka d{d_hat} mona"),
-                t,
-                adapter / t,
-                f64::NAN,
-            ));
+        for (name, t) in [
+            ("dka d16 mona", t[1]),
+            ("dka d192 mona", t[2]),
+            ("dka d192 mona tuned", t[3]),
+        ] {
+            tracing::info!("{shape}: {name} {t:.0} ms = {:.2} x adapter", t / adapter);
+            rows.push((shape.clone(), name.to_string(), t, adapter / t, f64::NAN));
         }
     }
     let tmp = a.output.with_extension("csv.partial");

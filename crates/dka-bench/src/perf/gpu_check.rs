@@ -332,6 +332,63 @@ fn step_rows(
 
 /// A two-epoch grid (tiny ViT, synthetic images, three methods) on `device`, through the
 /// same library call as `dka grid`.
+/// DKA's maps on the paper's models: (label, batch, channels, side, kernel side once cropped
+/// to what the map reaches).
+const CONV_SHAPES: [(&str, i64, i64, i64, i64); 4] = [
+    ("vit-b16 224 b8 d16 14x14", 8, 16, 14, 27),
+    ("vit-b16 224 b8 d192 14x14", 8, 192, 14, 27),
+    ("vit-b16 512 b2 d192 32x32", 2, 192, 32, 51),
+    ("vit-b16 1024 b1 d192 64x64", 1, 192, 64, 51),
+];
+
+/// Each exact path of DKA's depthwise convolutions, forward + backward, on `device`
+/// (`dka_core::dka::measure_paths`, under autocast for bf16), and whether the fixed rule of
+/// `conv_path = "auto"` (made from CPU measurements) picks the fastest; where it does not,
+/// `conv_path = "tuned"` measures per machine.
+fn conv_rows(
+    device: Device,
+    precision: Precision,
+    shapes: &[(&str, i64, i64, i64, i64)],
+) -> Vec<Row> {
+    use dka_core::dka::{measure_paths, ConvPath};
+    let amp = Amp::new(precision, device);
+    let mut rows = Vec::new();
+    for &(label, b, c, side, k) in shapes {
+        let times = amp.run(|| measure_paths([b, c, side, side], k, k, amp.kind(), device, 5));
+        let row = |item: String, value: String, unit: &str| Row {
+            section: "dka-conv",
+            item,
+            device: device_name(device),
+            precision: format!("{precision:?}").to_lowercase(),
+            value,
+            unit: unit.into(),
+            tolerance: String::new(),
+            ok: String::new(),
+            note: String::new(),
+        };
+        for t in &times {
+            rows.push(row(
+                format!("{label} {:?}", t.path),
+                format!("{:.3}", t.ms),
+                "ms",
+            ));
+        }
+        let fastest = times
+            .iter()
+            .min_by(|a, b| a.ms.total_cmp(&b.ms))
+            .map(|t| t.path);
+        let auto = ConvPath::Auto.choose(k, k, side, side);
+        let mut r = row(format!("{label} auto rule"), format!("{auto:?}"), "");
+        r.note = match fastest {
+            Some(f) if f == auto => "the fastest measured".into(),
+            Some(f) => format!("fastest measured: {f:?} (conv_path = \"tuned\" would take it)"),
+            None => String::new(),
+        };
+        rows.push(r);
+    }
+    rows
+}
+
 fn grid_row(device: Device) -> Row {
     let started = std::time::Instant::now();
     let tmp = std::env::temp_dir().join(format!("dka-gpu-check-{}", std::process::id()));
@@ -454,6 +511,14 @@ pub fn check(a: &GpuCheckOptions) -> anyhow::Result<Vec<Row>> {
         a.cpu_steps.then_some((Device::Cpu, Precision::Fp32))
     };
     if let Some((device, precision)) = steps_on {
+        // On the CPU (a test of this command) the smallest shape only; `dka bench conv` has
+        // the CPU's numbers.
+        let shapes = if device.is_cuda() {
+            &CONV_SHAPES[..]
+        } else {
+            &CONV_SHAPES[..1]
+        };
+        rows.extend(conv_rows(device, precision, shapes));
         rows.extend(step_rows(&a.backbone, device, precision, a.batch, a.steps));
         if !a.no_grid {
             rows.push(grid_row(device));

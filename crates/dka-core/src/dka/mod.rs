@@ -8,11 +8,14 @@
 //! [`DkaConfig`]; `DkaConfig::authors()` (the default) reproduces the paper's tables,
 //! `DkaConfig::paper()` follows the paper's equation.
 mod dwconv;
+mod paths;
+mod tune;
 
-pub use dwconv::{
-    channels_last, fft_depthwise, fft_size, fit_kernel, radial_mask, ConvPath, Kernels,
-    LearnableRadius,
+pub use dwconv::{radial_mask, ConvPath, Kernels, LearnableRadius};
+pub use paths::{
+    channels_last, direct_depthwise, fft_depthwise, fft_size, fit_kernel, toeplitz_fits,
 };
+pub use tune::{measure_paths, tuned_choices, PathTime};
 
 use crate::backbone::Backbone;
 use crate::error::{CoreError, Result};
