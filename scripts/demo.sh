@@ -26,6 +26,11 @@ done
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}
 
 $dka info
+# Shared machines drift by tens of percent over a day: the speed measured at the start and at the
+# end goes into MADE.md beside the wall time (`dka info --speed`, a few seconds).
+speed() { $dka info --speed 2>/dev/null | sed -n 's/^speed now: //p' || true; }
+speed_start=$(speed)
+echo "speed now: $speed_start"
 echo
 echo "== The backbones against timm (fixtures written by the pinned timm; max |dka - timm|)"
 for f in vit_layerscale vit_resized resnet_bottleneck samvit; do
@@ -48,7 +53,7 @@ echo
 echo "== Fine-tuning on real MRI (Colin27 grey matter, a held-out test slab): DINOv2-S/14"
 echo "   (natural) and LiteMedSAM's TinyViT (medical), each also with random weights; linear"
 echo "   probing, full fine-tuning, LoRA, Adapter, Convpass, DKA; 3 % (2) and 8 % (7) of the slices,"
-echo "   3 draws (144 runs; 15 minutes on the slowest 2-core machine measured; MADE.md records this run)"
+echo "   3 draws (144 runs; 15 to 20 minutes on the 2-core machines measured so far; MADE.md records this run)"
 # The demo runs in bf16 autocast (1.6x faster steps where the CPU does bf16 natively: AVX512-BF16
 # or AMX). Elsewhere libtorch has no native bf16 kernels and bf16 may well be slower than fp32:
 # run the same grid in fp32 (other run ids; table.md and MADE.md say which precision ran).
@@ -89,6 +94,7 @@ $dka inspect results/demo --where draw=0 \
     echo "- test images: the 29 slices of the held-out slab"
 } > results/demo/inspect/MADE.md
 echo
+speed_end=$(speed)
 elapsed=$(( $(date +%s) - started ))
 # What made these results: date, commit, machine, wall time (committed with them).
 {
@@ -102,6 +108,7 @@ elapsed=$(( $(date +%s) - started ))
     echo "- precision: $precision"
     echo "- workers: $workers (\`dka grid --workers $workers\`: one per 2 cores, as scripts/cpu_workers.sh explains; DKA_WORKERS overrides)"
     echo "- wall time of the whole demo: ${elapsed} s (the grid's 144 runs: ${grid_s} s)"
+    echo "- machine speed (\`dka info --speed\`) at the start: ${speed_start:-not measured}; at the end: ${speed_end:-not measured}"
     if [ -n "${DKA_DEMO_STARTED:-}" ]; then
         # `just demo` passes its start: the set-up before this script (scripts/prepare.sh), which
         # on a fresh machine installs PyTorch and builds everything, and seconds otherwise.

@@ -48,6 +48,12 @@ def made():
         t, p = int(whole.group(1)), int(whole.group(2))
         with_setup = (f"; `just demo` with its set-up ({p} s in `scripts/prepare.sh`: on a fresh"
                       f" clone, installing PyTorch and building), {t // 60} min {t % 60} s")
+    # Since `dka info --speed` went into demo.sh: the machine's speed, which drifts on shared
+    # machines, measured at the demo's start.
+    speed = re.search(r"at the start: GEMM 1024x1024 fp32 (\d+) GFLOP/s.*?a tiny step .*? (\d+) µs", text)
+    if speed:
+        with_setup += (f" (at its start the machine ran fp32 GEMMs at {speed.group(1)} GFLOP/s and"
+                       f" a tiny training step in {speed.group(2)} µs: `dka info --speed`)")
     return secs, machine, commit, date, with_setup
 
 

@@ -164,6 +164,31 @@ fn info_reports_device_threads_and_cuda() {
 }
 
 #[test]
+fn info_speed_measures_gemm_and_a_tiny_step() {
+    let run = dka(&["info", "--speed", "--device", "cpu"]);
+    let s = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let line = s
+        .lines()
+        .find_map(|l| l.strip_prefix("speed now: "))
+        .unwrap_or_else(|| panic!("no speed line in:\n{s}"));
+    // "GEMM 1024x1024 fp32 <n> GFLOP/s, bf16 <n> GFLOP/s|not native; a tiny step (...) <n> µs"
+    let number_before = |unit: &str| -> f64 {
+        let head = &line[..line
+            .find(unit)
+            .unwrap_or_else(|| panic!("no {unit}: {line}"))];
+        head.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    assert!(number_before(" GFLOP/s") > 0.0, "{line}");
+    assert!(number_before(" µs") > 0.0, "{line}");
+    assert!(line.contains("bf16 "), "{line}");
+}
+
+#[test]
 fn features_with_a_peft_adapter_equal_peft() {
     let d = fixture("peft_lora");
     let tmp = tempfile::tempdir().unwrap();

@@ -7,6 +7,11 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value_t)]
     device: DeviceArg,
+    /// Also measure how fast the device is right now (a few seconds): GEMM throughput (fp32, and
+    /// bf16 where it is native) and the latency of a small operation, which bounds the demo's
+    /// small steps. Shared machines drift; `just demo` records this at its start and end.
+    #[arg(long)]
+    speed: bool,
 }
 
 /// The path of a shared library this process has loaded (from /proc/self/maps).
@@ -62,6 +67,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tch::utils::version_cudnn()
         );
         println!("cuda runtime version: {}", tch::utils::version_cudart());
+    }
+    if args.speed {
+        println!("speed now: {}", crate::perf::speed::now(device));
     }
     Ok(())
 }

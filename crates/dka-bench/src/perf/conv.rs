@@ -1,5 +1,6 @@
 //! `dka bench conv`: forward+backward time of DKA's depthwise convolutions, the plain
-//! two-conv reference against the exact fast path, on the shapes of the paper's models.
+//! two-conv reference against each exact fast path and the one `conv_path = "tuned"` chooses,
+//! on the shapes of the paper's models and of the demo's.
 //! Writes a CSV (shape, path, median_ms, speedup, max_rel_diff) and a JSON sidecar that says
 //! how the numbers were made.
 use anyhow::Context;
@@ -250,9 +251,9 @@ pub fn run(a: &ConvOptions) -> anyhow::Result<()> {
     }
     std::fs::rename(&tmp, &a.output)?;
     let meta = serde_json::json!({
-        "what": "DKA depthwise convolutions, forward + backward, plain two-conv reference vs exact fast path (merge, crop, channels-last / FFT)",
+        "what": "DKA depthwise convolutions, forward + backward, plain two-conv reference vs each exact fast path (merge, crop; direct channels-last, FFT, FFT-Toeplitz, full Toeplitz) and the tuned choice",
         "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "batch": a.batch, "kernels": [a.large, a.small], "reps": a.reps, "note": "median of reps after one warm-up; 2 reps when one pass takes over 2 s; the fast path used by default is marked (auto). Train-step rows: median of 5 interleaved rounds (one step of each method per round) after one warm-up step each, ViT-B/16 with random weights (speed does not depend on them), speedup = adapter time / this time (below 1: slower than the Adapter baseline), max_rel_diff empty",
+        "batch": a.batch, "kernels": [a.large, a.small], "reps": a.reps, "note": "median of reps after one warm-up; 2 reps when one pass takes over 2 s; the fast path used by default is marked (auto); `tuned: <path>` is the path conv_path = \"tuned\" chose for the shape in this process (its own interleaved measurement), timed like the others. Train-step rows: median of 5 interleaved rounds (one step of each method per round) after one warm-up step each, ViT-B/16 with random weights (speed does not depend on them), speedup = adapter time / this time (below 1: slower than the Adapter baseline), max_rel_diff empty",
         "machine": crate::util::provenance::machine(),
     });
     let meta_path = a.output.with_extension("meta.json");

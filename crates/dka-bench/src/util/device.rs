@@ -191,6 +191,17 @@ pub fn cuda_bf16_native(device: Device) -> Option<bool> {
     (major >= 0).then_some(major >= 8)
 }
 
+/// Whether this CPU computes bf16 natively (AVX512-BF16 or AMX in /proc/cpuinfo's flags);
+/// `false` where that file is unreadable.
+pub fn cpu_bf16_native() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|s| {
+        s.lines().filter(|l| l.starts_with("flags")).any(|l| {
+            l.split_whitespace()
+                .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+        })
+    })
+}
+
 /// The name of a CUDA device (e.g. "NVIDIA H200"), `None` on the CPU or when unavailable.
 pub fn cuda_device_name(device: Device) -> Option<String> {
     let Device::Cuda(i) = device else {

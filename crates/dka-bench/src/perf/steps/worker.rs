@@ -21,7 +21,8 @@ use std::path::Path;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
-pub(super) fn sync(device: Device) {
+/// Waits for the device's queued work (CUDA); nothing on the CPU.
+pub fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
     }
