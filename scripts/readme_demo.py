@@ -52,8 +52,8 @@ def made():
     # machines, measured at the demo's start.
     speed = re.search(r"at the start: GEMM 1024x1024 fp32 (\d+) GFLOP/s.*?a tiny step .*? (\d+) µs", text)
     if speed:
-        with_setup += (f" (at its start the machine ran fp32 GEMMs at {speed.group(1)} GFLOP/s and"
-                       f" a tiny training step in {speed.group(2)} µs: `dka info --speed`)")
+        with_setup += (f"; at its start the machine ran fp32 GEMMs at {speed.group(1)} GFLOP/s and"
+                       f" a tiny training step in {speed.group(2)} µs, as `dka info --speed` measures")
     return secs, machine, commit, date, with_setup
 
 
