@@ -15,7 +15,6 @@ use super::paths::{
     channels_last, direct_depthwise, fft_depthwise, toeplitz_fits, RowToeplitz, Toeplitz2d,
 };
 use super::ConvPath;
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -27,13 +26,19 @@ pub struct PathTime {
     pub ms: f64,
 }
 
-/// Device, map type, `[batch, channels, h, w, kh, kw]`.
-type Key = (String, String, [i64; 6]);
+/// Device, map type, `[batch, channels, h, w, kh, kw]`: compared on every application of a
+/// tuned module, so no strings.
+type Key = (Device, Kind, [i64; 6]);
 
-static CHOICES: Mutex<BTreeMap<Key, ConvPath>> = Mutex::new(BTreeMap::new());
+/// The process's choices; a handful of shapes per model, so a list.
+static CHOICES: Mutex<Vec<(Key, ConvPath)>> = Mutex::new(Vec::new());
 
-fn choices() -> std::sync::MutexGuard<'static, BTreeMap<Key, ConvPath>> {
+fn choices() -> std::sync::MutexGuard<'static, Vec<(Key, ConvPath)>> {
     CHOICES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lookup(list: &[(Key, ConvPath)], key: &Key) -> Option<ConvPath> {
+    list.iter().find(|(k, _)| k == key).map(|(_, p)| *p)
 }
 
 /// Timed rounds per candidate after its warm-up.
@@ -43,13 +48,9 @@ const ROUNDS: usize = 5;
 /// `kh x kw`: measured at the first such map in this process, then kept.
 pub(super) fn choose(z: &Tensor, kh: i64, kw: i64) -> ConvPath {
     let (b, c, h, w) = z.size4().expect("map is 4-D");
-    let key = (
-        format!("{:?}", z.device()),
-        format!("{:?}", z.kind()),
-        [b, c, h, w, kh, kw],
-    );
-    if let Some(p) = choices().get(&key) {
-        return *p;
+    let key = (z.device(), z.kind(), [b, c, h, w, kh, kw]);
+    if let Some(p) = lookup(&choices(), &key) {
+        return p;
     }
     let times = measure_paths([b, c, h, w], kh, kw, z.kind(), z.device(), ROUNDS);
     let best = times
@@ -68,7 +69,11 @@ pub(super) fn choose(z: &Tensor, kh: i64, kw: i64) -> ConvPath {
         said.join(", ")
     );
     // Another thread may have measured the same shape meanwhile: every caller uses the first.
-    *choices().entry(key).or_insert(best)
+    let mut list = choices();
+    lookup(&list, &key).unwrap_or_else(|| {
+        list.push((key, best));
+        best
+    })
 }
 
 /// The choices [`ConvPath::Tuned`] made in this process: `(device, type, [b, c, h, w, kh, kw],
@@ -76,7 +81,7 @@ pub(super) fn choose(z: &Tensor, kh: i64, kw: i64) -> ConvPath {
 pub fn tuned_choices() -> Vec<(String, String, [i64; 6], ConvPath)> {
     choices()
         .iter()
-        .map(|((d, k, s), p)| (d.clone(), k.clone(), *s, *p))
+        .map(|((d, k, s), p)| (format!("{d:?}"), format!("{k:?}"), *s, *p))
         .collect()
 }
 
@@ -134,13 +139,10 @@ pub fn measure_paths(
         };
         let warm: Vec<f64> = candidates.iter().map(|&p| pass(p)).collect();
         let fastest = warm.iter().copied().fold(f64::INFINITY, f64::min);
-        let kept: Vec<(ConvPath, f64)> = candidates
-            .iter()
-            .zip(&warm)
-            .map(|(&p, &t)| (p, t))
-            .collect();
-        let (timed, dropped): (Vec<_>, Vec<_>) =
-            kept.into_iter().partition(|&(_, t)| t <= 4.0 * fastest);
+        let (timed, dropped): (Vec<(ConvPath, f64)>, Vec<_>) = candidates
+            .into_iter()
+            .zip(warm)
+            .partition(|&(_, t)| t <= 4.0 * fastest);
         let mut samples = vec![Vec::with_capacity(rounds); timed.len()];
         for _ in 0..rounds {
             for (s, &(p, _)) in samples.iter_mut().zip(&timed) {
