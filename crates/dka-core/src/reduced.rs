@@ -84,6 +84,16 @@ impl Drop for AutocastMark {
     }
 }
 
+/// The type the trainer's autocast marks as on ([`AutocastMark::enter`]), if any.
+pub fn autocast_kind() -> Option<Kind> {
+    AUTOCAST.with(|a| *a.borrow())
+}
+
+/// Whether an operation on `x` runs in bf16: `x` is bf16, or autocast to bf16 is marked on.
+pub fn runs_in_bf16(x: &Tensor) -> bool {
+    x.kind() == Kind::BFloat16 || autocast_kind() == Some(Kind::BFloat16)
+}
+
 /// The kept cast of `t` when `t` is a frozen fp32 tensor, a scope is open and autocast to the
 /// scope's type is on; `None` otherwise (use `t` as it is: autocast casts it).
 pub fn frozen(t: &Tensor) -> Option<Tensor> {
@@ -120,6 +130,29 @@ pub fn linear(layer: &tch::nn::Linear, x: &Tensor) -> Tensor {
         }
         None => layer.forward(x),
     }
+}
+
+/// `layer`'s weight and bias convolved with `x` at the given geometry (tch keeps a conv's own
+/// private, so the caller states it; a strided conv may be computed at stride 1), the frozen
+/// ones taken from the scope's casts where there are any: under autocast, what `conv2d` with
+/// the layer's tensors computes.
+pub fn conv2d(
+    layer: &tch::nn::Conv2D,
+    x: &Tensor,
+    stride: i64,
+    padding: i64,
+    groups: i64,
+) -> Tensor {
+    let kept = |t: &Tensor| frozen(t).unwrap_or_else(|| t.shallow_clone());
+    let b = layer.bs.as_ref().map(kept);
+    x.conv2d(
+        &kept(&layer.ws),
+        b.as_ref(),
+        [stride; 2],
+        [padding; 2],
+        [1, 1],
+        groups,
+    )
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use crate::sites::{
     TokenLayout,
 };
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::rc::Rc;
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
@@ -148,6 +149,9 @@ impl TinyVitConfig {
 struct ConvBn {
     c: nn::Conv2D,
     bn: nn::BatchNorm,
+    /// Stride, padding, groups, and whether the conv is depthwise (tch keeps a conv's own
+    /// geometry private).
+    geometry: (i64, i64, i64, bool),
 }
 
 impl ConvBn {
@@ -162,11 +166,41 @@ impl ConvBn {
         Self {
             c: nn::conv2d(&p / "c", cin, cout, k, cfg),
             bn: nn::batch_norm2d(&p / "bn", cout, Default::default()),
+            geometry: (
+                stride,
+                k / 2,
+                groups,
+                groups > 1 && groups == cin && groups == cout,
+            ),
         }
     }
 
     fn forward_t(&self, x: &Tensor, bn_train: bool) -> Tensor {
-        self.bn.forward_t(&self.c.forward(x), bn_train)
+        self.bn.forward_t(&self.conv(x), bn_train)
+    }
+
+    /// The convolution. A strided depthwise one in bf16 on the CPU runs at stride 1 and keeps
+    /// every `stride`-th output: the same values (each output the same 3x3 sum of the same
+    /// inputs; bit for bit equal in libtorch 2.11), because libtorch's bf16 kernel for a
+    /// strided depthwise conv is slow. Forward + backward on a 2-core AMD EPYC (AVX512-BF16),
+    /// strided / stride 1 then subsampled: `[2, 160, 24, 24]` 2.26 / 0.48 ms (LiteMedSAM's
+    /// second merge at 48 px), `[2, 128, 48, 48]` with the weight's gradient 4.34 / 3.44 ms,
+    /// `[2, 128, 128, 128]` 23.3 / 10.0 ms, `[2, 128, 256, 256]` 148 / 153 ms; in fp32 the
+    /// strided kernel is the fast one (0.34 ms at `[2, 160, 24, 24]`), so fp32 keeps it.
+    /// A frozen weight under autocast comes from the run's kept casts (`crate::reduced`).
+    fn conv(&self, x: &Tensor) -> Tensor {
+        let (stride, pad, groups, depthwise) = self.geometry;
+        if depthwise
+            && stride > 1
+            && x.device() == tch::Device::Cpu
+            && crate::reduced::runs_in_bf16(x)
+        {
+            crate::reduced::conv2d(&self.c, x, 1, pad, groups)
+                .slice(2, 0, None, stride)
+                .slice(3, 0, None, stride)
+        } else {
+            crate::reduced::conv2d(&self.c, x, stride, pad, groups)
+        }
     }
 
     /// Whether any weight (conv, BatchNorm scale or shift) is trained.
@@ -248,6 +282,10 @@ struct Attention {
     bias_idx: Tensor,
     num_heads: i64,
     layout: QkvLayout,
+    ws: i64,
+    /// For a map smaller than the window ([`Attention::forward_one_window`]): its size and the
+    /// offset indices of query/key pairs among its positions and from them to the padding.
+    one_window: RefCell<Option<((i64, i64), Tensor, Tensor)>>,
 }
 
 impl Attention {
@@ -267,6 +305,8 @@ impl Attention {
             bias_idx: Tensor::from_slice(&idx),
             num_heads: heads,
             layout: QkvLayout::PerHead { heads },
+            ws,
+            one_window: RefCell::new(None),
         }
     }
 
@@ -288,6 +328,88 @@ impl Attention {
             &o.transpose(1, 2).reshape([b, n, d]),
             train,
         )
+    }
+}
+
+impl Attention {
+    /// The attention of an `h x w` map that one window holds with padding (`h, w <= ws`, not
+    /// both equal): `x: [batch, h*w + 1, dim]`, normalised, its last token the padding's (the
+    /// norm of a zero token) -> `[batch, h*w, dim]`, the map's own positions.
+    ///
+    /// The reference pads the map to the window with zero tokens, so every padded position
+    /// holds that one token: one key and one value. A query's weights over the padded
+    /// positions add up to `exp(q·k_pad·scale) · Σ_j exp(bias_j)`, which is one key with the
+    /// bias `log Σ_j exp(bias_j)` over them; and the reference crops the padded positions'
+    /// outputs, so their queries are not computed. The same function of the same weights
+    /// (differentiable in the bias table too), with `h*w` queries and `h*w + 1` keys instead
+    /// of `ws² x ws²`: LiteMedSAM's 12 x 12 grid at 48 px in its 14 x 14 window computes 54 %
+    /// of the scores, and its `qkv` and `proj` 74 % of the rows.
+    fn forward_one_window(
+        &self,
+        x: &Tensor,
+        (h, w): (i64, i64),
+        sites: &BlockSites,
+        train: bool,
+    ) -> Tensor {
+        let (b, n1, d) = x.size3().expect("tokens are [batch, tokens, dim]");
+        let n = h * w;
+        assert_eq!(n1, n + 1, "one window: the map's tokens and the padding's");
+        let (nh, hd) = (self.num_heads, d / self.num_heads);
+        let qkv = linear_with(&self.qkv, &sites.qkv, x, train);
+        let parts = qkv.view([b, n1, nh, 3 * hd]).split(hd, 3);
+        let [q, k, v] = [0, 1, 2].map(|i| parts[i].permute([0, 2, 1, 3]));
+        let bias = self.one_window_bias(h, w, x.device());
+        let o = crate::attention::attention(&q.narrow(2, 0, n), &k, &v, Some(&bias));
+        linear_with(
+            &self.proj,
+            &sites.proj,
+            &o.transpose(1, 2).reshape([b, n, d]),
+            train,
+        )
+    }
+
+    /// `[heads, h*w, h*w + 1]`: the bias between the map's positions, then each position's
+    /// `log Σ exp(bias)` over the window's padded positions.
+    fn one_window_bias(&self, h: i64, w: i64, device: tch::Device) -> Tensor {
+        let mut cache = self.one_window.borrow_mut();
+        if !matches!(&*cache, Some((hw, _, _)) if *hw == (h, w)) {
+            let ws = self.ws;
+            let grid = |rows: i64, cols: i64| -> Vec<(i64, i64)> {
+                (0..rows)
+                    .flat_map(|i| (0..cols).map(move |j| (i, j)))
+                    .collect()
+            };
+            let real = grid(h, w);
+            let pad: Vec<(i64, i64)> = grid(ws, ws)
+                .into_iter()
+                .filter(|&(i, j)| i >= h || j >= w)
+                .collect();
+            let offsets = |keys: &[(i64, i64)]| -> Vec<i64> {
+                real.iter()
+                    .flat_map(|a| {
+                        keys.iter()
+                            .map(move |b| (a.0 - b.0).abs() * ws + (a.1 - b.1).abs())
+                    })
+                    .collect()
+            };
+            *cache = Some((
+                (h, w),
+                Tensor::from_slice(&offsets(&real)),
+                Tensor::from_slice(&offsets(&pad)),
+            ));
+        }
+        let (_, to_real, to_pad) = cache.as_ref().expect("filled above");
+        let (nh, n) = (self.num_heads, h * w);
+        let real = self
+            .attention_biases
+            .index_select(1, &to_real.to_device(device))
+            .view([nh, n, n]);
+        let pad = self
+            .attention_biases
+            .index_select(1, &to_pad.to_device(device))
+            .view([nh, n, -1])
+            .logsumexp([-1i64].as_slice(), true);
+        Tensor::cat(&[real, pad], -1)
     }
 }
 
@@ -327,6 +449,14 @@ impl TinyVitBlock {
         let ws = self.window_size;
         let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
         let (hp, wp) = (h + ph, w + pw);
+        if (hp, wp) == (ws, ws) && ph + pw > 0 {
+            // One padded window: the padding as one token (`Attention::forward_one_window`).
+            let normed = self.attn_norm.forward(&x.constant_pad_nd([0, 0, 0, 1]));
+            let a = self
+                .attn
+                .forward_one_window(&normed, (h, w), &self.sites, train);
+            return (a, normed.narrow(1, 0, h * w).contiguous());
+        }
         let normed = self
             .attn_norm
             .forward(&x.view([b, h, w, d]).constant_pad_nd([0, 0, 0, pw, 0, ph]));
@@ -370,6 +500,24 @@ impl TinyVitBlock {
     }
 }
 
+/// SAM's neck (`neck.0..3`): 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d, bias-free convs.
+#[derive(Debug)]
+struct Neck {
+    conv1: nn::Conv2D,
+    norm1: LayerNorm2d,
+    conv2: nn::Conv2D,
+    norm2: LayerNorm2d,
+}
+
+impl Module for Neck {
+    /// Frozen conv weights under autocast come from the run's kept casts (`crate::reduced`).
+    fn forward(&self, x: &Tensor) -> Tensor {
+        use crate::reduced::conv2d;
+        let h = self.norm1.forward(&conv2d(&self.conv1, x, 1, 0, 1));
+        self.norm2.forward(&conv2d(&self.conv2, &h, 1, 1, 1))
+    }
+}
+
 /// The blocks of one stage (`layers.S`).
 #[derive(Debug)]
 pub enum StageBlocks {
@@ -389,7 +537,7 @@ pub struct TinyVit {
     /// `patch_embed.seq.0` and `.2` (a GELU between them).
     patch_embed: Vec<ConvBn>,
     pub stages: Vec<Stage>,
-    neck: nn::Sequential,
+    neck: Neck,
     head: Option<nn::Linear>,
     /// Use running BatchNorm statistics in training mode (frozen backbone); full fine-tuning
     /// turns this off.
@@ -444,17 +592,18 @@ impl TinyVit {
             bias: false,
             ..Default::default()
         };
-        let neck = nn::seq()
-            .add(nn::conv2d(p / "neck" / "0", dl, nc, 1, nb))
-            .add(LayerNorm2d::new(p / "neck" / "1", nc, 1e-6))
-            .add(nn::conv2d(
+        let neck = Neck {
+            conv1: nn::conv2d(p / "neck" / "0", dl, nc, 1, nb),
+            norm1: LayerNorm2d::new(p / "neck" / "1", nc, 1e-6),
+            conv2: nn::conv2d(
                 p / "neck" / "2",
                 nc,
                 nc,
                 3,
                 nn::ConvConfig { padding: 1, ..nb },
-            ))
-            .add(LayerNorm2d::new(p / "neck" / "3", nc, 1e-6));
+            ),
+            norm2: LayerNorm2d::new(p / "neck" / "3", nc, 1e-6),
+        };
         let head = (cfg.num_classes > 0).then(|| linear(p / "head", nc, cfg.num_classes, true));
         Ok(Self {
             cfg,
@@ -590,5 +739,50 @@ impl TinyVit {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// A strided depthwise conv on a bf16 map on the CPU (stride 1, then every second output)
+    /// against libtorch's strided conv: the same forward bit for bit; input and weight
+    /// gradients within bf16 round-off (|difference| <= 1e-2 * max |gradient|: the two
+    /// backward kernels add the same products in another order, in bf16).
+    #[test]
+    fn a_strided_depthwise_conv_in_bf16_equals_libtorchs_strided_conv() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        for (c, hw) in [(8, 12), (6, 9)] {
+            let mut cb = ConvBn::new(&vs.root() / format!("m{c}"), c, c, 3, 2, c);
+            cb.c.ws =
+                Tensor::randn([c, 1, 3, 3], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
+            let x = Tensor::randn([2, c, hw, hw], (Kind::BFloat16, Device::Cpu))
+                .set_requires_grad(true);
+            let g = Tensor::randn(
+                [2, c, (hw + 1) / 2, (hw + 1) / 2],
+                (Kind::Float, Device::Cpu),
+            );
+            let run = |y: Tensor| {
+                let loss = (y.to_kind(Kind::Float) * &g).sum(Kind::Float);
+                let grads = Tensor::run_backward(&[loss], &[&x, &cb.c.ws], false, false);
+                (y.detach(), grads)
+            };
+            let (ours, og) = run(cb.conv(&x));
+            let (theirs, tg) = run(x.conv2d(&cb.c.ws, None::<&Tensor>, [2, 2], [1, 1], [1, 1], c));
+            assert_eq!(ours.size(), theirs.size(), "{c} x {hw}²: output shape");
+            assert!(ours.equal(&theirs), "{c} x {hw}²: forward differs");
+            for (what, a, b) in [("input", &og[0], &tg[0]), ("weight", &og[1], &tg[1])] {
+                let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
+                let err = (&a - &b).abs().max().double_value(&[]);
+                let scale = b.abs().max().double_value(&[]);
+                assert!(
+                    err <= 1e-2 * scale,
+                    "{c} x {hw}²: {what} gradient differs by {err:e} (scale {scale:e})"
+                );
+            }
+        }
     }
 }
