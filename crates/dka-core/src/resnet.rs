@@ -5,10 +5,11 @@
 //! convolutions); the model has an input site (`input_prompt`, visual prompt padding). With
 //! every site empty the output equals timm's.
 use crate::error::{CoreError, Result};
+use crate::reduced;
 use crate::sites::{conv_with, ConvSpec, MapModule, MapSites};
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
-use tch::nn::{self, Module, ModuleT};
+use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +92,10 @@ impl ResNetConfig {
         Ok(())
     }
 }
+
+/// The stem's 7x7 conv: kernel, stride, padding (tch keeps a conv's geometry private, and a
+/// frozen conv runs through [`reduced::conv2d`], which is given it).
+const STEM: (i64, i64, i64) = (7, 2, 3);
 
 fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
     nn::conv2d(
@@ -181,14 +186,17 @@ impl ResBlock {
     fn forward_t(&self, x: &Tensor, bn_train: bool, train: bool) -> Tensor {
         let last = self.convs.len() - 1;
         let mut h = x.shallow_clone();
-        for (i, (c, b)) in self.convs.iter().enumerate() {
-            h = b.forward_t(&conv_with(c, &self.sites.convs[i], &h, train), bn_train);
+        for (i, ((c, b), spec)) in self.convs.iter().zip(&self.conv_specs).enumerate() {
+            h = b.forward_t(
+                &conv_with(c, spec, &self.sites.convs[i], &h, train),
+                bn_train,
+            );
             if i < last {
                 h = h.relu();
             }
         }
         let shortcut = match &self.downsample {
-            Some((c, b)) => b.forward_t(&c.forward(x), bn_train),
+            Some((c, b)) => b.forward_t(&reduced::conv2d(c, x, self.stride, 0, 1), bn_train),
             None => x.shallow_clone(),
         };
         let y = (h + shortcut).relu();
@@ -227,7 +235,8 @@ pub struct ResNet {
 impl ResNet {
     pub fn new(p: &nn::Path, cfg: ResNetConfig) -> Result<Self> {
         cfg.validate()?;
-        let conv1 = conv(p / "conv1", cfg.in_chans, 64, 7, 2, 3);
+        let (k, stride, pad) = STEM;
+        let conv1 = conv(p / "conv1", cfg.in_chans, 64, k, stride, pad);
         let bn1 = bn(p / "bn1", 64);
         let mut cin = 64;
         let mut stages = Vec::new();
@@ -280,7 +289,13 @@ impl ResNet {
             Some(m) => m.forward_t(x, train),
             None => x.shallow_clone(),
         };
-        let mut h = self.bn1.forward_t(&self.conv1.forward(&x), bn_train).relu();
+        let mut h = self
+            .bn1
+            .forward_t(
+                &reduced::conv2d(&self.conv1, &x, STEM.1, STEM.2, 1),
+                bn_train,
+            )
+            .relu();
         h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for stage in &self.stages {
             for b in stage {

@@ -396,12 +396,12 @@ pub(crate) fn add_parallel(
 /// `conv(x) + delta(x)` for a frozen convolution with an optional delta site.
 pub(crate) fn conv_with(
     layer: &tch::nn::Conv2D,
+    spec: &ConvSpec,
     site: &Option<Rc<dyn ConvDelta>>,
     x: &Tensor,
     train: bool,
 ) -> Tensor {
-    use tch::nn::Module;
-    let y = layer.forward(x);
+    let y = crate::reduced::conv2d(layer, x, spec.stride, spec.padding, 1);
     match site {
         Some(d) => {
             let t = d.delta(x, train);
