@@ -309,7 +309,6 @@ mod tests {
         use dka_core::reduced::FrozenCasts;
         use dka_core::{Backbone, BackboneConfig};
         use tch::nn;
-        tch::manual_seed(6);
         let cfg = BackboneConfig::from_json_str(json).unwrap();
         let mut vs = nn::VarStore::new(Device::Cpu);
         let model = Backbone::new(&vs.root(), &cfg).unwrap();

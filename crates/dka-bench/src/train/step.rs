@@ -90,8 +90,16 @@ mod tests {
     use crate::train::precision::Amp;
     use tch::{Device, Kind};
 
-    /// libtorch's seed is global: the tests here that compare two seeded runs hold this.
-    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// The method's defaults with dropout 0: the tests here compare two steps of one model,
+    /// and dropout would draw other masks in each.
+    fn without_dropout(name: &str) -> dka_baselines::MethodConfig {
+        let mut json =
+            serde_json::to_value(dka_baselines::MethodConfig::by_name(name).unwrap()).unwrap();
+        if let Some(d) = json.get_mut("dropout") {
+            *d = serde_json::json!(0.0);
+        }
+        serde_json::from_value(json).unwrap()
+    }
 
     /// The gradients of every trainable tensor after one step, by name.
     fn grads(model: &Model) -> Vec<(String, Tensor)> {
@@ -114,35 +122,33 @@ mod tests {
     /// and reused in the recompute would carry no gradient back to the weight.
     #[test]
     fn checkpointed_and_plain_bf16_steps_give_equal_gradients_for_every_method() {
-        let _seeded = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
         let d = tempfile::tempdir().unwrap();
         let vit = crate::config::run::tiny_vit_for_tests(d.path(), 32);
         for name in dka_baselines::NAMES {
-            // No dropout: the two passes draw their masks in another order.
-            let mut json =
-                serde_json::to_value(dka_baselines::MethodConfig::by_name(name).unwrap()).unwrap();
-            if let Some(d) = json.get_mut("dropout") {
-                *d = serde_json::json!(0.0);
+            let method = without_dropout(name);
+            let plain = RunConfig {
+                backbone: vit.clone(),
+                method: method.clone(),
+                img_size: 32,
+                precision: crate::config::run::Precision::Bf16,
+                ..Default::default()
             }
-            let method: dka_baselines::MethodConfig = serde_json::from_value(json).unwrap();
+            .resolve(Device::Cpu)
+            .unwrap();
+            // One model and one batch for both steps (a step only fills the gradients): no
+            // second draw from libtorch's global generator, which the crate's other tests,
+            // on other threads, draw from too.
+            let model = Model::build(&plain, 3, false, Device::Cpu).unwrap();
+            let opt = Optimizer::new(&plain.optimizer, model.groups()).unwrap();
+            let mut setup = EvalSetup::new(&plain, 3, Device::Cpu).unwrap();
+            setup.amp = Amp::cpu_bf16();
+            let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+            let y = Tensor::from_slice(&[0i64, 2]);
             let run = |checkpoint_blocks: bool| {
                 let cfg = RunConfig {
-                    backbone: vit.clone(),
-                    method: method.clone(),
-                    img_size: 32,
                     checkpoint_blocks,
-                    precision: crate::config::run::Precision::Bf16,
-                    ..Default::default()
-                }
-                .resolve(Device::Cpu)
-                .unwrap();
-                tch::manual_seed(3);
-                let model = Model::build(&cfg, 3, false, Device::Cpu).unwrap();
-                let opt = Optimizer::new(&cfg.optimizer, model.groups()).unwrap();
-                let mut setup = EvalSetup::new(&cfg, 3, Device::Cpu).unwrap();
-                setup.amp = Amp::cpu_bf16();
-                let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
-                let y = Tensor::from_slice(&[0i64, 2]);
+                    ..plain.clone()
+                };
                 let stepper = Stepper {
                     model: &model,
                     cfg: &cfg,
@@ -181,33 +187,31 @@ mod tests {
     /// or sit before it (VPT's input prompt) step from images.
     #[test]
     fn a_step_from_the_cached_stem_equals_the_step_from_images() {
-        let _seeded = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
         use crate::train::feature_cache::step_input;
         for name in ["lora", "adapter", "dka", "full", "bitfit", "vpt"] {
             let cfg = RunConfig {
                 backbone: "litemedsam_tinyvit".into(),
                 weights: None,
-                method: dka_baselines::MethodConfig::by_name(name).unwrap(),
+                method: without_dropout(name),
                 img_size: 32,
                 augment: false,
                 ..Default::default()
             }
             .resolve(Device::Cpu)
             .unwrap();
+            // One model and one batch for both steps, as above.
+            let model = Model::build(&cfg, 3, false, Device::Cpu).unwrap();
+            let opt = Optimizer::new(&cfg.optimizer, model.groups()).unwrap();
+            let setup = EvalSetup::new(&cfg, 3, Device::Cpu).unwrap();
+            let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+            let y = Tensor::from_slice(&[0i64, 2]);
             let run = |from_stem: bool| {
-                tch::manual_seed(5);
-                let model = Model::build(&cfg, 3, false, Device::Cpu).unwrap();
-                let opt = Optimizer::new(&cfg.optimizer, model.groups()).unwrap();
-                let setup = EvalSetup::new(&cfg, 3, Device::Cpu).unwrap();
                 let what = step_input(&cfg, &model);
-                tch::manual_seed(7);
-                let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
-                let y = Tensor::from_slice(&[0i64, 2]);
                 let (input, what) = if from_stem {
                     let stem = tch::no_grad(|| setup.amp.run(|| model.backbone.stem(&x)));
-                    (stem.unwrap_or(x), what)
+                    (stem.unwrap_or_else(|| x.shallow_clone()), what)
                 } else {
-                    (x, StepInput::Images)
+                    (x.shallow_clone(), StepInput::Images)
                 };
                 let stepper = Stepper {
                     model: &model,
