@@ -16,6 +16,13 @@ mkdir -p target
 started=$(date +%s)
 early_log=target/prepare-early-build.log
 
+# A first build has no incremental state to reuse, and keeping it costs about 10 % of the
+# workspace crates' compile time on 2 cores (measured: 100-103 s against 109-114 s); later
+# builds are incremental again (the setting does not invalidate what this one builds).
+if [ ! -x target/debug/dka ]; then
+    export CARGO_INCREMENTAL=0
+fi
+
 early=""
 if [ ! -e .libtorch ]; then
     echo "prepare: compiling the crates that do not need libtorch while PyTorch installs (log: $early_log)"

@@ -289,6 +289,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusty_fork::rusty_fork_test;
 
     fn tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -296,9 +297,15 @@ mod tests {
         v
     }
 
-    /// The path a CUDA run takes (build on the CPU, copy into a model built on the device),
-    /// taken here with the CPU as the "device": every tensor of every store equals the
-    /// CPU-built model's, although the second build drew other random numbers.
+    // The path a CUDA run takes (build on the CPU, copy into a model built on the device),
+    // taken here with the CPU as the "device": every tensor of every store equals the
+    // CPU-built model's, although the second build drew other random numbers.
+    //
+    // It compares builds seeded alike, and libtorch's generator is global: another test on
+    // another thread drawing from it or reseeding it between a seed and a build would make
+    // the draws differ. So it runs in a process of its own (rusty-fork re-runs the test
+    // binary with this test alone).
+    rusty_fork_test! {
     #[test]
     fn a_model_built_for_another_device_has_the_cpu_built_tensors() {
         let d = tempfile::tempdir().unwrap();
@@ -340,5 +347,6 @@ mod tests {
             differs,
             "the skeleton's own draw differs, so the test can fail"
         );
+    }
     }
 }
