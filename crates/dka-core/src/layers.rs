@@ -157,8 +157,9 @@ impl BlockSeeds {
 /// Gradients accumulate into every tensor that requires grad as in a plain backward, up to the
 /// order of float sums; memory holds the blocks' inputs plus one block's activations instead
 /// of every block's, for one more forward of the blocks. Dropout draws the same masks in both
-/// passes (see [`BlockSeeds`]); they differ from an uncheckpointed run's, which draws from the
-/// generator in another order.
+/// passes (block `i` runs after `tch::manual_seed(base + i)`, `base` drawn from the CPU
+/// generator); they differ from an uncheckpointed run's, which draws from the generator in
+/// another order.
 ///
 /// `first`: blocks before it train nothing and need no gradient (nothing before them trains
 /// either): they run once, without autograd. `x` may require grad (a trained stem); its
