@@ -87,6 +87,12 @@ gpu-check: build fixtures
     {{dka}} info
     {{dka}} gpu-check --out results/gpu/check.csv
 
+# For a GPU machine with PyTorch but no Rust, `just` or network: packs the stripped binary into
+# .gpu/ (with fixtures/, ~22 MiB to carry); there, `bash scripts/gpu_device.sh` runs gpu-check and
+# the bench (fp32, bf16) on CUDA into $OUT.
+gpu-pack:
+    scripts/gpu_pack.sh
+
 # Show the device, threads, libtorch and whether CUDA is usable.
 info: build
     {{dka}} info
