@@ -38,6 +38,7 @@ torchlib=$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(to
 }
 export LD_LIBRARY_PATH="$torchlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 "$python" -c 'import torch, timm; print(f"python: torch {torch.__version__}, timm {timm.__version__}, cuda usable {torch.cuda.is_available()}")'
+echo "this machine: $(ldd --version 2>/dev/null | head -n 1)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not here"
 if ldd "$dka" | grep "not found"; then
     echo "gpu_device: libraries missing for $dka (above; LD_LIBRARY_PATH=$LD_LIBRARY_PATH)" >&2

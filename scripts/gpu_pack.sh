@@ -18,6 +18,8 @@ strip .gpu/dka
 {
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m), $(ldd --version 2>/dev/null | head -n 1)"
+    # The newest C and C++ runtime versions the binary needs (the GPU machine's must be as new).
+    echo "needs: $(objdump -T .gpu/dka 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1), $(objdump -T .gpu/dka 2>/dev/null | grep -o 'GLIBCXX_[0-9.]*' | sort -uV | tail -n 1)"
     echo "libtorch: $(.venv/bin/python -c 'import torch; print(torch.__version__)' 2>/dev/null || echo unknown)"
 } >.gpu/BUILD
 # A device call carries the working tree and these paths, 64 MiB in all.
