@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-target/gpu-out}
 mkdir -p "$out/gpu" "$out/bench"
 exec > >(tee "$out/log.txt") 2>&1
+tee_pid=$!
 python=${DKA_GPU_PYTHON:-python3}
 dka=${DKA_GPU_BIN:-.gpu/dka}
 device=${DKA_GPU_DEVICE:-cuda}
@@ -75,4 +76,7 @@ part bench-bf16 "${BENCH_S:-150}" "$dka" bench steps --device "$device" --python
 
 echo
 cat "$out/parts.csv"
+# Let tee write the log's last lines before the machine collects $OUT.
+exec >&- 2>&-
+wait "$tee_pid" 2>/dev/null
 exit "$status"
