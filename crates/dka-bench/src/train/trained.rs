@@ -21,6 +21,16 @@ pub struct TrainedRun {
     pub init_adapter: std::collections::BTreeMap<String, tch::Tensor>,
 }
 
+/// `path`, relative and not found from the current folder, under the nearest folder that holds
+/// the run `dir` and has it; `None` when the path is absolute, found as it is, or nowhere above.
+fn found_above(dir: &Path, path: &Path) -> Option<PathBuf> {
+    if path.is_absolute() || path.exists() || path.as_os_str().is_empty() {
+        return None;
+    }
+    let dir = dir.canonicalize().ok()?;
+    dir.ancestors().map(|a| a.join(path)).find(|c| c.exists())
+}
+
 impl TrainedRun {
     /// Opens the run in `dir` (a `dka train --out` folder or a grid's `runs/<id>`): its
     /// `config.json`, `manifest.json` and `adapter/`. `weights` replaces the backbone weights
@@ -47,7 +57,23 @@ impl TrainedRun {
             std::fs::read_to_string(&cfg_path).with_context(|| cfg_path.display().to_string())?;
         let cfg: RunConfig =
             serde_json::from_str(&text).with_context(|| cfg_path.display().to_string())?;
-        let cfg = adjust(cfg);
+        let mut cfg = adjust(cfg);
+        // Paths the run recorded relative to where it trained (a grid's runs: usually the
+        // repository root), opened from another folder.
+        if dka_core::BackboneConfig::preset(&cfg.backbone).is_none() {
+            if let Some(p) = found_above(dir, Path::new(&cfg.backbone)) {
+                tracing::info!("backbone config {} found at {}", cfg.backbone, p.display());
+                cfg.backbone = p.display().to_string();
+            }
+        }
+        if let Some(p) = cfg.weights_file().and_then(|w| found_above(dir, w)) {
+            tracing::info!(
+                "backbone weights {} found at {}",
+                cfg.weights_file().unwrap_or(&p).display(),
+                p.display()
+            );
+            cfg.weights = Some(p);
+        }
         if let Some(w) = cfg.weights_file() {
             anyhow::ensure!(
                 w.is_file(),
@@ -94,5 +120,38 @@ impl TrainedRun {
 
     pub fn segmentation(&self) -> bool {
         self.task.is_segmentation()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::found_above;
+
+    /// A grid's run records `.assets/...` relative to the repository root: opened from another
+    /// folder, the path is found above the run; absolute, present or unknown paths stay.
+    #[test]
+    fn a_relative_path_is_found_above_the_run() {
+        let root = tempfile::tempdir().unwrap();
+        let rel = std::path::Path::new(".assets-found-above-test/w.safetensors");
+        std::fs::create_dir_all(root.path().join(rel).parent().unwrap()).unwrap();
+        std::fs::write(root.path().join(rel), b"x").unwrap();
+        let run = root.path().join("results/demo/runs/0123");
+        std::fs::create_dir_all(&run).unwrap();
+        let found = found_above(&run, rel).unwrap();
+        assert_eq!(found, root.path().canonicalize().unwrap().join(rel));
+        assert_eq!(
+            found_above(&run, std::path::Path::new("not/there.safetensors")),
+            None
+        );
+        assert_eq!(
+            found_above(&run, &found),
+            None,
+            "an absolute path stays as it is"
+        );
+        assert_eq!(
+            found_above(&run, std::path::Path::new("Cargo.toml")),
+            None,
+            "found from here"
+        );
     }
 }
