@@ -88,7 +88,7 @@ gpu-check: build fixtures
     {{dka}} gpu-check --out results/gpu/check.csv
 
 # For a GPU machine with PyTorch but no Rust, `just` or network: packs the stripped binary into
-# .gpu/ (with fixtures/, ~22 MiB to carry); there, `bash scripts/gpu_device.sh` runs gpu-check and
+# .gpu/ (with fixtures/, ~20 MiB to carry); there, `bash scripts/gpu_device.sh` runs gpu-check and
 # the bench (fp32, bf16) on CUDA into $OUT.
 gpu-pack:
     scripts/gpu_pack.sh

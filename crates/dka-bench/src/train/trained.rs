@@ -35,7 +35,9 @@ impl TrainedRun {
     /// Opens the run in `dir` (a `dka train --out` folder or a grid's `runs/<id>`): its
     /// `config.json`, `manifest.json` and `adapter/`. `weights` replaces the backbone weights
     /// file the config names (moved since, or on another machine). A random-init backbone
-    /// (`weights = none`) is rebuilt from the run's seed, as it trained.
+    /// (`weights = none`) is rebuilt from the run's seed, as it trained. A relative backbone
+    /// config or weights path that is not found from the current folder is looked up under the
+    /// folders above `dir` (where a grid ran).
     pub fn open(dir: &Path, device: Device, weights: Option<&Path>) -> anyhow::Result<Self> {
         Self::open_with(dir, device, |mut cfg| {
             if let Some(w) = weights {
@@ -66,12 +68,11 @@ impl TrainedRun {
                 cfg.backbone = p.display().to_string();
             }
         }
-        if let Some(p) = cfg.weights_file().and_then(|w| found_above(dir, w)) {
-            tracing::info!(
-                "backbone weights {} found at {}",
-                cfg.weights_file().unwrap_or(&p).display(),
-                p.display()
-            );
+        let weights_above = cfg
+            .weights_file()
+            .and_then(|w| Some((w.display().to_string(), found_above(dir, w)?)));
+        if let Some((recorded, p)) = weights_above {
+            tracing::info!("backbone weights {recorded} found at {}", p.display());
             cfg.weights = Some(p);
         }
         if let Some(w) = cfg.weights_file() {
