@@ -90,7 +90,7 @@ gpu-check: build fixtures
 # For a GPU machine with PyTorch but no Rust, `just` or network: packs the stripped binary into
 # .gpu/ (with fixtures/, ~20 MiB to carry); there, `bash scripts/gpu_device.sh` runs gpu-check and
 # the bench (fp32, bf16) on CUDA into $OUT.
-gpu-pack:
+gpu-pack: build fixtures
     scripts/gpu_pack.sh
 
 # Show the device, threads, libtorch and whether CUDA is usable.

@@ -50,7 +50,7 @@ echo "part,rc,seconds" >"$out/parts.csv"
 status=0
 # part NAME LIMIT COMMAND...: runs one part under its time limit and notes how it ended.
 part() {
-    local name=$1 limit=$2 started rc
+    local name=$1 limit=$2 started rc took
     shift 2
     echo
     echo "== $name (limit ${limit} s): $*"
@@ -59,8 +59,9 @@ part() {
     rc=$?
     # The bench's reference workers are children of dka: none may outlive its part.
     pkill -f benches/reference/ 2>/dev/null || true
-    echo "== $name: rc $rc after $(($(date +%s) - started)) s"
-    echo "$name,$rc,$(($(date +%s) - started))" >>"$out/parts.csv"
+    took=$(($(date +%s) - started))
+    echo "== $name: rc $rc after $took s"
+    echo "$name,$rc,$took" >>"$out/parts.csv"
     [ "$rc" = 0 ] || status=1
 }
 

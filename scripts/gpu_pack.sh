@@ -5,12 +5,14 @@
 # machine it was built on) and the parity fixtures (`fixtures/`). On the GPU machine, from the
 # repository root, `scripts/gpu_device.sh` runs the checks with that machine's PyTorch.
 #
-#   scripts/gpu_pack.sh      then carry `.gpu` and `fixtures` (both git-ignored, ~22 MiB)
+#   just gpu-pack      (builds and writes the fixtures first), then carry `.gpu` and `fixtures`
+#                      (both git-ignored, ~20 MiB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || scripts/setup.sh
-cargo build --workspace
-[ -f fixtures/vit_layerscale/io.safetensors ] || .venv/bin/python python/make_fixtures.py fixtures
+if [ ! -x target/debug/dka ] || [ ! -d fixtures ]; then
+    echo "gpu_pack: no target/debug/dka or fixtures/: run 'just gpu-pack' (it builds and writes them first)" >&2
+    exit 1
+fi
 rm -rf .gpu
 mkdir -p .gpu
 cp target/debug/dka .gpu/dka
